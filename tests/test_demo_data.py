@@ -1,0 +1,233 @@
+"""The synthetic demo task: determinism, balance, disjoint vocabulary, and labels checked by an independent oracle.
+
+The oracle below re-derives every label from the premise/hypothesis text alone (parsing the sentences, not
+reading the generator's rule), so a template whose label is wrong fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from nli_cot import demo_data as dd
+
+N = 600  # per split: 50 examples per (family, label), enough to hit every template
+
+
+@pytest.fixture(scope="module")
+def splits() -> dict[str, list[dd.Example]]:
+    return dd.build_splits(N, N // 4, N, seed=3)
+
+
+def test_deterministic_by_seed(splits):
+    again = dd.build_splits(N, N // 4, N, seed=3)
+    assert again == splits
+    other = dd.build_splits(N, N // 4, N, seed=4)
+    assert other["train"] != splits["train"]
+
+
+def test_labels_balanced_overall_and_per_family(splits):
+    for examples in splits.values():
+        assert Counter(e.label for e in examples) == {0: len(examples) // 2, 1: len(examples) // 2}
+        per_family = Counter((e.family, e.label) for e in examples)
+        for family in dd.FAMILIES:
+            assert abs(per_family[(family, 0)] - per_family[(family, 1)]) <= 1
+
+
+def test_every_family_and_template_present(splits):
+    for examples in splits.values():
+        assert {e.family for e in examples} == set(dd.FAMILIES)
+    rules = {(e.family, e.rule) for e in splits["train"]}
+    assert len(rules) >= 30  # all templates, not one per family
+    assert {r for f, r in rules if f == "hans"} == {
+        "passive",
+        "drop_modifier",
+        "relative_clause",
+        "swap_roles",
+        "subsequence",
+        "passive_backwards",
+        "relative_backwards",
+    }
+
+
+def test_pairs_unique_and_dev_disjoint_from_train(splits):
+    pairs = {k: [(e.premise, e.hypothesis) for e in v] for k, v in splits.items()}
+    for v in pairs.values():
+        assert len(set(v)) == len(v)
+    assert not set(pairs["train"]) & set(pairs["dev"])
+
+
+def test_vocabulary_split_is_disjoint(splits):
+    train_vocab, test_vocab = dd.VOCAB["train"].content_words(), dd.VOCAB["test"].content_words()
+    assert not train_vocab & test_vocab
+    test_words = set().union(*(dd.words(e.premise + " " + e.hypothesis) for e in splits["test"]))
+    train_words = set().union(*(dd.words(e.premise + " " + e.hypothesis) for e in splits["train"]))
+    assert not test_words & train_vocab
+    assert not train_words & test_vocab
+    # Every word of a pair is either content of its own split or a shared function/frame word.
+    assert test_words - test_vocab == train_words - train_vocab
+
+
+def test_thoughts_are_steps_ending_in_the_matching_conclusion(splits):
+    for examples in splits.values():
+        for e in examples:
+            t = e.thought_process
+            assert t.startswith("Step 1: ") and " Step 2: " in t and " Step 3: " in t
+            assert t.endswith(dd.ENTAILED if e.label else dd.NOT_ENTAILED)
+            assert t.count(dd.ENTAILED) + t.count(dd.NOT_ENTAILED) == 1
+
+
+# ---- the independent oracle -------------------------------------------------------------------------------
+
+
+def _isa(vocab: dd.Vocab) -> dict[str, str]:
+    """word (singular or plural) -> its category word in the same number; categories map to themselves."""
+    out = {}
+    for cat in vocab.categories:
+        for i in (0, 1):
+            out[cat.word[i]] = cat.word[i]
+            for kind in cat.kinds:
+                out[kind[i]] = cat.word[i]
+    return out
+
+
+def _oracle_hypernym(p: str, h: str, isa: dict[str, str]) -> int:
+    pw = [w.lower() for w in p.rstrip(".").split()]
+    hw = [w.lower() for w in h.rstrip(".").split()]
+    diff = [(a, b) for a, b in zip(pw, hw, strict=True) if a != b and a not in ("a", "an")]
+    (a, b) = diff[0] if diff[0][0] not in ("a", "an") else diff[1]
+    return int(a != b and isa[a] == b)  # only "kind -> its own category" is entailed
+
+
+def _oracle_negation(p: str, h: str) -> int:
+    def polarity(s: str) -> int:
+        return s.count(" not ") % 2
+
+    return int(polarity(" " + p) == polarity(" " + h))
+
+
+def _oracle_quantifier(p: str, h: str, isa: dict[str, str]) -> int:
+    qp, np_, vp = p.rstrip(".").split()
+    qh, nh, vh = h.rstrip(".").split()
+    assert vp == vh
+    if np_ == nh:
+        rel = "same"
+    elif isa[nh] == np_:
+        rel = "narrow"  # hypothesis talks about a kind of the premise's category
+    else:
+        assert isa[np_] == nh
+        rel = "widen"
+    entailed = {
+        ("All", "Some", "same"),
+        ("All", "All", "narrow"),
+        ("No", "No", "narrow"),
+        ("Some", "Some", "widen"),
+    }
+    return int((qp, qh, rel) in entailed)
+
+
+def _facts(s: str) -> set[tuple[str, str]]:
+    s = s.rstrip(".")
+    if " or " in s:
+        return set()  # a disjunction asserts neither disjunct
+    facts = set()
+    subject = None
+    for part in s.split(" and "):
+        words = part.split()
+        if len(words) == 2:
+            subject, verb = words
+        else:
+            (verb,) = words
+        facts.add((subject, verb))
+    return facts
+
+
+def _oracle_conjunction(p: str, h: str) -> int:
+    return int(_facts(h) <= _facts(p))
+
+
+def _relations(s: str, past: dict[str, str]) -> set[tuple[str, str, str]]:
+    """(agent, verb, patient) triples a sentence asserts."""
+    s = s.rstrip(".")
+    if m := re.fullmatch(r"(\w+) was (\w+) by (\w+)", s):
+        return {(m[3], past[m[2]], m[1])}
+    if m := re.fullmatch(r"(\w+), who (\w+) (\w+), \w+", s):
+        if m[2] in past.values():
+            return {(m[1], m[2], m[3])}
+        return {(m[2], m[3], m[1])}
+    if m := re.fullmatch(r"The friend of (\w+) (\w+) (\w+)", s):
+        return {("friend of " + m[1], m[2], m[3])}
+    m = re.fullmatch(r"(\w+) (\w+) (\w+)(?: in the \w+)?", s)
+    return {(m[1], m[2], m[3])}
+
+
+def _oracle_hans(p: str, h: str, vocab: dd.Vocab) -> int:
+    past = {part: pst for pst, part in vocab.transitive_verbs}
+    return int(_relations(h, past) <= _relations(p, past))
+
+
+def _oracle_number(p: str, h: str) -> int:
+    n = int(re.search(r"has (\d+) ", p)[1])
+    m = re.search(r"has (more than|fewer than|at least|at most|exactly) (\d+) ", h)
+    return int(dd.COMPARATORS[m[1]][1](n, int(m[2])))
+
+
+def oracle(e: dd.Example, vocab: dd.Vocab) -> int:
+    isa = _isa(vocab)
+    return {
+        "hypernym": lambda: _oracle_hypernym(e.premise, e.hypothesis, isa),
+        "negation": lambda: _oracle_negation(e.premise, e.hypothesis),
+        "quantifier": lambda: _oracle_quantifier(e.premise, e.hypothesis, isa),
+        "conjunction": lambda: _oracle_conjunction(e.premise, e.hypothesis),
+        "hans": lambda: _oracle_hans(e.premise, e.hypothesis, vocab),
+        "number": lambda: _oracle_number(e.premise, e.hypothesis),
+    }[e.family]()
+
+
+def test_labels_agree_with_an_independent_oracle(splits):
+    for split, examples in splits.items():
+        vocab = dd.VOCAB["test" if split == "test" else "train"]
+        wrong = [e for e in examples if oracle(e, vocab) != e.label]
+        assert not wrong, wrong[:3]
+
+
+def test_hans_negatives_are_real_traps(splits):
+    # The point of the family: a non-entailed hypothesis built only from the premise's own words (a verb's
+    # participle counts as the verb: "was seen by" -> "saw").
+    past = {part: pst for pst, part in dd.VOCAB["train"].transitive_verbs}
+    for e in splits["train"]:
+        if e.family == "hans" and e.label == 0:
+            assert dd.words(e.hypothesis) <= {past.get(w, w) for w in dd.words(e.premise)}
+
+
+def test_unknown_family_and_exhaustion_are_clear_errors():
+    with pytest.raises(dd.DemoDataError, match="unknown"):
+        dd.generate(4, dd.VOCAB["train"], dd.random.Random(0), families=["sarcasm"])
+    with pytest.raises(dd.DemoDataError, match="ran out"):
+        dd.generate(100_000, dd.VOCAB["test"], dd.random.Random(0), families=["negation"], max_tries=20)
+
+
+def test_cli_writes_three_files_in_the_record_schema(tmp_path):
+    out = tmp_path / "demo"
+    args = [f"out_dir={out}", "n_train=24", "n_dev=12", "n_test=12", "seed=1"]
+    subprocess.run([sys.executable, "-m", "nli_cot.demo_data", *args], check=True, cwd=tmp_path)
+    assert sorted(p.name for p in out.iterdir()) == ["dev.jsonl", "test.jsonl", "train.jsonl"]
+    assert not list(tmp_path.glob("*.log")) and not (tmp_path / "outputs").exists()
+    ids = set()
+    for name, n in (("train", 24), ("dev", 12), ("test", 12)):
+        records = [json.loads(line) for line in Path(out / f"{name}.jsonl").read_text().splitlines()]
+        assert len(records) == n
+        for r in records:
+            assert set(r) == {"id", "premise", "hypothesis", "thought_process", "label", "source"}
+            assert r["label"] in (0, 1) and r["source"].startswith("demo/")
+            ids.add(r["id"])
+    assert len(ids) == 48
+    first = (out / "train.jsonl").read_bytes()
+    subprocess.run([sys.executable, "-m", "nli_cot.demo_data", *args], check=True, cwd=tmp_path)
+    assert (out / "train.jsonl").read_bytes() == first
