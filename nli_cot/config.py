@@ -168,3 +168,7 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     for group, schema in GROUPS.items():
         cs.store(group=group, name=f"{group}_schema", node=schema)
+
+
+# Importing this module is enough for any Hydra app of the package to find the schemas.
+register_configs()

@@ -300,4 +300,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    from nli_cot.cli import preflight
+
+    preflight("config")
     main()
