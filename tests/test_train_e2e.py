@@ -1,0 +1,158 @@
+"""End-to-end training runs of the real recipe on the tiny model (CPU, seconds each): checkpoint layout and the
+model card's subfolder loading, exact resume after SIGKILL, warm start, multirun with a failing job."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, run_module
+
+pytestmark = pytest.mark.slow
+
+RUN = "Mistral_Thinking_Abl1"
+BASE_ARGS = [
+    "+experiment=abl1", "model=tiny_mistral", "dataset=sample", "logger=csv",
+    "trainer.per_device_batch_size=4", "trainer.eval_batch_size=16", "trainer.log_every_n_steps=1",
+    "trainer.save_steps=2", "trainer.eval_every_n_steps=2", "optimizer.lr=5e-3", "trainer.early_stopping_patience=null",
+]
+
+
+def losses_by_step(run_dir: Path) -> dict[int, float]:
+    """train/loss per optimiser step from the CSV log; a resumed run's rows override the killed run's."""
+    out: dict[int, float] = {}
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        for row in csv.DictReader(f):
+            if row.get("train/loss"):
+                out[int(row["step"])] = float(row["train/loss"])
+    return out
+
+
+def adapter_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    proc = run_module("nli_cot.train", BASE_ARGS + ["trainer.max_steps=6", "trainer.save_total_limit=2",
+                                                    f"hydra.run.dir={out}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_checkpoint_layout(finished_run: Path) -> None:
+    run_dir = finished_run / RUN
+    folders = sorted(p.name for p in run_dir.glob("checkpoint-*"))
+    # Rotation keeps the newest two and the best (lowest eval loss) one.
+    state = json.loads((run_dir / "checkpoint-6" / "trainer_state.json").read_text())
+    assert set(folders) == {"checkpoint-4", "checkpoint-6", state["best_checkpoint"]}
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json", "trainer_state.json",
+                 "training_state.ckpt"):
+        assert (run_dir / "checkpoint-6" / name).is_file(), name
+    assert state["global_step"] == 6 and "eval/loss" in state["metrics"]
+    assert state["config"]["lora"]["r"] == 16 and state["config"]["run_name"] == RUN
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+    assert not list(run_dir.glob(".checkpoint-*"))  # no temporary folder left behind
+
+
+def test_loss_goes_down(finished_run: Path) -> None:
+    losses = losses_by_step(finished_run / RUN)
+    assert len(losses) >= 6
+    first, last = losses[min(losses)], losses[max(losses)]
+    assert last < first - 0.05, losses  # a random 4M model with LoRA on attention only: slow, but steady
+
+
+def test_card_snippet_loads_the_checkpoint_with_subfolder(finished_run: Path, tiny_model_cfg, mistral_tokenizer) -> None:
+    from peft import PeftModel
+
+    from nli_cot.modeling import load_base_model
+
+    base = load_base_model(tiny_model_cfg, mistral_tokenizer)
+    model = PeftModel.from_pretrained(base, str(finished_run), subfolder=f"{RUN}/checkpoint-6")
+    saved = adapter_weights(finished_run / RUN / "checkpoint-6")
+    loaded = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    assert len(saved) == len(loaded) == 2 * 4 * 2  # A and B, 4 projections, 2 layers
+    for key, value in saved.items():
+        match = [v for k, v in loaded.items() if k.replace(".default", "") == key]
+        assert match and torch.equal(match[0], value), key
+    # The adapter changes the model's output (it is not a freshly initialised, zero-B adapter).
+    ids = torch.tensor([[1, 3, 1000, 2000, 4]])
+    with torch.no_grad():
+        with model.disable_adapter():
+            plain = model(ids).logits
+        tuned = model(ids).logits
+    assert not torch.allclose(plain, tuned)
+
+
+def test_rerun_without_resume_refuses(finished_run: Path) -> None:
+    proc = run_module("nli_cot.train", BASE_ARGS + ["trainer.max_steps=6", f"hydra.run.dir={finished_run}"])
+    assert proc.returncode == 2
+    assert "already holds checkpoints: pass resume=auto" in proc.stderr
+
+
+def test_warm_start_from_an_adapter(finished_run: Path, tmp_path: Path) -> None:
+    source = finished_run / RUN / "checkpoint-6"
+    proc = run_module("nli_cot.train", BASE_ARGS + ["trainer.max_steps=2", f"init_adapter_from={source}",
+                                                    "run_name=warm", f"hydra.run.dir={tmp_path}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "warm start: adapter weights from" in proc.stderr + proc.stdout
+    # Two steps from the source adapter stay close to it; a fresh adapter has lora_B == 0.
+    before, after = adapter_weights(source), adapter_weights(tmp_path / "warm" / "checkpoint-2")
+    b_key = next(k for k in after if "lora_B" in k)
+    assert after[b_key].abs().sum() > 0
+    assert (after[b_key] - before[b_key]).abs().max() < before[b_key].abs().max()
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    steps = ["trainer.max_steps=10", "trainer.save_total_limit=null"]
+    whole = tmp_path / "whole"
+    proc = run_module("nli_cot.train", BASE_ARGS + steps + [f"hydra.run.dir={whole}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline")
+    child = subprocess.Popen([sys.executable, "-m", "nli_cot.train", *BASE_ARGS, *steps, f"hydra.run.dir={killed}"],
+                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / RUN / "checkpoint-4" / "trainer_state.json").exists():
+        assert child.poll() is None and time.time() < deadline, "run ended before its 4th step was saved"
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert not (killed / RUN / "checkpoint-10").exists()
+
+    proc = run_module("nli_cot.train", BASE_ARGS + steps + ["resume=auto", f"hydra.run.dir={killed}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    want, got = losses_by_step(whole / RUN), losses_by_step(killed / RUN)
+    assert sorted(got) == sorted(want)
+    for step in want:
+        assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-6), (step, got[step], want[step])
+    final_want = adapter_weights(whole / RUN / "checkpoint-10")
+    final_got = adapter_weights(killed / RUN / "checkpoint-10")
+    for key in final_want:
+        assert torch.allclose(final_got[key], final_want[key], atol=1e-6), key
+
+
+def test_multirun_jobs_are_separate_and_a_failing_job_spares_the_others(tmp_path: Path) -> None:
+    args = [a for a in BASE_ARGS if not a.startswith("trainer.save_steps")]
+    proc = run_module("nli_cot.train", ["-m", *args, "trainer.max_steps=2", "trainer.save_steps=2",
+                                        "lora.r=4,-1,8", f"hydra.sweep.dir={tmp_path}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    status = {d.name: json.loads((d / RUN / "status.json").read_text()) for d in sorted(tmp_path.iterdir())
+              if (d / RUN / "status.json").exists()}
+    assert [s["status"] for s in status.values()] == ["finished", "failed", "finished"]
+    assert "lora.r must be > 0" in status["1"]["error"]
+    for job, r in (("0", 4), ("2", 8)):
+        cfg = json.loads((tmp_path / job / RUN / "checkpoint-2" / "adapter_config.json").read_text())
+        assert cfg["r"] == r
