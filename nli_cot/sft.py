@@ -215,7 +215,8 @@ def from_reflected(src: Any, strategy: Any) -> tuple[list[Candidate], SourceRepo
     return out, rep
 
 
-_SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:!?')])")
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:!?)])")
+_CONTRACTION = re.compile(r"\s+(n't|'s|'re|'ve|'ll|'d|'m)\b", re.IGNORECASE)
 _SPACE_AFTER_OPEN = re.compile(r"([(])\s+")
 
 
@@ -224,9 +225,11 @@ def detokenize(text: str) -> str:
     text = " ".join(text.split())
     text = _SPACE_BEFORE_PUNCT.sub(r"\1", text)
     text = _SPACE_AFTER_OPEN.sub(r"\1", text)
-    text = re.sub(r"\s+n't\b", "n't", text)
-    text = re.sub(r";+", ";", text).strip(" ;")
-    sentences = re.split(r"(?<=[.!?;])\s+", text)
+    text = _CONTRACTION.sub(r"\1", text)  # PTB splits "can't" as "ca n't", "it's" as "it 's"
+    # e-SNLI's preprocessing replaced the full stops between sentences with " ; ": put them back.
+    text = re.sub(r"\s*;[\s;]*", ". ", text).strip(" .")
+    text = re.sub(r"\.(\s*\.)+", ".", text)
+    sentences = re.split(r"(?<=[.!?])\s+", text)
     text = " ".join(s[:1].upper() + s[1:] for s in sentences if s)
     if text and text[-1] not in ".!?":
         text += "."
