@@ -83,6 +83,18 @@ class OptimizerConfig:
 
 
 @dataclass
+class GenEvalConfig:
+    """Generation-based dev evaluation during training (nli_cot.gen_eval): greedy answers, parsed, scored."""
+
+    enabled: bool = False
+    every_n_steps: int | None = None  # None: at every evaluation; else a multiple of trainer.eval_every_n_steps
+    max_examples: int = 64  # the first N dev examples: a fixed subset, the same at every evaluation
+    batch_size: int = 16
+    max_new_tokens: int = 512
+    stop_at_json_close: bool = True  # stop a row once its JSON answer closes (nothing after it is parsed)
+
+
+@dataclass
 class TrainerConfig:
     accelerator: str = "auto"
     devices: Any = 1
@@ -106,6 +118,7 @@ class TrainerConfig:
     padding_free: bool = False  # pack a batch into one row with per-example position ids (no padding waste)
     group_by_length: bool = False  # batches of similar length (less padding), order still seeded
     deterministic: bool = False
+    gen_eval: GenEvalConfig = field(default_factory=GenEvalConfig)
 
 
 @dataclass

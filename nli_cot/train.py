@@ -83,6 +83,10 @@ def validate(cfg: DictConfig) -> None:
     if cfg.init_adapter_from and not (Path(cfg.init_adapter_from) / "adapter_config.json").is_file():
         raise ConfigError(f"init_adapter_from: no complete adapter checkpoint at {cfg.init_adapter_from} "
                           "(is the run it comes from finished? a checkpoint folder holds adapter_config.json)")
+    from nli_cot.gen_eval import config_problem
+
+    if problem := config_problem(cfg):
+        raise ConfigError(problem)
 
 
 def _absolute_paths(cfg: DictConfig) -> None:
@@ -110,14 +114,18 @@ def _precision(trainer_cfg: Any) -> str:
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
+    from nli_cot.sweep import job_tag
+
     loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="logs", version="")]
     kind = cfg.logger.kind
     if kind == "wandb":
         mode = cfg.logger.mode
         if mode == "auto":
             mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+        job, sweep = job_tag()  # a sweep's jobs: one W&B run each, named apart, grouped by sweep
         loggers.append(WandbLogger(
-            project=cfg.logger.project, entity=cfg.logger.entity, name=cfg.run_name, id=cfg.logger.run_id,
+            project=cfg.logger.project, entity=cfg.logger.entity, id=cfg.logger.run_id, group=sweep,
+            name=cfg.run_name if job is None else f"{cfg.run_name}#{job}",
             save_dir=str(run_dir), offline=mode == "offline", resume="allow" if cfg.logger.run_id else None,
             tags=list(cfg.logger.tags), mode=mode if mode == "disabled" else None,
         ))
@@ -193,6 +201,10 @@ class TrainRecipe:
                            cfg.trainer.early_stopping_metric, cfg.trainer.early_stopping_mode, resolved),
             LearningRateMonitor(logging_interval="step"),
         ]
+        if cfg.trainer.gen_eval.enabled:  # logs eval/accuracy, eval/f1, eval/parse_rate beside eval/loss
+            from nli_cot.gen_eval import GenerationEval
+
+            callbacks.append(GenerationEval.from_config(cfg, tokenizer, self.datamodule))
         if cfg.trainer.early_stopping_patience:
             callbacks.append(EarlyStopping(
                 monitor=cfg.trainer.early_stopping_metric, mode=cfg.trainer.early_stopping_mode,
@@ -225,11 +237,15 @@ class TrainRecipe:
             torch.cuda.reset_peak_memory_stats()
 
     def train(self) -> dict[str, Any]:
+        from nli_cot.checkpoints import PeftCheckpoint
+
         started = time.time()
         self.trainer.fit(self.module, datamodule=self.datamodule, ckpt_path=self.ckpt_path)
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
+        ckpt = next(c for c in self.trainer.callbacks if isinstance(c, PeftCheckpoint))
+        best = {"metric": ckpt.monitor, "value": ckpt.best_value, "checkpoint": ckpt.best_checkpoint}
         return {"global_step": self.trainer.global_step, "epoch": self.trainer.current_epoch,
-                "metrics": metrics, "wall_s": time.time() - started, "data": self.datamodule.stats}
+                "metrics": metrics, "best": best, "wall_s": time.time() - started, "data": self.datamodule.stats}
 
     def cleanup(self) -> None:
         try:
@@ -243,9 +259,12 @@ class TrainRecipe:
 
 def _write_status(run_dir: Path, status: str, **extra: Any) -> None:
     from nli_cot.checkpoints import write_json_atomic
+    from nli_cot.sweep import job_overrides
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / "status.json", {"status": status, "time": time.time(), **extra})
+    # The overrides identify the job, so a re-run of the same sweep can skip it (nli_cot.sweep).
+    write_json_atomic(run_dir / "status.json",
+                      {"status": status, "time": time.time(), "overrides": job_overrides(), **extra})
 
 
 def _is_multirun() -> bool:
@@ -280,10 +299,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    from nli_cot.sweep import already_finished, job_overrides, objective
+
     run_dir = Path(cfg.output_dir) / cfg.run_name
+    if _is_multirun() and (done := already_finished(run_dir, job_overrides())) is not None:
+        log.info("skipped: %s already finished with these overrides (a new hydra.sweep.dir runs it again)", run_dir)
+        return objective(done, cfg.trainer.early_stopping_metric)
     try:
         summary = run(cfg)
-        return summary["metrics"].get(cfg.trainer.early_stopping_metric)
+        # What a sweeper optimises: the monitored metric at the best checkpoint.
+        return objective(summary, cfg.trainer.early_stopping_metric)
     except user_errors() as err:
         _write_status(run_dir, "failed", error=str(err))
         if _is_multirun():  # keep the sweep going; the report reads status.json
