@@ -45,7 +45,7 @@ from typing import Any
 
 import hydra
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from nli_cot.config import ModelConfig, PromptConfig
 from nli_cot.pairs import PairColumns, PairsConfig, PairsError, load_pairs
@@ -388,6 +388,10 @@ def plot_lengths(path: Path, lengths: dict[str, list[int]], budget: int, title: 
     os.replace(tmp, path)
 
 
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_object(node) if OmegaConf.is_config(node) else node
+
+
 def load_tokenizer(model_cfg: Any) -> Any:
     from nli_cot.modeling import load_tokenizer as load
 
@@ -398,7 +402,9 @@ def run(cfg: Any, tokenizer: Any = None) -> dict[str, Any]:
     """Build and write one SFT set; return its stats (also printed and written to stats.json)."""
     from nli_cot.prompts import completion_text, encode_example
 
-    strategy = cfg.sft_strategy
+    # Plain dataclasses: OmegaConf attribute access is ~0.1 ms, and these are read per example.
+    strategy = _plain(cfg.sft_strategy)
+    prompt_cfg = _plain(cfg.prompt)
     if not strategy.sources:
         raise StageError(f"sft_strategy {strategy.name}: no sources")
     candidates: list[Candidate] = []
@@ -423,7 +429,7 @@ def run(cfg: Any, tokenizer: Any = None) -> dict[str, Any]:
     kept: list[tuple[Candidate, int]] = []
     for c in candidates:
         ex = encode_example(
-            c.premise, c.hypothesis, completion_text(c.thought_process, c.label), cfg.prompt, tokenizer
+            c.premise, c.hypothesis, completion_text(c.thought_process, c.label), prompt_cfg, tokenizer
         )
         n = len(ex.prompt_ids) + len(ex.completion_ids)
         if n > cfg.max_tokens:
@@ -535,11 +541,16 @@ _store()
 
 @hydra.main(config_path="../conf", config_name="sft", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from nli_cot.modeling import ModelSetupError
-
     try:
         run(cfg)
-    except (PairsError, RecordFileError, StageError, ModelSetupError) as err:
+    except (PairsError, RecordFileError, StageError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    except Exception as err:
+        # modeling (and torch) is imported only when the tokenizer is needed; don't import it just to catch.
+        modeling = sys.modules.get("nli_cot.modeling")
+        if modeling is None or not isinstance(err, modeling.ModelSetupError):
+            raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
 

@@ -12,7 +12,8 @@ user message); each key has a list of actions consumed one per request, then ``d
 - ``"sleep": seconds`` in any action: wait that long first (a slow server, for timeouts and kill tests).
 
 Usage is deterministic (``len(text) // 4`` tokens) so tests can check the token totals. Every request is logged
-(``server.log``) with its key, kind (``thoughts``/``reflect``), HTTP status, content and ``phase`` (a label the
+(``server.log``) with its key, kind (``thoughts``/``reflect``), last user message, HTTP status, content and
+``phase`` (a label the
 test sets, e.g. before/after a kill), so tests can prove which requests were paid for.
 
 Run standalone: ``python tests/fake_openai_server.py --port 8765 [--script script.json] [--default-label 0]``.
@@ -124,7 +125,14 @@ class FakeOpenAIServer:
         messages = body.get("messages") or []
         key, kind = request_key(messages), request_kind(messages)
         action = self._next_action(key, kind)
-        entry: dict[str, Any] = {"key": key, "kind": kind, "phase": self.phase, "action": action}
+        user = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
+        entry: dict[str, Any] = {
+            "key": key,
+            "kind": kind,
+            "phase": self.phase,
+            "action": action,
+            "user": user,
+        }
         if action.get("sleep"):
             time.sleep(float(action["sleep"]))
         status = int(action.get("status", 200))
