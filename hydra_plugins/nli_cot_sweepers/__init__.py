@@ -1,0 +1,1 @@
+"""nli_cot's Hydra plugins (Hydra loads plugins only from the ``hydra_plugins`` namespace package)."""
