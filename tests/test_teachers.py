@@ -174,3 +174,16 @@ def test_local_teacher_batching_does_not_change_greedy_output(local_teacher):
     alone = dict(local_teacher.stream([("s", short)]))["s"].text
     batched = dict(local_teacher.stream([("l", long), ("s", short)]))["s"].text
     assert alone == batched
+
+
+def test_local_teacher_uses_a_chat_template_when_asked(local_teacher):
+    tok = local_teacher.tokenizer
+    old_template, old_format = tok.chat_template, local_teacher.chat_format
+    tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}<assistant>"
+    local_teacher.chat_format = "template"
+    try:
+        ids = local_teacher.render(msgs("H."))
+        assert all(isinstance(i, int) for i in ids)
+        assert tok.decode(ids) == "<system>Answer in JSON.\n<user>Premise: p\nHypothesis: H.\n<assistant>"
+    finally:
+        tok.chat_template, local_teacher.chat_format = old_template, old_format
