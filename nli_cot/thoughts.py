@@ -351,6 +351,13 @@ def guarded(fn: Callable[[Any], dict[str, Any]], cfg: Any) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished records are saved; re-run the same command to resume", file=sys.stderr)
         return 130
+    except Exception as err:
+        # A local teacher's model setup error; modeling (and torch) is only imported by a local teacher.
+        modeling = sys.modules.get("nli_cot.modeling")
+        if modeling is None or not isinstance(err, modeling.ModelSetupError):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 # ------------------------------------------------------------------------------------- source-project import
