@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nli_cot.sweep import STATUS_FILE, read_status
+from nli_cot.sweep import STATUS_FILE, read_status, split_override
 
 _SKIP_DIRS = {"logs", "wandb", "tensorboard", "report"}
 _MAX_DEPTH = 3  # <sweep>/<job>/<run_name>
@@ -211,11 +211,6 @@ def collect(sweep_dir: Path, objective: str | None = None, mode: str | None = No
 
 
 # ---------------------------------------------------------------------------------------------- swept params
-
-
-def split_override(override: str) -> tuple[str, str]:
-    key, _, value = override.partition("=")
-    return key.lstrip("+~"), value
 
 
 def swept_params(rows: list[JobRow]) -> tuple[list[str], list[str]]:

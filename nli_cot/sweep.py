@@ -50,13 +50,15 @@ def job_tag() -> tuple[str | None, str | None]:
     return str(hc.job.num), Path(hc.sweep.dir).name
 
 
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
+def split_override(override: str) -> tuple[str, str]:
+    """``+a.b=v`` -> (``a.b``, ``v``): the key without Hydra's add/delete prefix, and the value as typed."""
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
 
 
 def comparable(overrides: list[str] | None) -> list[str]:
     """Overrides in a canonical order, without the ones that do not change a job's result."""
-    return sorted(o for o in overrides or [] if _key(o) not in _NEUTRAL_KEYS)
+    return sorted(o for o in overrides or [] if split_override(o)[0] not in _NEUTRAL_KEYS)
 
 
 def read_status(run_dir: Path) -> dict[str, Any] | None:
