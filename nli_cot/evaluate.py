@@ -9,7 +9,8 @@ Features
 - Every metric of ``nli_cot.metrics``: accuracy and macro F1 with seeded bootstrap CIs, per-class P/R/F1,
   confusion matrix (with an "unparsed" column), parse-failure and rescued rates per parser rule, label bias,
   repetition (repeated n-gram rate of each output, corpus distinct-n), thought-length quartiles and accuracy
-  by length bucket, generation length/latency quartiles, self-consistency vote shares when present.
+  by length bucket, generation length/latency quartiles, self-consistency vote shares when present, and
+  Brier / ECE / ROC AUC of the label-probability and vote-share scores when the predictions carry them.
 - Thought length is counted in tokens of ``tokenizer`` (a hub id, a local directory or ``mistral_common_v3``);
   with ``tokenizer=null`` in whitespace-separated words, and the report says which.
 - Plots: confusion matrix, accuracy by thought length, thought-length histogram (Agg backend, no display).
@@ -131,6 +132,37 @@ def _quartiles_of(records: Sequence[dict], field: str) -> dict[str, float] | Non
     return M.quartiles(values) if values else None
 
 
+def _p1_from_label_probs(rec: dict) -> float | None:
+    lp = rec.get("label_probs")
+    value = lp.get("p_label_1") if isinstance(lp, dict) else None
+    return value if isinstance(value, (int, float)) and not math.isnan(value) else None
+
+
+def _p1_from_votes(rec: dict) -> float | None:
+    share, label = rec.get("vote_share"), rec.get("predicted_label")
+    if not isinstance(share, (int, float)) or label not in (0, 1):
+        return None
+    return share if label == 1 else 1.0 - share  # the vote share is the confidence in the voted label
+
+
+def score_metrics(records: Sequence[dict], gold: list[int], pred: list, n_bins: int) -> dict[str, Any]:
+    """Brier, ECE and ROC AUC of each P(label 1) score the records carry (label probabilities, vote shares)."""
+    out: dict[str, Any] = {}
+    for name, read in (("label_probs", _p1_from_label_probs), ("vote_share", _p1_from_votes)):
+        pairs = [(g, p1) for r, g in zip(records, gold, strict=True) if (p1 := read(r)) is not None]
+        if not pairs:
+            continue
+        g, p1 = [x for x, _ in pairs], [y for _, y in pairs]
+        out[name] = {
+            "n": len(pairs),
+            "brier": M.brier(g, p1),
+            "ece": M.expected_calibration_error(g, p1, n_bins),
+            "roc_auc": M.roc_auc(g, p1),
+            "accuracy_of_argmax": M.accuracy(g, [int(x >= 0.5) for x in p1]),
+        }
+    return out
+
+
 def compute_metrics(
     records: Sequence[dict[str, Any]], cfg: Any, tokenize: Tokenize
 ) -> tuple[dict, list[dict]]:
@@ -189,6 +221,9 @@ def compute_metrics(
     if any("vote_share" in r for r in records):
         shares = [r["vote_share"] for r in records if isinstance(r.get("vote_share"), (int, float))]
         result["self_consistency"] = {"vote_share": M.quartiles(shares)}
+    scores = score_metrics(records, gold, pred, cfg.calibration_bins)
+    if scores:
+        result["scores"] = scores
     rows = [
         {
             "id": r["id"],
@@ -334,6 +369,21 @@ def render_report(m: dict[str, Any], title: str) -> str:
                 lines.append(
                     f"| {name} | {_num(g['median'], digits)} | {_num(g['q3'], digits)} | {_num(g['max'], digits)} | {_num(g['mean'], digits + 1)} |"
                 )
+    if "scores" in m:
+        lines += [
+            "",
+            "## Scores",
+            "",
+            "P(label 1) from each score the predictions carry; calibration of the argmax label's confidence.",
+            "",
+            "| score | n | Brier | ECE | ROC AUC | accuracy of argmax |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for name, v in m["scores"].items():
+            lines.append(
+                f"| {name} | {v['n']} | {_num(v['brier'], 4)} | {_num(v['ece'], 4)} | {_num(v['roc_auc'], 3)} "
+                f"| {_pct(v['accuracy_of_argmax'])} |"
+            )
     if "self_consistency" in m:
         v = m["self_consistency"]["vote_share"]
         lines += ["", f"Self-consistency vote share: median {_num(v['median'], 2)}, q1 {_num(v['q1'], 2)}."]

@@ -232,3 +232,48 @@ def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool], exact_below: i
         "statistic": stat,
         "p_value": math.erfc(math.sqrt(stat / 2)),
     }
+
+
+def brier(gold: Sequence[int], p1: Sequence[float]) -> float:
+    """Mean squared error of P(label 1) against the gold label (0 is perfect, 0.25 is a coin)."""
+    n = _check_lengths(gold, p1)
+    return _rate(sum((p - g) ** 2 for g, p in zip(gold, p1, strict=True)), n)
+
+
+def expected_calibration_error(gold: Sequence[int], p1: Sequence[float], n_bins: int) -> float:
+    """ECE of the predicted label's confidence max(p1, 1 - p1), in ``n_bins`` equal-width bins over [0, 1].
+
+    Sum over bins of (bin share) x |accuracy - mean confidence|; the predicted label is 1 when p1 >= 0.5.
+    """
+    n = _check_lengths(gold, p1)
+    if n == 0:
+        return NAN
+    bins: list[list[tuple[float, bool]]] = [[] for _ in range(n_bins)]
+    for g, p in zip(gold, p1, strict=True):
+        conf = max(p, 1.0 - p)
+        bins[min(int(conf * n_bins), n_bins - 1)].append((conf, (p >= 0.5) == bool(g)))
+    return sum(
+        len(b) / n * abs(sum(ok for _, ok in b) / len(b) - sum(c for c, _ in b) / len(b)) for b in bins if b
+    )
+
+
+def roc_auc(gold: Sequence[int], score: Sequence[float]) -> float:
+    """Area under the ROC curve of ``score`` for gold label 1 (ties count one half); NaN with one class only."""
+    _check_lengths(gold, score)
+    pos = [s for g, s in zip(gold, score, strict=True) if g == 1]
+    neg = [s for g, s in zip(gold, score, strict=True) if g != 1]
+    if not pos or not neg:
+        return NAN
+    # Mann-Whitney U through average ranks: O(n log n).
+    order = sorted(range(len(score)), key=lambda i: score[i])
+    ranks = [0.0] * len(score)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and score[order[j + 1]] == score[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    rank_sum = sum(r for r, g in zip(ranks, gold, strict=True) if g == 1)
+    return (rank_sum - len(pos) * (len(pos) + 1) / 2.0) / (len(pos) * len(neg))

@@ -179,3 +179,40 @@ def test_cli(tmp_path: Path) -> None:
     done = subprocess.run(missing, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in done.stderr
+
+
+def test_scores_from_label_probs_and_votes(tmp_path: Path) -> None:
+    preds = tmp_path / "pred.jsonl"
+    rows = [
+        {
+            "id": "a",
+            "label": 1,
+            "raw_text": '{"predicted_label": 1}',
+            "label_probs": {"p_label_1": 0.9},
+            "vote_share": 1.0,
+        },
+        {
+            "id": "b",
+            "label": 0,
+            "raw_text": '{"predicted_label": 1}',
+            "label_probs": {"p_label_1": 0.6},
+            "vote_share": 0.6,
+        },
+        {
+            "id": "c",
+            "label": 0,
+            "raw_text": '{"predicted_label": 0}',
+            "label_probs": {"p_label_1": 0.2},
+            "vote_share": 0.8,
+        },
+        {"id": "d", "label": 1, "raw_text": "nothing", "label_probs": None},
+    ]
+    preds.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = run(_cfg(predictions=preds, out_dir=tmp_path / "e", plots=False))
+    lp, votes = m["scores"]["label_probs"], m["scores"]["vote_share"]
+    assert lp["n"] == 3 and votes["n"] == 3
+    assert lp["brier"] == pytest.approx((0.1**2 + 0.6**2 + 0.2**2) / 3)
+    assert lp["roc_auc"] == 1.0
+    # vote share -> P(1): 1.0 (voted 1), 0.6 (voted 1), 1 - 0.8 = 0.2 (voted 0)
+    assert votes["brier"] == pytest.approx((0.0 + 0.6**2 + 0.2**2) / 3)
+    assert "## Scores" in (tmp_path / "e" / "report.md").read_text()

@@ -159,3 +159,21 @@ def test_mcnemar_hand_value() -> None:
     b = [False] + [True] * 7
     assert M.mcnemar(a, b, exact_below=25)["p_value"] == pytest.approx(18 / 256)
     assert np.isclose(M.binom_two_sided_p(4, 8), 1.0)
+
+
+def test_brier_and_auc_vs_sklearn() -> None:
+    rng = random.Random(3)
+    gold = [rng.randint(0, 1) for _ in range(150)]
+    p1 = [round(rng.random(), 2) for _ in range(150)]  # rounded: ties exercise the average ranks
+    assert M.brier(gold, p1) == pytest.approx(sklearn_metrics.brier_score_loss(gold, p1))
+    assert M.roc_auc(gold, p1) == pytest.approx(sklearn_metrics.roc_auc_score(gold, p1))
+    assert math.isnan(M.roc_auc([1, 1], [0.2, 0.3]))
+
+
+def test_ece_hand_value() -> None:
+    # confidences 0.9 (right), 0.9 (wrong), 0.6 (right), 0.8 (right) with 10 bins:
+    # bin 9: {0.9 ok, 0.9 wrong} -> |0.5 - 0.9| * 2/4 = 0.2; bin 6: |1 - 0.6| * 1/4 = 0.1; bin 8: |1 - 0.8| * 1/4 = 0.05
+    gold = [1, 0, 0, 1]
+    p1 = [0.9, 0.9, 0.4, 0.8]
+    assert M.expected_calibration_error(gold, p1, n_bins=10) == pytest.approx(0.35)
+    assert M.expected_calibration_error([1, 0], [1.0, 0.0], n_bins=10) == 0.0
