@@ -362,7 +362,8 @@ class JsonConstraint(LogitsProcessor):
         device = scores.device
         finished = torch.zeros(self.vocab.size, dtype=torch.int32, device=device)
         table = torch.stack([finished if st is None else self.rest_after(st, device) for st in distinct])
-        pick = torch.tensor([distinct.index(st) for st in self.states], device=device)
+        where = {st: k for k, st in enumerate(distinct)}
+        pick = torch.tensor([where[st] for st in self.states], device=device)
         mask = table[pick] <= left - 1
         extra = scores.shape[1] - mask.shape[1]
         if extra > 0:  # the model's output layer may be padded beyond the tokenizer: never those ids
