@@ -124,9 +124,14 @@ class GenerationEval(pl.Callback):
 
     @classmethod
     def from_config(cls, cfg: Any, tokenizer: Any, datamodule: Any) -> GenerationEval:
+        from nli_cot.data import DataError
+
         gen = cfg.trainer.gen_eval
         ids = [ex["id"] for ex in datamodule.eval_set]
         records = dev_subset(cfg.dataset, ids, gen.max_examples)
+        if not records:
+            raise DataError("trainer.gen_eval.enabled=true but the dev set is empty "
+                            "(set dataset.eval_path or a larger dataset.eval_fraction)")
         log.info(
             "generation eval: %d dev examples, greedy, max_new_tokens=%d", len(records), gen.max_new_tokens
         )
