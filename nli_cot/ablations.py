@@ -55,7 +55,7 @@ class Stage:
     run_name: str
     run_dir: Path
     overrides: list[str]  # +experiment=... and the user's overrides
-    action: str = "run"  # run | resume | skip
+    action: str = "run"  # run | resume | skip (finished before, or outside the selection) | done (ran now)
 
 
 Runner = Callable[[list[str]], int]
@@ -162,6 +162,7 @@ def plan(chain: dict[str, Any], output_dir: Path, overrides: list[str],
         dep = stage.warm_start_from
         # A dependency produced by this chain is checked when it is done; any other must be usable now.
         if stage.action == "run" and dep and dep not in running:
+            _decide(stages[dep])  # refuses a dependency trained with other overrides (another model, data...)
             final_checkpoint(stages[dep], stage.experiment)
     return selected, stages
 
@@ -196,7 +197,7 @@ def run_chain(chain: dict[str, Any], output_dir: Path, overrides: list[str], onl
         if code != 0 or status != "finished":
             raise ChainError(f"{stage.experiment} did not finish (exit {code}, status {status!r}; see "
                              f"{stage.run_dir}/status.json): later stages not started")
-        stage.action = "skip"  # done: dependants read its checkpoint
+        stage.action = "done"
     return selected
 
 

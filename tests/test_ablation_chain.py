@@ -58,8 +58,9 @@ def stage_of(cmd: list[str]) -> str:
 
 def test_chain_runs_in_dependency_order_then_skips(tmp_path: Path, names: dict[str, str]) -> None:
     runner = FakeRunner(tmp_path, names)
-    run_chain(load_chain(DEFAULT_CHAIN), tmp_path, TINY, runner=runner)
+    stages = run_chain(load_chain(DEFAULT_CHAIN), tmp_path, TINY, runner=runner)
     assert [stage_of(c) for c in runner.calls] == ["abl0_1", "abl0_2", "abl1"]
+    assert [s.action for s in stages] == ["done"] * 3
     abl0_2 = runner.calls[1]
     assert f"init_adapter_from={tmp_path / names['abl0_1'] / 'checkpoint-2'}" in abl0_2
     assert abl0_2[-1] == f"hydra.run.dir={tmp_path}"
@@ -114,10 +115,12 @@ def test_interrupted_stage_resumes_from_its_own_checkpoint(tmp_path: Path, names
     assert "resume=auto" in cmd and "init_adapter_from=null" in cmd
 
 
-def test_refuses_a_run_dir_holding_another_run(tmp_path: Path, names: dict[str, str]) -> None:
+@pytest.mark.parametrize("only", [["abl0_1"], ["abl0_2"]])
+def test_refuses_a_run_dir_holding_another_run(tmp_path: Path, names: dict[str, str], only: list[str]) -> None:
+    # abl0_1 trained with other settings: neither re-run over it nor warm-start abl0_2 from it.
     finish_run(tmp_path / names["abl0_1"], ["+experiment=abl0_1", *TINY, "lora.r=4"])
     with pytest.raises(ChainError, match="with other overrides .* choose another --output-dir"):
-        run_chain(load_chain(DEFAULT_CHAIN), tmp_path, TINY, only=["abl0_1"], runner=FakeRunner(tmp_path, names))
+        run_chain(load_chain(DEFAULT_CHAIN), tmp_path, TINY, only=only, runner=FakeRunner(tmp_path, names))
 
 
 def test_user_mistakes_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
