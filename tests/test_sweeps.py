@@ -69,6 +69,24 @@ def test_reaping_interrupted_trials(tmp_path: Path) -> None:
     assert json.loads((job / "status.json").read_text())["status"] == "interrupted"
 
 
+@pytest.mark.parametrize(("mode", "direction"), [("min", "minimize"), ("max", "maximize")])
+def test_optuna_preset_follows_the_monitored_metric(mode: str, direction: str) -> None:
+    from conftest import CONF
+    from hydra import compose, initialize_config_dir
+
+    from nli_cot.config import register_configs
+
+    register_configs()
+    overrides = ["+experiment=abl1", "+sweep=optuna", f"trainer.early_stopping_mode={mode}"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_ == "hydra_plugins.nli_cot_sweepers.resumable_optuna.ResumableOptunaSweeper"
+    assert sweeper.direction == direction
+    assert sweeper.storage == "sqlite:///multirun/search/abl1_search/optuna.db"
+    assert set(sweeper.params) == {"optimizer.lr", "lora.r", "lora.alpha", "lora.dropout", "optimizer.warmup_ratio"}
+
+
 # ------------------------------------------------------------------------------------------------ helpers
 
 
