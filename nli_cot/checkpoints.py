@@ -121,6 +121,8 @@ class PeftCheckpoint(pl.Callback):
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         trainer.strategy.barrier()
+        for logger in trainer.loggers:  # flush buffered metrics too: a kill after this point loses no logged step
+            logger.save()
         trainer.save_checkpoint(tmp / STATE_FILE)  # collective: every rank calls it, rank 0 writes
         if trainer.is_global_zero:
             pl_module.model.save_pretrained(str(tmp))

@@ -26,6 +26,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from nli_cot.fastpath import loss_positions, packed_boundaries
 from nli_cot.prompts import completion_text, encode_example
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,8 @@ def collate_padding_free(batch: Sequence[dict]) -> dict[str, torch.Tensor]:
         "input_ids": torch.tensor([ids], dtype=torch.long),
         "labels": torch.tensor([labels], dtype=torch.long),
         "position_ids": torch.tensor([pos], dtype=torch.long),
+        # example boundaries for varlen attention kernels (nli_cot.fastpath); sdpa/eager ignore them
+        **packed_boundaries([len(ex["input_ids"]) for ex in batch]),
     }
 
 
@@ -221,8 +224,12 @@ class NliDataModule(pl.LightningDataModule):
 
     def _collate(self, batch: Sequence[dict]) -> dict[str, torch.Tensor]:
         if self.trainer_cfg.padding_free:
-            return collate_padding_free(batch)
-        return collate_padded(batch, self.tokenizer.pad_token_id)
+            out = collate_padding_free(batch)
+        else:
+            out = collate_padded(batch, self.tokenizer.pad_token_id)
+        if getattr(self.trainer_cfg, "loss_impl", "model") == "chunked":  # positions whose next token is learned
+            out["loss_index"], out["loss_target"] = loss_positions(out["labels"])
+        return out
 
     def train_dataloader(self) -> ResumableDataLoader:
         sampler = ResumableBatchSampler(
@@ -233,8 +240,14 @@ class NliDataModule(pl.LightningDataModule):
             group_by_length=self.trainer_cfg.group_by_length,
         )
         return ResumableDataLoader(
-            self.train_set, batch_sampler=sampler, collate_fn=self._collate, num_workers=self.trainer_cfg.num_workers
+            self.train_set, batch_sampler=sampler, collate_fn=self._collate, num_workers=self.trainer_cfg.num_workers,
+            generator=self._loader_generator(),
         )
+
+    def _loader_generator(self) -> torch.Generator:
+        """Each DataLoader iterator draws a seed from this instead of torch's global RNG, so evaluating (or not,
+        after a resume) does not shift the dropout masks of later training steps."""
+        return torch.Generator().manual_seed(self.seed)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(
@@ -243,4 +256,5 @@ class NliDataModule(pl.LightningDataModule):
             shuffle=False,
             collate_fn=self._collate,
             num_workers=self.trainer_cfg.num_workers,
+            generator=self._loader_generator(),
         )

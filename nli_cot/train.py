@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 import traceback
@@ -49,6 +48,8 @@ CHOICES = {
     "logger.mode": ("auto", "online", "offline", "disabled"),
     "prompt.style": ("inst", "chat"),
     "trainer.early_stopping_mode": ("min", "max"),
+    "trainer.packed_attention": ("model", "varlen"),
+    "trainer.loss_impl": ("model", "chunked"),
 }
 
 
@@ -111,29 +112,6 @@ def _precision(trainer_cfg: Any) -> str:
     return "32-true"
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
-
-    from nli_cot.sweep import job_tag
-
-    loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="logs", version="")]
-    kind = cfg.logger.kind
-    if kind == "wandb":
-        mode = cfg.logger.mode
-        if mode == "auto":
-            mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-        job, sweep = job_tag()  # a sweep's jobs: one W&B run each, named apart, grouped by sweep
-        loggers.append(WandbLogger(
-            project=cfg.logger.project, entity=cfg.logger.entity, id=cfg.logger.run_id, group=sweep,
-            name=cfg.run_name if job is None else f"{cfg.run_name}#{job}",
-            save_dir=str(run_dir), offline=mode == "offline", resume="allow" if cfg.logger.run_id else None,
-            tags=list(cfg.logger.tags), mode=mode if mode == "disabled" else None,
-        ))
-    elif kind == "tensorboard":
-        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
-    return loggers
-
-
 class TrainRecipe:
     """One fine-tuning run: ``setup`` builds tokenizer, data, model and trainer; ``train`` fits; ``cleanup`` closes.
 
@@ -194,7 +172,16 @@ class TrainRecipe:
             model = attach_lora(base, cfg.lora)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log.info("trainable parameters: %d", trainable)
-        self.module = NliCotModule(model, cfg.optimizer, resolved)
+        from nli_cot.fastpath import apply_training_levers
+
+        log.info("speed levers: %s", json.dumps(apply_training_levers(model, cfg.trainer)))
+        self.module = NliCotModule(
+            model,
+            cfg.optimizer,
+            resolved,
+            loss_impl=cfg.trainer.loss_impl,
+            ce_chunk_tokens=cfg.trainer.ce_chunk_tokens,
+        )
 
         callbacks: list[Any] = [
             PeftCheckpoint(self.run_dir, cfg.trainer.save_steps, cfg.trainer.save_total_limit, tokenizer,
@@ -210,6 +197,8 @@ class TrainRecipe:
                 monitor=cfg.trainer.early_stopping_metric, mode=cfg.trainer.early_stopping_mode,
                 patience=cfg.trainer.early_stopping_patience, check_on_train_epoch_end=False,
             ))
+        from nli_cot.loggers import build_loggers
+
         loggers = build_loggers(cfg, self.run_dir)
         for lg in loggers:
             lg.log_hyperparams(resolved)
@@ -240,7 +229,8 @@ class TrainRecipe:
         from nli_cot.checkpoints import PeftCheckpoint
 
         started = time.time()
-        self.trainer.fit(self.module, datamodule=self.datamodule, ckpt_path=self.ckpt_path)
+        # Our own checkpoint (it holds RNG states as numpy arrays), so the full unpickler is safe here.
+        self.trainer.fit(self.module, datamodule=self.datamodule, ckpt_path=self.ckpt_path, weights_only=False)
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
         ckpt = next(c for c in self.trainer.callbacks if isinstance(c, PeftCheckpoint))
         best = {"metric": ckpt.monitor, "value": ckpt.best_value, "checkpoint": ckpt.best_checkpoint}

@@ -115,7 +115,7 @@ def test_warm_start_from_an_adapter(finished_run: Path, tmp_path: Path) -> None:
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
-    steps = ["trainer.max_steps=10", "trainer.save_total_limit=null"]
+    steps = ["trainer.max_steps=8", "trainer.save_total_limit=null"]
     whole = tmp_path / "whole"
     proc = run_module("nli_cot.train", BASE_ARGS + steps + [f"hydra.run.dir={whole}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -130,7 +130,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path) -> No
         time.sleep(0.05)
     child.send_signal(signal.SIGKILL)
     child.wait()
-    assert not (killed / RUN / "checkpoint-10").exists()
+    assert not (killed / RUN / "checkpoint-8").exists()
 
     proc = run_module("nli_cot.train", BASE_ARGS + steps + ["resume=auto", f"hydra.run.dir={killed}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -138,8 +138,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path) -> No
     assert sorted(got) == sorted(want)
     for step in want:
         assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-6), (step, got[step], want[step])
-    final_want = adapter_weights(whole / RUN / "checkpoint-10")
-    final_got = adapter_weights(killed / RUN / "checkpoint-10")
+    final_want = adapter_weights(whole / RUN / "checkpoint-8")
+    final_got = adapter_weights(killed / RUN / "checkpoint-8")
     for key in final_want:
         assert torch.allclose(final_got[key], final_want[key], atol=1e-6), key
 
