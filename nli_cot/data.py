@@ -125,8 +125,11 @@ class ResumableBatchSampler:
     (less padding, still random across chunks), then shuffles the batches.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, shuffle: bool, group_by_length: bool):
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, shuffle: bool, group_by_length: bool,
+                 num_replicas: int = 1, rank: int = 0):
         self.lengths = list(lengths)
+        # Data parallel: every rank computes the same global order and takes every num_replicas-th batch.
+        self.num_replicas, self.rank = num_replicas, rank
         self.batch_size = batch_size
         self.seed = seed
         self.shuffle = shuffle
@@ -151,10 +154,14 @@ class ResumableBatchSampler:
         batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if self.group_by_length and self.shuffle:
             rng.shuffle(batches)
+        if self.num_replicas > 1:  # equal counts per rank, or the ranks' collectives would fall out of step
+            usable = len(batches) - len(batches) % self.num_replicas
+            batches = batches[self.rank:usable:self.num_replicas]
         return batches
 
     def __len__(self) -> int:
-        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+        total = (len(self.lengths) + self.batch_size - 1) // self.batch_size
+        return total // self.num_replicas if self.num_replicas > 1 else total
 
     def __iter__(self) -> Iterator[list[int]]:
         skip, self.skip = self.skip, 0
@@ -238,6 +245,8 @@ class NliDataModule(pl.LightningDataModule):
             seed=self.seed,
             shuffle=True,
             group_by_length=self.trainer_cfg.group_by_length,
+            num_replicas=self.trainer.world_size if self.trainer else 1,
+            rank=self.trainer.global_rank if self.trainer else 0,
         )
         return ResumableDataLoader(
             self.train_set, batch_sampler=sampler, collate_fn=self._collate, num_workers=self.trainer_cfg.num_workers,

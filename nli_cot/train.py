@@ -221,6 +221,9 @@ class TrainRecipe:
             callbacks=callbacks,
             default_root_dir=str(self.run_dir),
             deterministic=cfg.trainer.deterministic,
+            # The batch sampler shards itself by rank (same global order on every rank, exact resume);
+            # Lightning's DistributedSampler injection can't wrap a custom batch sampler.
+            use_distributed_sampler=False,
         )
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()

@@ -167,3 +167,17 @@ def test_loss_ignores_padding(mistral_tokenizer, card_prompt, tiny_model_cfg) ->
                   for ex in ts.examples]
     weighted = sum(loss * n for loss, n in per_ex) / sum(n for _, n in per_ex)
     assert torch.allclose(padded, weighted, atol=1e-5)
+
+
+def test_data_parallel_ranks_split_the_global_order() -> None:
+    lengths = list(range(45))
+    single = ResumableBatchSampler(lengths, 4, seed=3, shuffle=True, group_by_length=False)
+    ranks = [ResumableBatchSampler(lengths, 4, seed=3, shuffle=True, group_by_length=False, num_replicas=2, rank=r)
+             for r in range(2)]
+    for s in [single, *ranks]:
+        s.set_epoch(1)
+    global_batches = list(single)
+    per_rank = [list(r) for r in ranks]
+    assert len(per_rank[0]) == len(per_rank[1]) == len(ranks[0]) == 6  # 12 batches, 6 a rank
+    assert per_rank[0] == global_batches[0:12:2] and per_rank[1] == global_batches[1:12:2]
+    assert not {i for b in per_rank[0] for i in b} & {i for b in per_rank[1] for i in b}
