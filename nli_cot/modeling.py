@@ -235,10 +235,19 @@ def load_base_model(cfg: Any, tokenizer: Any, for_training: bool = False, gradie
     if quantized:
         if not torch.cuda.is_available():
             _disable_cpu_bf16_repack(model)
-        if for_training:
+        if for_training and getattr(cfg, "upcast_fp32", True):
             from peft import prepare_model_for_kbit_training
 
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+            model = prepare_model_for_kbit_training(
+                model,
+                use_gradient_checkpointing=gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False},
+            )
+        elif for_training:  # same preparation without the fp32 cast of norms/embeddings/output layer
+            for param in model.parameters():
+                param.requires_grad = False
+            if gradient_checkpointing:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     elif for_training and gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

@@ -52,9 +52,18 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: Any) -> torch.optim.O
 
 
 class NliCotModule(pl.LightningModule):
-    def __init__(self, model: torch.nn.Module, optimizer_cfg: Any, resolved_config: dict | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer_cfg: Any,
+        resolved_config: dict | None = None,
+        loss_impl: str = "model",
+        ce_chunk_tokens: int = 2048,
+    ):
         super().__init__()
         self.model = model
+        self.loss_impl = loss_impl  # "model": the model's own loss; "chunked": nli_cot.fastpath.completion_loss
+        self.ce_chunk_tokens = ce_chunk_tokens
         self.optimizer_cfg = optimizer_cfg
         self.resolved_config = resolved_config or {}
         # Checkpoints hold only the adapter; the frozen base is rebuilt from the config on resume.
@@ -66,8 +75,17 @@ class NliCotModule(pl.LightningModule):
     def forward(self, **batch: torch.Tensor):
         return self.model(**batch)
 
+    def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Token-mean cross-entropy over completion tokens (both implementations compute the same value)."""
+        if self.loss_impl == "chunked":
+            from nli_cot.fastpath import completion_loss
+
+            return completion_loss(self.model, batch, self.ce_chunk_tokens)
+        batch = {k: v for k, v in batch.items() if k not in ("loss_index", "loss_target")}
+        return self.model(**batch).loss
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.model(**batch).loss
+        loss = self.compute_loss(batch)
         bs = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/real_tokens", float(count_real_tokens(batch)), reduce_fx="sum", batch_size=bs)
@@ -91,7 +109,7 @@ class NliCotModule(pl.LightningModule):
         self._val_loss_sum, self._val_tokens = 0.0, 0
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss = self.model(**batch).loss
+        loss = self.compute_loss(batch)
         n = count_loss_tokens(batch["labels"])
         self._val_loss_sum += float(loss) * n
         self._val_tokens += n

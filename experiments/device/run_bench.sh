@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Runs benchmark stages on the GPU device machine inside one wall-clock budget; results land in $OUT.
+#
+#   bash experiments/device/run_bench.sh STAGE...        (from the repo root)
+#
+# Stages: env, model, base (card stack training), any nli_cot training variant name of
+# experiments/bench_train.py (e.g. pf_varlen_ckpt_ce_bf16), prof:<variant> (same, plus a 2-step profile),
+# infer:<mode,...> (experiments/bench_infer.py modes), report (prints and writes the tables).
+# Needs, carried with the call: .device-wheels/ (bitsandbytes, hydra-core, omegaconf, antlr4, datasets, dill,
+# multiprocess, trl; see ../shared/tools/device-wheels.sh) and .bench/ (the v3 tokenizer file + bench data made
+# by `python experiments/bench_common.py data`).
+# Env: DEADLINE (s, default 560) bounds the whole run; a stage starts only with MIN_LEFT (default 60) s left.
+set -u
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+REPO=$(cd "$(dirname "$0")/../.." && pwd); cd "$REPO"
+T0=$(date +%s); DEADLINE=${DEADLINE:-560}; MODEL=${MODEL:-/tmp/m7b}
+TR=$OUT/train.jsonl; IR=$OUT/infer.jsonl
+export BENCH_SPM=$REPO/.bench/mistral_instruct_tokenizer_240323.model.v3
+if [ ! -f /tmp/site/.done ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .device-wheels/*.whl >/dev/null && touch /tmp/site/.done || echo "PIP INSTALL FAILED"
+fi
+export PYTHONPATH=/tmp/site:$REPO
+left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }
+cap() { local l=$(( $(left) - 15 )); [ "$1" -lt "$l" ] && echo "$1" || echo "$l"; }
+for st in "$@"; do
+  if [ "$(left)" -lt "${MIN_LEFT:-60}" ] && [ "$st" != report ]; then
+    echo "{\"stage\":\"skipped\",\"name\":\"$st\",\"left_s\":$(left)}" >> "$TR"; echo "SKIP $st"; continue
+  fi
+  echo "=== $st at $(( $(date +%s) - T0 ))s"; s0=$(date +%s)
+  case $st in
+    env) nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv,noheader
+         timeout 90 python3 experiments/bench_common.py env --results "$TR"; cp "$TR" "$IR" ;;
+    model) timeout "$(cap 200)" python3 experiments/bench_common.py model --out "$MODEL" --results "$TR" ;;
+    base) timeout "$(cap 240)" python3 experiments/bench_train.py run --side baseline --variant card --model "$MODEL" \
+            --results "$TR" ;;
+    prof:*) timeout "$(cap 240)" python3 experiments/bench_train.py run --side nli_cot --variant "${st#prof:}" \
+            --model "$MODEL" --results "$TR" --profile_steps 2 --profile_out "$OUT/profile.txt" ;;
+    infer:*) timeout "$(cap ${INFER_CAP:-400})" python3 experiments/bench_infer.py run --modes "${st#infer:}" \
+            --model "$MODEL" --results "$IR" ;;
+    report) python3 experiments/bench_train.py report --results "$TR" --out "$OUT/train_report" | tail -n 40
+            [ -f "$IR" ] && python3 experiments/bench_infer.py report --results "$IR" --out "$OUT/infer_report" \
+              | tail -n 30 ;;
+    *) timeout "$(cap ${VARIANT_CAP:-200})" python3 experiments/bench_train.py run --side nli_cot --variant "$st" \
+            --model "$MODEL" --results "$TR" ;;
+  esac
+  echo "=== $st rc=$? took $(( $(date +%s) - s0 ))s"
+done
+echo "TOTAL $(( $(date +%s) - T0 ))s"
