@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 ENV := HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} WANDB_MODE=$${WANDB_MODE:-offline} TOKENIZERS_PARALLELISM=false
 ARGS ?=
 
-.PHONY: install test test-fast lint format demo train ablations sweep report thoughts reflect sft predict evaluate compare study bench-train bench-infer clean
+.PHONY: install test test-fast lint format demo train ablations sweep report thoughts reflect sft predict evaluate compare pipeline-sample fake-teacher bench-train bench-infer clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -38,7 +38,7 @@ train: install  ## e.g. make train ARGS="+experiment=abl1"
 	$(ENV) $(BIN)/python -m nli_cot.train $(ARGS)
 
 ablations: install  ## the card's study in order: Abl0.1 -> Abl0.2 (from Abl0.1's checkpoint) -> Abl1
-	$(ENV) $(BIN)/python -m nli_cot.sweep ablations $(ARGS)
+	$(ENV) $(BIN)/python -m nli_cot.ablations $(ARGS)
 
 sweep: install  ## e.g. make sweep ARGS="+experiment=abl1 lora.r=8,16 optimizer.lr=1e-4,2e-4"
 	$(ENV) $(BIN)/python -m nli_cot.train -m $(ARGS)
@@ -54,6 +54,13 @@ reflect: install
 
 sft: install
 	$(ENV) $(BIN)/python -m nli_cot.sft $(ARGS)
+
+pipeline-sample: install  ## the source project's 100-row sample as SFT sets (combined, correct_only): no teacher needed
+	$(ENV) $(BIN)/python -m nli_cot.sft sft_strategy=original_sample_combined
+	$(ENV) $(BIN)/python -m nli_cot.sft sft_strategy=original_sample_correct_only
+
+fake-teacher: install  ## scripted OpenAI-compatible server on 127.0.0.1:8765 (use with ARGS="teacher=fake")
+	$(BIN)/python tests/fake_openai_server.py --port 8765
 
 predict: install
 	$(ENV) $(BIN)/python -m nli_cot.predict $(ARGS)
