@@ -229,6 +229,19 @@ def mode_nli(model, tok, rows, a, rec, compiled: bool, constrained: bool) -> Non
     rec["batch"] = batch
 
 
+def mode_nli_retrying(model, tok, rows, a, rec, compiled: bool, constrained: bool) -> None:
+    """mode_nli; on out-of-memory, again with half the rows per generate call."""
+    try:
+        mode_nli(model, tok, rows, a, rec, compiled, constrained)
+    except torch.OutOfMemoryError as err:
+        rec["oom_at_batch"] = a.batch or len(rows)
+        rec["oom_error"] = str(err)[:300]
+        gc.collect()
+        torch.cuda.empty_cache()
+        a.batch = (a.batch or len(rows)) // 2
+        mode_nli(model, tok, rows, a, rec, compiled, constrained)
+
+
 MODES = {
     "baseline": ("card: 4-bit + LoRA unmerged, HF generate, batch 32, EOS stop", True),
     "nli_q4": ("nli_cot 4-bit + LoRA unmerged, one sorted batch, stop at }, grouped sdpa", True),
@@ -266,7 +279,7 @@ def cmd_run(a) -> None:
             if mode == "baseline":
                 mode_baseline(model, tok, rows, a, rec)
             else:
-                mode_nli(
+                mode_nli_retrying(
                     model,
                     tok,
                     rows,

@@ -183,7 +183,11 @@ def varlen_attention_forward(
     if q.is_cuda and _flash_varlen_ok(q.device):
         if cu.device != q.device:
             cu = cu.to(q.device, non_blocking=True)
-        out = _FlashVarlen.apply(q, k, v, cu.to(torch.int32), int(max_len), scaling)
+        dtype = q.dtype
+        if dtype not in (torch.float16, torch.bfloat16):  # fp32 norms (k-bit upcast) feed fp32 q/k/v
+            half = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.bfloat16
+            q, k, v = q.to(half), k.to(half), v.to(half)
+        out = _FlashVarlen.apply(q, k, v, cu.to(torch.int32), int(max_len), scaling).to(dtype)
     else:
         out = _segments_sdpa(q, k, v, cu.tolist(), scaling)
     return out.unsqueeze(0), None
