@@ -121,6 +121,31 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
             "trainer.compile=true",
         ],
     ),
+    "pf_varlen_ckpt_ce_bf16_compile_fused": (
+        "+ both micro-batches of an optimiser step in one packed pass (fused grad accumulation)",
+        [
+            "trainer.padding_free=true",
+            "trainer.packed_attention=varlen",
+            "trainer.gradient_checkpointing=true",
+            "trainer.loss_impl=chunked",
+            "model.upcast_fp32=false",
+            "trainer.compile=true",
+            "trainer.fuse_grad_accum=true",
+        ],
+    ),
+    "pf_varlen_ckpt30_ce_bf16_compile_fused": (
+        "+ fused, 30 of 32 layers recompute",
+        [
+            "trainer.padding_free=true",
+            "trainer.packed_attention=varlen",
+            "trainer.gradient_checkpointing=true",
+            "trainer.checkpoint_layers=30",
+            "trainer.loss_impl=chunked",
+            "model.upcast_fp32=false",
+            "trainer.compile=true",
+            "trainer.fuse_grad_accum=true",
+        ],
+    ),
     "bf16lora_pf_varlen_nockpt_ce": (
         "bf16 LoRA (no quantisation), padding-free, varlen, no ckpt",
         [
@@ -140,34 +165,36 @@ def sync() -> None:
 
 
 class StepTimes:
-    """Step-end timestamps, real tokens and losses, shared by both sides' callbacks."""
+    """Per optimiser step: end timestamp and real tokens seen so far (micro-batches add up); losses."""
 
     def __init__(self) -> None:
         self.begin: list[float] = []
         self.end: list[float] = []
-        self.real: list[int] = []
+        self.cum: list[int] = []  # real tokens of all micro-batches up to the end of each optimiser step
+        self.seen = 0  # real tokens collated so far
         self.rows: list[list[int]] = []
         self.losses: list[float] = []
 
     def summary(self, warmup: int) -> dict:
         n = len(self.end)
-        iv = [self.end[i] - self.end[i - 1] for i in range(max(1, warmup), n)]
-        real = self.real[max(1, warmup) : n]
+        w = max(1, warmup)
+        iv = [self.end[i] - self.end[i - 1] for i in range(w, n)]
+        tok = [self.cum[i] - self.cum[i - 1] for i in range(w, n)]
         total = sum(iv)
         rec = {
             "steps_done": n,
             "n_measured_steps": len(iv),
             "step_intervals_s": [round(x, 4) for x in iv],
             "losses": self.losses[:n],
-            "batch_shapes": self.rows[:n],
+            "batch_shapes": self.rows[:40],
         }
         if iv:
             rec.update(
                 median_step_s=statistics.median(iv),
                 mean_step_s=total / len(iv),
                 steps_per_s=len(iv) / total,
-                real_tok_per_step=sum(real) / len(real),
-                real_tok_per_s=sum(real) / total,
+                real_tok_per_step=sum(tok) / len(tok),
+                real_tok_per_s=sum(tok) / total,
                 first_step_s=self.end[0] - self.begin[0],
             )
         return rec
@@ -205,7 +232,7 @@ def base_overrides(a) -> list[str]:
         f"output_dir={a.workdir}",
         f"run_name={a.variant}",
         "trainer.per_device_batch_size=16",
-        "trainer.grad_accum=1",
+        f"trainer.grad_accum={a.ga}",
         f"trainer.max_steps={a.warmup + a.steps + a.profile_steps}",
         "trainer.eval_every_n_steps=100",
         "trainer.save_steps=100000",
@@ -258,7 +285,10 @@ def run_nli_cot(a, rec: dict) -> None:
             self.prof = None
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if a.profile_steps and batch_idx == a.warmup + a.steps:
+            acc = trainer.accumulate_grad_batches
+            if batch_idx % acc:
+                return
+            if a.profile_steps and batch_idx == (a.warmup + a.steps) * acc:
                 self.prof = torch.profiler.profile(
                     activities=[torch.profiler.ProfilerActivity.CPU]
                     + ([torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
@@ -268,13 +298,18 @@ def run_nli_cot(a, rec: dict) -> None:
             times.begin.append(time.perf_counter())
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            times.seen += real_tokens(batch)
+            if len(times.rows) < 40:
+                times.rows.append(list(batch["input_ids"].shape))
+            acc = trainer.accumulate_grad_batches
+            if (batch_idx + 1) % acc:
+                return
             sync()
             times.end.append(time.perf_counter())
-            times.real.append(real_tokens(batch))
-            times.rows.append(list(batch["input_ids"].shape))
+            times.cum.append(times.seen)
             loss = outputs["loss"] if isinstance(outputs, dict) else outputs
             times.losses.append(float(loss))
-            if self.prof is not None and batch_idx == a.warmup + a.steps + a.profile_steps - 1:
+            if self.prof is not None and batch_idx + 1 == (a.warmup + a.steps + a.profile_steps) * acc:
                 self.prof.__exit__(None, None, None)
                 rec["profile"] = profile_tables(self.prof, a, a.profile_steps, times)
                 self.prof = None
@@ -289,8 +324,9 @@ def run_nli_cot(a, rec: dict) -> None:
 
     rec["flash_varlen_check"] = dict(fastpath.FLASH_VARLEN_CHECK)
     keep = a.warmup + a.steps  # profiled steps (after these) are not measured steps
-    times.end, times.real, times.rows = times.end[:keep], times.real[:keep], times.rows[:keep]
+    times.end, times.cum = times.end[:keep], times.cum[:keep]
     rec.update(times.summary(a.warmup))
+    rec["accumulate_grad_batches"] = recipe.trainer.accumulate_grad_batches
 
 
 def profile_tables(prof, a, n_steps: int, times: StepTimes) -> dict:
@@ -367,6 +403,7 @@ def run_baseline(a, rec: dict) -> None:
         def on_step_end(self, args, state, control, **kw):
             sync()
             times.end.append(time.perf_counter())
+            times.cum.append(times.seen)
 
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "loss" in logs:
@@ -376,7 +413,7 @@ def run_baseline(a, rec: dict) -> None:
     args = SFTConfig(
         output_dir=str(Path(a.workdir) / "baseline"),
         per_device_train_batch_size=16,
-        gradient_accumulation_steps=1,
+        gradient_accumulation_steps=a.ga,
         max_steps=n_steps,
         learning_rate=2e-4,
         lr_scheduler_type="cosine",
@@ -416,8 +453,9 @@ def run_baseline(a, rec: dict) -> None:
 
     def counting(examples):
         out = inner(examples)
-        times.real.append(real_tokens(out))
-        times.rows.append(list(out["input_ids"].shape))
+        times.seen += real_tokens(out)
+        if len(times.rows) < 40:
+            times.rows.append(list(out["input_ids"].shape))
         return out
 
     trainer.data_collator = counting
@@ -483,7 +521,7 @@ def cmd_report(a) -> None:
         f"Versions: {json.dumps(env.get('versions', {}))}",
         "",
         f"Random-weight Mistral-7B-v0.3 shape, 4-bit NF4 + double quant (unless noted), LoRA r16/a32/0.05 "
-        f"q,k,v,o, paged AdamW 8-bit, 16 examples per optimiser step, bf16. MFU = 4 x 7.25e9 FLOP per real "
+        f"q,k,v,o, paged AdamW 8-bit, micro-batches of 16 examples (x grad_accum per optimiser step), bf16. MFU = 4 x 7.25e9 FLOP per real "
         f"token / measured bf16 GEMM peak ({peak:.0f} TFLOP/s on this card).",
         "",
         "| side | variant | real tok/s | x baseline | opt steps/s | median step s | peak alloc GiB "
@@ -537,8 +575,9 @@ def main() -> None:
     r.add_argument("--data", default=str(REPO / ".bench" / "sft_train.jsonl"))
     r.add_argument("--results", required=True)
     r.add_argument("--workdir", default="/tmp/bench_runs")
-    r.add_argument("--warmup", type=int, default=3)
-    r.add_argument("--steps", type=int, default=12)
+    r.add_argument("--warmup", type=int, default=2)
+    r.add_argument("--steps", type=int, default=8)
+    r.add_argument("--ga", type=int, default=2, help="micro-batches of 16 per optimiser step (the card: 2)")
     r.add_argument("--profile_steps", type=int, default=0)
     r.add_argument("--profile_out", default=None)
     r.add_argument(

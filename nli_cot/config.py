@@ -126,6 +126,10 @@ class TrainerConfig:
     ce_chunk_tokens: int = 2048  # rows of fp32 logits alive at once with loss_impl=chunked
     checkpoint_layers: int | None = None  # with gradient_checkpointing: recompute only the first N layers (None: all)
     compile: bool = False  # torch.compile each decoder layer (regional, dynamic length)
+    # One forward over all grad_accum micro-batches of an optimiser step, loss weighted as accumulation weighs it
+    # (needs loss_impl=chunked): fewer, larger passes; same examples per step, same loss and gradients.
+    fuse_grad_accum: bool = False
+    cuda_alloc_conf: str | None = "expandable_segments:True"  # applied unless PYTORCH_CUDA_ALLOC_CONF is set
     deterministic: bool = False
     gen_eval: GenEvalConfig = field(default_factory=GenEvalConfig)
 

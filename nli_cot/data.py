@@ -26,7 +26,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from nli_cot.fastpath import loss_positions, packed_boundaries
+from nli_cot.fastpath import loss_positions, micro_batch_loss_weights, packed_boundaries
 from nli_cot.prompts import completion_text, encode_example
 
 log = logging.getLogger(__name__)
@@ -238,10 +238,23 @@ class NliDataModule(pl.LightningDataModule):
             out["loss_index"], out["loss_target"] = loss_positions(out["labels"])
         return out
 
+    def _micro_batches(self) -> int:
+        """Micro-batches per training batch: grad_accum with trainer.fuse_grad_accum, else 1."""
+        return self.trainer_cfg.grad_accum if getattr(self.trainer_cfg, "fuse_grad_accum", False) else 1
+
+    def _collate_train(self, batch: Sequence[dict]) -> dict[str, torch.Tensor]:
+        out = self._collate(batch)
+        if self._micro_batches() > 1:  # one fused batch = grad_accum micro-batches, weighted as accumulation does
+            out["loss_weight"] = micro_batch_loss_weights(
+                out["loss_index"], out["labels"].shape[1], [len(ex["input_ids"]) for ex in batch],
+                self.trainer_cfg.per_device_batch_size, self.trainer_cfg.padding_free,
+            )
+        return out
+
     def train_dataloader(self) -> ResumableDataLoader:
         sampler = ResumableBatchSampler(
             [len(ex["input_ids"]) for ex in self.train_set],
-            self.trainer_cfg.per_device_batch_size,
+            self.trainer_cfg.per_device_batch_size * self._micro_batches(),
             seed=self.seed,
             shuffle=True,
             group_by_length=self.trainer_cfg.group_by_length,
@@ -249,7 +262,8 @@ class NliDataModule(pl.LightningDataModule):
             rank=self.trainer.global_rank if self.trainer else 0,
         )
         return ResumableDataLoader(
-            self.train_set, batch_sampler=sampler, collate_fn=self._collate, num_workers=self.trainer_cfg.num_workers,
+            self.train_set, batch_sampler=sampler, collate_fn=self._collate_train,
+            num_workers=self.trainer_cfg.num_workers,
             generator=self._loader_generator(),
         )
 

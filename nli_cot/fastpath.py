@@ -66,6 +66,37 @@ def loss_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return index, nxt[keep]
 
 
+def micro_batch_loss_weights(
+    index: torch.Tensor, width: int, lengths: list[int], micro_size: int, padding_free: bool
+) -> torch.Tensor:
+    """Weights of the loss positions ``index`` that make one fused batch compute gradient accumulation's loss.
+
+    Accumulating ``m`` micro-batches of ``micro_size`` examples averages their token-mean losses; one forward over
+    all ``m * micro_size`` examples gives the same loss (and gradients) with weight 1 / (m * n_i) on each loss
+    token of micro-batch i, whose loss-token count is n_i.
+    """
+    if padding_free:
+        example_of = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+        example = example_of[index]
+    else:
+        example = index // width
+    micro = example // micro_size
+    m = (len(lengths) + micro_size - 1) // micro_size
+    counts = torch.bincount(micro, minlength=m).to(torch.float32)
+    return 1.0 / (counts[micro] * m)
+
+
+def configure_cuda_allocator(setting: str | None) -> str | None:
+    """Apply a caching-allocator setting (``expandable_segments:True``: little fragmentation, so reserved memory
+    stays near allocated memory with rows of varying length) unless PYTORCH_CUDA_ALLOC_CONF is set."""
+    import os
+
+    if os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or not setting or not torch.cuda.is_available():
+        return os.environ.get("PYTORCH_CUDA_ALLOC_CONF")
+    torch.cuda.memory._set_allocator_settings(setting)
+    return setting
+
+
 # ------------------------------------------------------------------------------------------ varlen attention
 class _FlashVarlen(torch.autograd.Function):
     """Causal varlen FlashAttention-2 (PyTorch's bundled kernel); q [T, Hq, D], k/v [T, Hk, D], Hq % Hk == 0."""
@@ -265,10 +296,17 @@ def _ce_sum(lm_head: torch.nn.Module, hidden: torch.Tensor, target: torch.Tensor
     return F.cross_entropy(logits.float(), target, reduction="sum")
 
 
+def _ce_weighted(lm_head: torch.nn.Module, hidden: torch.Tensor, target: torch.Tensor, weight: torch.Tensor):
+    logits = lm_head(hidden)
+    return (F.cross_entropy(logits.float(), target, reduction="none") * weight).sum()
+
+
 def completion_loss(model: torch.nn.Module, batch: dict[str, Any], chunk_tokens: int = 2048) -> torch.Tensor:
     """Token-mean cross-entropy over completion tokens, logits only where a label follows, in chunks.
 
     Uses ``loss_index``/``loss_target`` from the collator when present (no device sync), else derives them.
+    With ``loss_weight`` (a fused batch of several micro-batches, see ``micro_batch_loss_weights``) the loss is
+    the weighted sum, i.e. the mean of the micro-batches' token-mean losses, as gradient accumulation computes it.
     """
     from torch.utils.checkpoint import checkpoint
 
@@ -276,24 +314,25 @@ def completion_loss(model: torch.nn.Module, batch: dict[str, Any], chunk_tokens:
     index, target = batch.get("loss_index"), batch.get("loss_target")
     if index is None:
         index, target = loss_positions(batch["labels"])
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "loss_index", "loss_target")}
+    skip = ("labels", "loss_index", "loss_target", "loss_weight")
+    inputs = {k: v for k, v in batch.items() if k not in skip}
     hidden = base.model(**inputs, use_cache=False).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index.to(hidden.device))
     target = target.to(hidden.device)
+    weight = batch.get("loss_weight")
     n = target.numel()
     if n == 0:
         return hidden.sum() * 0.0
     total = None
     for start in range(0, n, chunk_tokens):
-        part = checkpoint(
-            _ce_sum,
-            base.lm_head,
-            hidden[start : start + chunk_tokens],
-            target[start : start + chunk_tokens],
-            use_reentrant=False,
-        )
-        total = part if total is None else total + part
-    return total / n
+        part = slice(start, start + chunk_tokens)
+        if weight is None:
+            value = checkpoint(_ce_sum, base.lm_head, hidden[part], target[part], use_reentrant=False)
+        else:
+            w = weight[part].to(hidden.device)
+            value = checkpoint(_ce_weighted, base.lm_head, hidden[part], target[part], w, use_reentrant=False)
+        total = value if total is None else total + value
+    return total / n if weight is None else total
 
 
 # ------------------------------------------------------------------------------------ checkpointing, compile

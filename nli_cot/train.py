@@ -68,6 +68,8 @@ def validate(cfg: DictConfig) -> None:
     for key in positive:
         if OmegaConf.select(cfg, key) <= 0:
             raise ConfigError(f"{key} must be > 0, got {OmegaConf.select(cfg, key)}")
+    if cfg.trainer.fuse_grad_accum and cfg.trainer.loss_impl != "chunked":
+        raise ConfigError("trainer.fuse_grad_accum=true needs trainer.loss_impl=chunked (it weights the loss tokens)")
     if not 0 <= cfg.optimizer.warmup_ratio < 1:
         raise ConfigError(f"optimizer.warmup_ratio must be in [0, 1), got {cfg.optimizer.warmup_ratio}")
     if not 0 <= cfg.lora.dropout < 1:
@@ -155,6 +157,9 @@ class TrainRecipe:
 
         cfg = self.cfg
         self.ckpt_path = self._resolve_resume()
+        from nli_cot.fastpath import configure_cuda_allocator
+
+        configure_cuda_allocator(cfg.trainer.cuda_alloc_conf)  # before the model takes device memory
         pl.seed_everything(cfg.seed, workers=True)
         resolved = OmegaConf.to_container(cfg, resolve=True)
 
@@ -209,10 +214,11 @@ class TrainRecipe:
             precision=_precision(cfg.trainer),
             max_epochs=cfg.trainer.max_epochs if cfg.trainer.max_steps == -1 else -1,
             max_steps=cfg.trainer.max_steps,
-            accumulate_grad_batches=cfg.trainer.grad_accum,
+            accumulate_grad_batches=1 if cfg.trainer.fuse_grad_accum else cfg.trainer.grad_accum,
             gradient_clip_val=cfg.trainer.gradient_clip_val,
             # Lightning counts validation intervals in batches, the card in optimiser steps.
-            val_check_interval=cfg.trainer.eval_every_n_steps * cfg.trainer.grad_accum,
+            val_check_interval=cfg.trainer.eval_every_n_steps
+            * (1 if cfg.trainer.fuse_grad_accum else cfg.trainer.grad_accum),
             check_val_every_n_epoch=None,
             log_every_n_steps=cfg.trainer.log_every_n_steps,
             num_sanity_val_steps=0,

@@ -173,3 +173,34 @@ def test_checkpointing_can_be_limited_to_the_first_layers(tiny_model_cfg, mistra
     assert fastpath.limit_checkpointed_layers(peft_model, 1) == 1
     flags = [layer.gradient_checkpointing for layer in fastpath.decoder_layers(peft_model)]
     assert flags == [True, False]
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_fused_micro_batches_compute_gradient_accumulations_loss_and_gradients(
+    model, examples, packed
+) -> None:
+    """One forward over two micro-batches, weighted, equals accumulating them (mean of their token-mean losses)."""
+    collate = collate_padding_free if packed else (lambda exs: collate_padded(exs, 0))
+    micro = [examples[:2], examples[2:]]
+    model.zero_grad()
+    want = 0.0
+    for part in micro:
+        loss = model(**collate(part)).loss / len(micro)
+        loss.backward()
+        want += float(loss)
+    want_grads = _lora_grads(model)
+    model.zero_grad()
+    batch = collate(examples)
+    index, target = fastpath.loss_positions(batch["labels"])
+    weight = fastpath.micro_batch_loss_weights(
+        index, batch["labels"].shape[1], [len(ex["input_ids"]) for ex in examples], 2, packed
+    )
+    got = fastpath.completion_loss(
+        model, dict(batch, loss_index=index, loss_target=target, loss_weight=weight), 5
+    )
+    got.backward()
+    got_grads = _lora_grads(model)
+    model.zero_grad()
+    assert abs(float(got) - want) < 1e-5
+    for name, g in want_grads.items():
+        assert torch.allclose(got_grads[name], g, atol=1e-6, rtol=1e-4), name
