@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import re
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from omegaconf import MISSING, DictConfig
 from nli_cot.parsing import parse_output
 from nli_cot.records import RecordWriter, read_records
 from nli_cot.teacher_prompts import ReflectPromptConfig, prompt_hash, reflection_messages
-from nli_cot.teachers import Reply, TeacherConfig, make_teacher, teacher_id
+from nli_cot.teachers import Reply, TeacherConfig, make_teacher, provenance, teacher_id
 from nli_cot.thoughts import (
     RunCounts,
     StageError,
@@ -134,16 +133,7 @@ def reflection_record(
         "agrees": parsed.ok and parsed.label == src["label"],
         "parse_ok": parsed.ok,
         "parse_rule": parsed.rule,
-        "raw": reply.text,
-        "finish_reason": reply.finish_reason,
-        "teacher": teacher,
-        "prompt": prompt_name,
-        "prompt_hash": phash,
-        "prompt_tokens": reply.prompt_tokens,
-        "completion_tokens": reply.completion_tokens,
-        "latency_s": round(reply.latency_s, 4),
-        "attempts": reply.attempts,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **provenance(reply, teacher, prompt_name, phash),
     }
 
 

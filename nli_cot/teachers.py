@@ -104,6 +104,22 @@ class Reply:
     error: str | None = None
 
 
+def provenance(reply: Reply, teacher: str, prompt_name: str, phash: str) -> dict[str, Any]:
+    """Fields every stage record carries about the request that made it: raw answer, teacher, prompt, cost, time."""
+    return {
+        "raw": reply.text,
+        "finish_reason": reply.finish_reason,
+        "teacher": teacher,
+        "prompt": prompt_name,
+        "prompt_hash": phash,
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens,
+        "latency_s": round(reply.latency_s, 4),
+        "attempts": reply.attempts,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
 def teacher_id(cfg: Any) -> str:
     """What produced a record: kind, model and (for HTTP) the endpoint, e.g. ``openai:open-mistral-7b@host``."""
     if cfg.kind == "openai":

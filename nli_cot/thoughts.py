@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +48,7 @@ from nli_cot.teacher_prompts import (
     prompt_hash,
     teacher_messages,
 )
-from nli_cot.teachers import Messages, Reply, TeacherConfig, TeacherFatalError, make_teacher
+from nli_cot.teachers import Messages, Reply, TeacherConfig, TeacherFatalError, make_teacher, provenance
 
 EXIT_BAD_INPUT = 2
 EXIT_INCOMPLETE = 3
@@ -207,16 +206,7 @@ def thought_record(pair: Any, reply: Reply, teacher: str, prompt_name: str, phas
         "correct": correct,
         "parse_ok": parsed.ok,
         "parse_rule": parsed.rule,
-        "raw": reply.text,
-        "finish_reason": reply.finish_reason,
-        "teacher": teacher,
-        "prompt": prompt_name,
-        "prompt_hash": phash,
-        "prompt_tokens": reply.prompt_tokens,
-        "completion_tokens": reply.completion_tokens,
-        "latency_s": round(reply.latency_s, 4),
-        "attempts": reply.attempts,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **provenance(reply, teacher, prompt_name, phash),
     }
 
 
