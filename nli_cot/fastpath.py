@@ -380,6 +380,9 @@ def apply_training_levers(model: torch.nn.Module, trainer_cfg: Any) -> dict[str,
             model, getattr(trainer_cfg, "checkpoint_layers", None)
         )
     if getattr(trainer_cfg, "compile", False):
-        applied["compiled_layers"] = compile_decoder_layers(model)
+        if torch.cuda.is_available():
+            applied["compiled_layers"] = compile_decoder_layers(model)
+        else:  # inductor on CPU compiles for minutes and gains nothing measured here
+            log.warning("trainer.compile=true: skipped without CUDA")
     applied["loss_impl"] = getattr(trainer_cfg, "loss_impl", "model")
     return applied
