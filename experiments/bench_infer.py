@@ -245,6 +245,7 @@ def mode_nli_retrying(model, tok, rows, a, rec, compiled: bool, constrained: boo
 MODES = {
     "baseline": ("card: 4-bit + LoRA unmerged, HF generate, batch 32, EOS stop", True),
     "nli_q4": ("nli_cot 4-bit + LoRA unmerged, one sorted batch, stop at }, grouped sdpa", True),
+    "nli_q4_constrained": ("nli_q4 + JSON-constrained decoding", True),
     "nli_bf16": ("nli_cot bf16 merged, static cache + compiled decode, stop at }, grouped sdpa", False),
     "nli_bf16_constrained": ("nli_bf16 + JSON-constrained decoding", False),
     "nli_bf16_eager": ("nli_cot bf16 merged, no compile, stop at }, grouped sdpa", False),
