@@ -66,7 +66,7 @@ def main(cfg: DictConfig) -> None:
     data = Path(cfg.data_dir)
     test = data / "test.jsonl"
     common_predict = [
-        "pairs=demo", f"pairs.path={test}", "model=smollm2_135m", "prompt=chat", f"limit={cfg.n_test}",
+        "pairs=demo", f"pairs.path={test}", "model=smollm2_135m", "prompt=demo_chat", f"limit={cfg.n_test}",
         f"batch_size={cfg.predict_batch_size}", f"decoding.max_new_tokens={cfg.max_new_tokens}",
     ]
 
