@@ -210,6 +210,15 @@ def append(path: str | Path, rec: dict) -> None:
     print("RESULT", json.dumps(rec, default=str)[:2000], flush=True)
 
 
+def write_report(out: str | None, text: str, payload: dict) -> None:
+    """Print a results table and, with ``out``, keep it as ``<out>.md`` + ``<out>.json``."""
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out + ".md").write_text(text)
+        Path(out + ".json").write_text(json.dumps(payload, indent=1, default=str))
+
+
 def read(path: str | Path) -> list[dict]:
     out = []
     if not Path(path).exists():

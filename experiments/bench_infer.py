@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_common import REPO, append, gpu_mem, read  # noqa: E402
+from bench_common import REPO, append, gpu_mem, read, write_report  # noqa: E402
 
 
 def sync() -> None:
@@ -340,11 +340,7 @@ def cmd_report(a) -> None:
         f"- `{r['mode']}`: {r.get('description', '')}. {r.get('note', '')}" for r in runs
     ]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out + ".md").write_text(text)
-        Path(a.out + ".json").write_text(json.dumps({"env": env, "runs": runs}, indent=1, default=str))
+    write_report(a.out, text, {"env": env, "runs": runs})
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_common import FLOP_PER_TOKEN, REPO, append, env_record, gpu_mem, read  # noqa: E402
+from bench_common import FLOP_PER_TOKEN, REPO, append, env_record, gpu_mem, read, write_report  # noqa: E402
 
 # name -> (description, Hydra overrides on top of the card's settings)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -558,11 +558,7 @@ def cmd_report(a) -> None:
         ]
         lines += [f"- {name} x{cnt}: {ms}" for name, cnt, ms in p.get("top_device", [])[:15]]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out + ".md").write_text(text)
-        Path(a.out + ".json").write_text(json.dumps({"env": env, "runs": trains}, indent=1, default=str))
+    write_report(a.out, text, {"env": env, "runs": trains})
 
 
 def main() -> None:
