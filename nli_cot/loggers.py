@@ -61,3 +61,23 @@ def build_loggers(cfg: Any, run_dir: Path) -> list[Any]:
     elif kind == "tensorboard":
         loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
     return loggers
+
+
+def _examples(batch: dict[str, Any]) -> int:
+    """Examples in a micro-batch: rows when padded, position-id restarts when packed into one row."""
+    if batch.get("attention_mask") is None and batch.get("position_ids") is not None:
+        return int((batch["position_ids"] == 0).sum())
+    return int(batch["input_ids"].shape[0])
+
+
+def throughput_monitor(window: int) -> Any:
+    """Lightning's ThroughputMonitor counting real tokens and examples of our batches.
+
+    It measures rank 0 and scales by the world size: per-GPU rates (``train|device/items_per_sec``) are exact,
+    the all-rank totals assume the other ranks read about as many tokens.
+    """
+    from pytorch_lightning.callbacks import ThroughputMonitor
+
+    from nli_cot.module import count_real_tokens
+
+    return ThroughputMonitor(batch_size_fn=_examples, length_fn=count_real_tokens, window_size=window)

@@ -209,6 +209,14 @@ def _disable_cpu_bf16_repack(model: torch.nn.Module) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+def _local_device() -> int | str:
+    """This process's device: Lightning's DDP launcher starts one process per GPU with LOCAL_RANK set before it
+    selects the GPU, and each rank's 4-bit copy must be built on its own GPU, not on GPU 0 and moved."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    return int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
+
+
 def load_base_model(cfg: Any, tokenizer: Any, for_training: bool = False, gradient_checkpointing: bool = False):
     """The frozen base model, 4-bit where the config and machine allow it."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -223,7 +231,7 @@ def load_base_model(cfg: Any, tokenizer: Any, for_training: bool = False, gradie
             bnb_4bit_use_double_quant=cfg.double_quant,
             bnb_4bit_compute_dtype=_DTYPES[cfg.compute_dtype] if torch.cuda.is_available() else model_dtype(cfg),
         )
-        kwargs["device_map"] = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
+        kwargs["device_map"] = {"": _local_device()}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as err:
