@@ -26,7 +26,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from nli_cot.fastpath import loss_positions, micro_batch_loss_weights, packed_boundaries
+from nli_cot.fastpath import fused_grad_scale, loss_positions, micro_batch_loss_weights, packed_boundaries
 from nli_cot.prompts import completion_text, encode_example
 
 log = logging.getLogger(__name__)
@@ -249,6 +249,9 @@ class NliDataModule(pl.LightningDataModule):
                 out["loss_index"], out["labels"].shape[1], [len(ex["input_ids"]) for ex in batch],
                 self.trainer_cfg.per_device_batch_size, self.trainer_cfg.padding_free,
             )
+            scale = fused_grad_scale(len(batch), self.trainer_cfg.per_device_batch_size, self._micro_batches())
+            if scale is not None:  # an epoch's short last step: scale its gradients as accumulation does
+                out["grad_scale"] = scale
         return out
 
     def train_dataloader(self) -> ResumableDataLoader:

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -84,6 +86,16 @@ def micro_batch_loss_weights(
     m = (len(lengths) + micro_size - 1) // micro_size
     counts = torch.bincount(micro, minlength=m).to(torch.float32)
     return 1.0 / (counts[micro] * m)
+
+
+def fused_grad_scale(n_examples: int, micro_size: int, accum: int) -> float | None:
+    """Factor on a fused step's loss before backward so its gradients equal Lightning's accumulation, or None.
+
+    Lightning divides every micro-batch loss by ``accum``, also on an epoch's short last step that holds fewer
+    micro-batches; the fused loss is the mean over the micro-batches present, so that step needs present / accum.
+    """
+    present = (n_examples + micro_size - 1) // micro_size
+    return present / accum if present < accum else None
 
 
 def configure_cuda_allocator(setting: str | None) -> str | None:
@@ -314,7 +326,7 @@ def completion_loss(model: torch.nn.Module, batch: dict[str, Any], chunk_tokens:
     index, target = batch.get("loss_index"), batch.get("loss_target")
     if index is None:
         index, target = loss_positions(batch["labels"])
-    skip = ("labels", "loss_index", "loss_target", "loss_weight")
+    skip = ("labels", "loss_index", "loss_target", "loss_weight", "grad_scale")
     inputs = {k: v for k, v in batch.items() if k not in skip}
     hidden = base.model(**inputs, use_cache=False).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index.to(hidden.device))
@@ -364,25 +376,58 @@ def compile_decoder_layers(model: torch.nn.Module, dynamic: bool | None = True) 
     return len(layers)
 
 
+def trains_on_cuda(trainer_cfg: Any) -> bool:
+    """Whether Lightning will put the model on a CUDA device (``accelerator=cpu`` on a GPU machine: no)."""
+    accelerator = str(getattr(trainer_cfg, "accelerator", "auto")).lower()
+    return torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+
+
 def apply_training_levers(model: torch.nn.Module, trainer_cfg: Any) -> dict[str, Any]:
-    """Apply the ``trainer.*`` speed options to a freshly built PEFT model; returns what was applied."""
+    """Apply the ``trainer.*`` speed options to a freshly built PEFT model; returns what was applied.
+
+    The CUDA-only levers resolve to what the device supports, so one config (the ablations' default) runs
+    everywhere: off CUDA, ``compile`` is skipped (inductor on CPU compiles for minutes and gained nothing measured)
+    and varlen attention runs example by example through sdpa (same results, see tests/test_packing.py).
+    """
     applied: dict[str, Any] = {}
+    cuda = trains_on_cuda(trainer_cfg)
+    resolved: list[str] = []
     if getattr(trainer_cfg, "packed_attention", "model") == "varlen":
         if not trainer_cfg.padding_free:
             raise ValueError("trainer.packed_attention=varlen needs trainer.padding_free=true")
         set_attention(model, VARLEN_ATTENTION)
         applied["attention"] = VARLEN_ATTENTION
-        # check the kernel now, eagerly, not inside a compiled or no-grad region
-        if torch.cuda.is_available():
+        if cuda:  # check the kernel now, eagerly, not inside a compiled or no-grad region
             applied["flash_varlen_ok"] = _flash_varlen_ok(torch.device("cuda", torch.cuda.current_device()))
+        else:
+            resolved.append("packed_attention=varlen runs per-example sdpa")
     if trainer_cfg.gradient_checkpointing:
         applied["checkpointed_layers"] = limit_checkpointed_layers(
             model, getattr(trainer_cfg, "checkpoint_layers", None)
         )
     if getattr(trainer_cfg, "compile", False):
-        if torch.cuda.is_available():
+        if cuda:
             applied["compiled_layers"] = compile_decoder_layers(model)
-        else:  # inductor on CPU compiles for minutes and gains nothing measured here
-            log.warning("trainer.compile=true: skipped without CUDA")
+        else:
+            resolved.append("compile is off")
+    if resolved:
+        applied["without_cuda"] = resolved
+        log.info("speed levers without CUDA: %s (same results; both are for CUDA speed)", "; ".join(resolved))
     applied["loss_impl"] = getattr(trainer_cfg, "loss_impl", "model")
     return applied
+
+
+@contextmanager
+def generation_attention(model: torch.nn.Module, name: str = "sdpa") -> Iterator[None]:
+    """Decode with ``name`` while the training attention is ``nli_varlen``, which builds no padding mask and would
+    let left-padded prompts attend their padding; restores the training attention afterwards."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    current = getattr(base.config, "_attn_implementation", None)
+    if current != VARLEN_ATTENTION:
+        yield
+        return
+    set_attention(model, name)
+    try:
+        yield
+    finally:
+        set_attention(model, VARLEN_ATTENTION)

@@ -147,14 +147,16 @@ class GenerationEval(pl.Callback):
 
     def generate(self, model: Any) -> list[str]:
         """Greedy answers (text after the prompt) for every record, in order."""
+        from nli_cot.fastpath import generation_attention
         from nli_cot.generation import generate_batch
 
         texts: list[str] = []
         prefix = getattr(self.prompt_cfg, "completion_prefix", "")
-        for start in range(0, len(self.prompts), self.batch_size):
-            batch = self.prompts[start : start + self.batch_size]
-            result = generate_batch(model, self.tokenizer, batch, self.decoding, completion_prefix=prefix)
-            texts.extend(samples[0].text for samples in result.outputs)
+        with generation_attention(model):  # the packed-row attention of training can't decode left-padded rows
+            for start in range(0, len(self.prompts), self.batch_size):
+                batch = self.prompts[start : start + self.batch_size]
+                result = generate_batch(model, self.tokenizer, batch, self.decoding, completion_prefix=prefix)
+                texts.extend(samples[0].text for samples in result.outputs)
         return texts
 
     def evaluate(self, model: Any) -> dict[str, float]:

@@ -81,7 +81,7 @@ class NliCotModule(pl.LightningModule):
             from nli_cot.fastpath import completion_loss
 
             return completion_loss(self.model, batch, self.ce_chunk_tokens)
-        batch = {k: v for k, v in batch.items() if k not in ("loss_index", "loss_target")}
+        batch = {k: v for k, v in batch.items() if k not in ("loss_index", "loss_target", "grad_scale")}
         return self.model(**batch).loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -89,7 +89,8 @@ class NliCotModule(pl.LightningModule):
         bs = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/real_tokens", float(count_real_tokens(batch)), reduce_fx="sum", batch_size=bs)
-        return loss
+        scale = batch.get("grad_scale")  # a fused short last step (nli_cot.fastpath.fused_grad_scale); logged unscaled
+        return loss if scale is None else loss * scale
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._step_started = time.perf_counter()

@@ -53,6 +53,10 @@ CHOICES = {
 }
 
 
+# Keys that decide what one data-loader batch is; a resume must keep them (see TrainRecipe._check_batch_layout).
+BATCH_LAYOUT = ("per_device_batch_size", "grad_accum", "fuse_grad_accum")
+
+
 class ConfigError(ValueError):
     """A user mistake in the configuration; reported as one line, never a stack trace."""
 
@@ -134,16 +138,31 @@ class TrainRecipe:
         resume = self.cfg.resume
         if resume == "auto":
             found = latest_resumable(self.run_dir)
+            if found:
+                self._check_batch_layout(found)
             return str(found / STATE_FILE) if found else None
         if resume:
             state = Path(resume) / STATE_FILE
             if not state.is_file():
                 raise ConfigError(f"resume: {state} not found (a checkpoint-<step> folder of a run holds it)")
+            self._check_batch_layout(Path(resume))
             return str(state)
         if list_checkpoints(self.run_dir):
             raise ConfigError(f"{self.run_dir} already holds checkpoints: pass resume=auto to continue that run, "
                               "or choose another run_name/output_dir")
         return None
+
+    def _check_batch_layout(self, folder: Path) -> None:
+        """The saved loader position counts batches of the run's layout (fused grad-accum serves one batch per
+        optimiser step); continuing it under another layout would skip or repeat examples."""
+        from nli_cot.checkpoints import TRAINER_STATE
+
+        state = folder / TRAINER_STATE
+        saved = json.loads(state.read_text()).get("config", {}).get("trainer", {}) if state.is_file() else {}
+        for key in BATCH_LAYOUT:
+            if key in saved and saved[key] != self.cfg.trainer[key]:
+                raise ConfigError(f"resume: {folder.name} was written with trainer.{key}={saved[key]}, this run has "
+                                  f"{self.cfg.trainer[key]}; pass trainer.{key}={saved[key]} to continue it")
 
     def setup(self) -> None:
         import pytorch_lightning as pl

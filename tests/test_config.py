@@ -80,3 +80,20 @@ def test_bad_override_gives_a_short_error_and_no_traceback(override: str, expect
     assert "Traceback" not in proc.stderr
     error_lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(error_lines) == 1 and expect in error_lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("name", sorted(CARD))
+def test_ablations_default_to_the_result_preserving_speed_levers(name: str) -> None:
+    """trainer=fast is the ablations' default (same losses and gradients, experiments/results/SPEED.md); bf16 norms
+    (model.upcast_fp32=false) change numerics, so they stay opt-in; trainer=default restores the padded path."""
+    fast = compose([f"+experiment={name}"])
+    t = fast.trainer
+    assert (t.padding_free, t.packed_attention, t.loss_impl, t.fuse_grad_accum, t.compile) == (
+        True, "varlen", "chunked", True, True)
+    assert fast.model.upcast_fp32 is True
+    padded = compose([f"+experiment={name}", "trainer=default"]).trainer
+    assert (padded.padding_free, padded.packed_attention, padded.loss_impl, padded.fuse_grad_accum, padded.compile) == (
+        False, "model", "model", False, False)
+    # The card's numbers do not depend on which trainer preset carries them.
+    assert (padded.per_device_batch_size, padded.grad_accum, padded.max_epochs, padded.gradient_checkpointing) == (
+        t.per_device_batch_size, t.grad_accum, t.max_epochs, t.gradient_checkpointing)

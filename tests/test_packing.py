@@ -74,8 +74,20 @@ def _per_example_losses_from_packed(
     return out
 
 
+def _per_example_losses_from_padded(logits: torch.Tensor, batch: dict, lengths: list[int]) -> list[torch.Tensor]:
+    return [
+        F.cross_entropy(logits[row, : n - 1].float(), batch["labels"][row, 1:n], ignore_index=IGNORE_INDEX)
+        for row, n in enumerate(lengths)
+    ]
+
+
 @pytest.mark.parametrize("attention", ["sdpa", fastpath.VARLEN_ATTENTION])
 def test_packed_row_gives_each_example_its_unpacked_loss(model, examples, attention) -> None:
+    """Each example's loss in the packed row equals its loss alone and in the padded batch (the trainer=default path:
+    right padding + attention mask, model's sdpa)."""
+    with torch.no_grad():
+        padded = collate_padded(examples, 0)
+        padded_logits = model(**padded).logits
     fastpath.set_attention(model, attention)
     try:
         with torch.no_grad():
@@ -85,8 +97,12 @@ def test_packed_row_gives_each_example_its_unpacked_loss(model, examples, attent
     finally:
         fastpath.set_attention(model, "sdpa")
     lengths = [len(ex["input_ids"]) for ex in examples]
-    for got, want in zip(_per_example_losses_from_packed(logits, packed, lengths), alone, strict=True):
-        assert torch.allclose(got, want, atol=2e-5), (attention, float(got), float(want))
+    assert len(set(lengths)) == len(lengths)  # the padded batch really pads
+    got = _per_example_losses_from_packed(logits, packed, lengths)
+    in_padded = _per_example_losses_from_padded(padded_logits, padded, lengths)
+    for g, want, pad in zip(got, alone, in_padded, strict=True):
+        assert torch.allclose(g, want, atol=2e-5), (attention, float(g), float(want))
+        assert torch.allclose(g, pad, atol=2e-5), (attention, float(g), float(pad))
 
 
 def test_packed_row_carries_example_boundaries(examples) -> None:
@@ -204,3 +220,78 @@ def test_fused_micro_batches_compute_gradient_accumulations_loss_and_gradients(
     assert abs(float(got) - want) < 1e-5
     for name, g in want_grads.items():
         assert torch.allclose(got_grads[name], g, atol=1e-6, rtol=1e-4), name
+
+
+def test_a_short_last_step_is_scaled_as_lightning_scales_it(model, examples) -> None:
+    """An epoch's last step may hold fewer micro-batches than grad_accum; Lightning still divides each micro-batch
+    loss by grad_accum, so the fused step's gradients are scaled by present / grad_accum to match."""
+    part = examples[:2]  # one micro-batch of 2, grad_accum 2
+    model.zero_grad()
+    (model(**collate_padding_free(part)).loss / 2).backward()
+    want = _lora_grads(model)
+    model.zero_grad()
+    batch = collate_padding_free(part)
+    index, target = fastpath.loss_positions(batch["labels"])
+    weight = fastpath.micro_batch_loss_weights(index, batch["labels"].shape[1], [len(e["input_ids"]) for e in part], 2,
+                                               True)
+    scale = fastpath.fused_grad_scale(len(part), micro_size=2, accum=2)
+    assert scale == 0.5 and fastpath.fused_grad_scale(4, micro_size=2, accum=2) is None
+    (fastpath.completion_loss(model, dict(batch, loss_index=index, loss_target=target, loss_weight=weight)) * scale
+     ).backward()
+    got = _lora_grads(model)
+    model.zero_grad()
+    for name, g in want.items():
+        assert torch.allclose(got[name], g, atol=1e-6, rtol=1e-4), name
+
+
+def test_cuda_levers_resolve_to_what_a_cpu_supports(tiny_model_cfg, mistral_tokenizer, caplog) -> None:
+    """The ablations' default (trainer=fast) on a CPU: compile skipped and varlen attention per example, said in one
+    info line, no warning, no error."""
+    import logging
+
+    from nli_cot.modeling import attach_lora, load_base_model
+
+    trainer_cfg = compose(["+experiment=abl1", "model=tiny_mistral"]).trainer
+    assert trainer_cfg.compile and trainer_cfg.packed_attention == "varlen"
+    peft_model = attach_lora(load_base_model(tiny_model_cfg, mistral_tokenizer, for_training=True),
+                             compose(["lora=default"]).lora)
+    with caplog.at_level(logging.INFO, logger="nli_cot.fastpath"):
+        applied = fastpath.apply_training_levers(peft_model, _on_cpu(trainer_cfg))
+    assert "compiled_layers" not in applied and applied["attention"] == fastpath.VARLEN_ATTENTION
+    assert applied["without_cuda"] == ["packed_attention=varlen runs per-example sdpa", "compile is off"]
+    lines = [r for r in caplog.records if r.name == "nli_cot.fastpath"]
+    assert [r.levelname for r in lines] == ["INFO"], [r.getMessage() for r in lines]
+    assert all(getattr(layer, "_compiled_call_impl", None) is None for layer in fastpath.decoder_layers(peft_model))
+
+
+def _on_cpu(trainer_cfg):
+    """The trainer config as a CPU-only machine sees it (this one may have a GPU: ask for the CPU accelerator)."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(OmegaConf.to_container(trainer_cfg))
+    cfg.accelerator = "cpu"
+    return cfg
+
+
+def test_generation_under_varlen_training_attention_sees_the_padding_mask(model, examples) -> None:
+    """nli_varlen builds no padding mask, so left-padded decoding (trainer.gen_eval) must switch back to sdpa."""
+    prompts = [ex["input_ids"][: 12 + 6 * i] for i, ex in enumerate(examples)]
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p) :] = torch.tensor(p)
+        mask[row, width - len(p) :] = 1
+    real = mask.bool()
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask).logits[real]
+        fastpath.set_attention(model, fastpath.VARLEN_ATTENTION)
+        try:
+            leaky = model(input_ids=ids, attention_mask=mask).logits[real]
+            with fastpath.generation_attention(model):
+                got = model(input_ids=ids, attention_mask=mask).logits[real]
+            assert model.get_base_model().config._attn_implementation == fastpath.VARLEN_ATTENTION  # restored
+        finally:
+            fastpath.set_attention(model, "sdpa")
+    assert not torch.allclose(leaky, want, atol=1e-3)  # what the switch prevents
+    assert torch.allclose(got, want, atol=1e-5)
