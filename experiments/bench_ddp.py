@@ -119,8 +119,9 @@ def report(a: argparse.Namespace) -> None:
         status = json.loads(status_path.read_text()) if status_path.is_file() else {}
         r.update(
             status=status.get("status", "missing"),
-            per_gpu_tok_s=_last(rows, "train|device/items_per_sec"),
-            total_tok_s=_last(rows, "train|items_per_sec"),
+            per_gpu_tok_s=_last(rows, "train/device/items_per_sec"),
+            # one process logs no all-rank total: it is its device rate
+            total_tok_s=_last(rows, "train/items_per_sec") or _last(rows, "train/device/items_per_sec"),
             step_losses=_step_losses(rows),
             eval_loss=_last(rows, "eval/loss"),
             peak_reserved_gib_rank0=_last(rows, "perf/peak_reserved_gib"),

@@ -131,7 +131,7 @@ class TrainerConfig:
     fuse_grad_accum: bool = False
     cuda_alloc_conf: str | None = "expandable_segments:True"  # applied unless PYTORCH_CUDA_ALLOC_CONF is set
     deterministic: bool = False
-    # Lightning's ThroughputMonitor over the last N micro-batches (train|items_per_sec = real tokens/s, all ranks):
+    # Lightning's ThroughputMonitor over the last N micro-batches (train/items_per_sec = real tokens/s, all ranks):
     # null = off, since it synchronises the GPU after every micro-batch.
     throughput_window: int | None = None
     gen_eval: GenEvalConfig = field(default_factory=GenEvalConfig)

@@ -73,7 +73,7 @@ def _examples(batch: dict[str, Any]) -> int:
 def throughput_monitor(window: int) -> Any:
     """Lightning's ThroughputMonitor counting real tokens and examples of our batches.
 
-    It measures rank 0 and scales by the world size: per-GPU rates (``train|device/items_per_sec``) are exact,
+    It measures rank 0 and scales by the world size: per-GPU rates (``train/device/items_per_sec``) are exact,
     the all-rank totals assume the other ranks read about as many tokens.
     """
     from pytorch_lightning.callbacks import ThroughputMonitor

@@ -7,6 +7,7 @@
 #   bash experiments/device/ddp_scaling.sh [card|fast]...     (from the repo root; default: card fast)
 #
 # card: the card's padded path; fast: the packed/varlen/chunked-CE/compiled path (conf/trainer/fast.yaml).
+# Dry run on a CPU box: SKIP_WHEELS=1 MODEL=/tmp/mtiny MODEL_ARGS=--tiny STEPS=4 PATH=.venv/bin:$PATH bash ...
 # Carry: .device-wheels/ (bitsandbytes, hydra-core, omegaconf, antlr4, datasets, dill, multiprocess) and .bench/
 # (the v3 tokenizer + bench SFT data from `python experiments/bench_common.py data`).
 # LoRA dropout is 0 in these runs so that the two loss curves can match to float noise (dropout masks are drawn
@@ -19,7 +20,7 @@ OUT=${OUT:-/tmp/out}; R=$OUT/raw; mkdir -p "$R/runs"  # raw files: tarred at the
 REPO=$(cd "$(dirname "$0")/../.." && pwd); cd "$REPO"
 T0=$(date +%s); DEADLINE=${DEADLINE:-560}; MODEL=${MODEL:-/tmp/m7b}; STEPS=${STEPS:-24}; W=/tmp/ddp
 export BENCH_SPM=$REPO/.bench/mistral_instruct_tokenizer_240323.model.v3
-if [ ! -f /tmp/site/.done ]; then
+if [ -z "${SKIP_WHEELS:-}" ] && [ ! -f /tmp/site/.done ]; then  # SKIP_WHEELS=1: a dry run in a local venv
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .device-wheels/*.whl >/dev/null && touch /tmp/site/.done || echo "PIP INSTALL FAILED"
 fi
@@ -29,7 +30,7 @@ nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,nohea
 nvidia-smi --query-gpu=timestamp,index,memory.used --format=csv,noheader -lms 500 > "$R/smi_mem.csv" &
 SMI=$!
 python3 experiments/bench_common.py env --results "$R/env.jsonl" >/dev/null 2>&1
-timeout 240 python3 experiments/bench_common.py model --out "$MODEL" --results "$R/env.jsonl" | tail -n 2
+timeout 240 python3 experiments/bench_common.py model --out "$MODEL" ${MODEL_ARGS:-} --results "$R/env.jsonl" | tail -n 2
 mkdir -p $W; tail -n 64 .bench/sft_train.jsonl > $W/dev.jsonl; head -n 1900 .bench/sft_train.jsonl > $W/train.jsonl
 
 common=(+experiment=abl1 "model.name_or_path=$MODEL" "dataset.train_path=$W/train.jsonl" "dataset.eval_path=$W/dev.jsonl"
