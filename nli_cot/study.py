@@ -1,0 +1,230 @@
+"""Recipe: the small-scale study of issue #9, ``python -m nli_cot.study [study=full|cpu] [stage=run|report|plan]``.
+
+The model card's ablation design measured for real on SmolLM2-135M-Instruct: zero-shot, label-only SFT, human-
+reasoning SFT and teacher-reasoning SFT (combined / correct-only, with the base model and then the condition-3
+model as teacher), each trained with several seeds on the same e-SNLI pairs and tested on the same e-SNLI test,
+MNLI dev matched and RTE dev pairs. ``make study`` runs ``study=full``; ``study=cpu`` is the reduced CPU version.
+
+Features
+- Every stage is the project's own CLI (``nli_cot.sft|thoughts|reflect|train|predict``) run as a subprocess, so
+  the study proves the commands a user types; evaluation and comparison call ``nli_cot.evaluate`` /
+  ``nli_cot.compare`` in process (the manifest records the equivalent command).
+- A job graph (``nli_cot.study_graph``) run by a small scheduler (``nli_cot.study_scheduler``) over N GPUs, one
+  ``CUDA_VISIBLE_DEVICES`` per job; on CPU one job at a time. Seed-0 jobs first, the teacher chains first of all.
+- Resumable (finished jobs leave atomic markers; the stage CLIs resume inside a job) and deadline-aware
+  (``deadline_s``: no job starts too close to it, running ones are stopped in time, the report is written, and
+  the next invocation continues). The manifest (``<out_dir>/manifest.json``) logs every attempt's command, seed,
+  times, GPU and exit code; a failed job skips its dependents only.
+- Hyper-parameters are fixed in ``conf/study/*.yaml`` with reasons; the learning rate may be chosen on the dev
+  split of the train pairs (``train.lr_grid``, condition ``human`` seed 0, best dev loss); early stopping and the
+  best checkpoint follow dev loss. The test sets are never used for a choice.
+- The report (``nli_cot.study_report``): ``<results_dir>/<report_name>.md`` + ``.json`` + plots.
+- ``stage=plan`` prints the jobs in start order with their dependencies and what is already done.
+
+Limits
+- The method settings are fingerprinted in ``<out_dir>/study_settings.json``: reusing an out_dir with other
+  sizes is refused (``force=true`` overrides), because finished jobs would otherwise be mixed with new ones.
+- Local jobs (evaluation) run in the scheduler's thread: seconds each, but they delay the next job start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from nli_cot.study_graph import StudyGraph
+from nli_cot.study_scheduler import Scheduler, write_json_atomic
+
+FINGERPRINTED = ("base_model", "model_tokenizer", "prompt_name", "data", "train", "predict", "teachers", "evaluate")
+EXIT_FAILED, EXIT_UNFINISHED = 1, 3
+
+
+def settings_fingerprint(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The settings that decide results (not scheduling, not paths, not the seed/condition lists, which may grow)."""
+    settings = {k: cfg[k] for k in FINGERPRINTED}
+    blob = json.dumps(settings, sort_keys=True, default=str)
+    return {"sha256": hashlib.sha256(blob.encode()).hexdigest()[:16], "settings": settings}
+
+
+def check_settings(out: Path, cfg: dict[str, Any], force: bool) -> None:
+    path = out / "study_settings.json"
+    fp = settings_fingerprint(cfg)
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old["sha256"] != fp["sha256"] and not force:
+            diff = [k for k in FINGERPRINTED if old["settings"].get(k) != fp["settings"].get(k)]
+            raise SystemExit(f"error: {out} was made with other settings ({', '.join(diff)} differ); use another "
+                             "out_dir, or force=true to mix them knowingly")
+        if old["sha256"] == fp["sha256"]:
+            return
+    write_json_atomic(path, fp)
+
+
+def detect_gpus(setting: int | None) -> list[str]:
+    """GPU ids for CUDA_VISIBLE_DEVICES: the visible ones (or the first ``setting`` of them)."""
+    if setting == 0:
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() == "":
+        return []
+    import torch
+
+    count = torch.cuda.device_count()
+    ids = [x.strip() for x in visible.split(",")][:count] if visible else [str(i) for i in range(count)]
+    return ids if setting is None else ids[: int(setting)]
+
+
+class LocalJobs:
+    """The in-process jobs: data sampling, per-set evaluation, the learning-rate choice."""
+
+    def __init__(self, cfg: dict[str, Any], graph: StudyGraph) -> None:
+        self.cfg, self.g = cfg, graph
+
+    def prep(self) -> dict[str, Any]:
+        from nli_cot.study_data import prepare
+
+        d = self.cfg["data"]
+        return prepare(self.cfg["data_root"], self.g.data, d["n_train"], dict(d["n_test"]), d["sample_salt"])
+
+    def prep_cmd(self) -> str:
+        d = self.cfg["data"]
+        return (f"(in process) nli_cot.study_data.prepare(data_root={self.cfg['data_root']!r}, n_train={d['n_train']},"
+                f" n_test={dict(d['n_test'])}, salt={d['sample_salt']}) -> {self.g.data}")
+
+    def _eval_overrides(self, mid: str, test_set: str) -> list[str]:
+        e = self.cfg["evaluate"]
+        return [f"predictions={self.g.predictions(mid).with_suffix('') / f'{test_set}.jsonl'}",
+                f"out_dir={self.g.eval_dir(mid, test_set)}", f"name={mid}",
+                f"bootstrap.n_resamples={e['n_resamples']}", f"plots={str(e['plots']).lower()}",
+                f"length_edges=[{','.join(str(x) for x in e['length_edges'])}]"]
+
+    def evaluate(self, mid: str) -> dict[str, Any]:
+        """Split one model's predictions by test set and evaluate each set (nli_cot.evaluate.run)."""
+        from hydra import compose
+
+        from nli_cot.evaluate import run as evaluate_run
+        from nli_cot.study_data import set_of_ids
+
+        sets = set_of_ids(self.g.data)
+        records = [json.loads(x) for x in self.g.predictions(mid).read_text().splitlines() if x.strip()]
+        split_dir = self.g.predictions(mid).with_suffix("")
+        split_dir.mkdir(parents=True, exist_ok=True)
+        by_set: dict[str, list[str]] = {}
+        for r in records:
+            by_set.setdefault(sets[r["id"]], []).append(json.dumps(r, ensure_ascii=False))
+        result = {}
+        for test_set, lines in sorted(by_set.items()):
+            path = split_dir / f"{test_set}.jsonl"
+            path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            cfg = compose(config_name="evaluate", overrides=self._eval_overrides(mid, test_set))
+            m = evaluate_run(cfg)
+            result[test_set] = {"n": m["n"], "accuracy": m["accuracy"]["value"]}
+        return result
+
+    def evaluate_cmd(self, mid: str) -> str:
+        from nli_cot.study_data import TEST_SETS
+
+        return "split predictions by set, then " + " && ".join(
+            "python -m nli_cot.evaluate " + " ".join(self._eval_overrides(mid, s)) for s in TEST_SETS)
+
+    def select_lr(self) -> dict[str, Any]:
+        """The learning rate whose 'human' seed-0 run reached the lowest dev loss (test sets never consulted)."""
+        table = []
+        for lr, run in self.g.lr_runs():
+            status = json.loads((self.g.run_dir(run) / "model" / "status.json").read_text())
+            best = status.get("best") or {}
+            table.append({"lr": lr, "run": run, "best_dev_loss": best.get("value"),
+                          "best_checkpoint": best.get("checkpoint"), "global_step": status.get("global_step")})
+        scored = [t for t in table if t["best_dev_loss"] is not None]
+        if not scored:
+            raise RuntimeError("no lr_grid run recorded a dev loss (is the dev split empty?)")
+        best = min(scored, key=lambda t: t["best_dev_loss"])
+        choice = {"lr": best["lr"], "run": best["run"], "metric": "eval/loss (min)", "table": table,
+                  "condition": "human", "seed": self.g.seeds[0]}
+        write_json_atomic(self.g.out / "lr_choice.json", choice)
+        return choice
+
+
+def plan(jobs: list, sched: Scheduler) -> None:
+    for j in sorted(jobs, key=lambda j: j.priority):
+        done = "done" if sched.marker(j.name).is_file() else "todo"
+        print(f"{done:5} {j.lane:5} {j.name:42} <- {', '.join(j.deps) or '-'}")
+
+
+def main_run(cfg: dict[str, Any]) -> int:
+    out = Path(cfg["out_dir"]).resolve()
+    t0 = time.time()
+    graph = StudyGraph(cfg, out, cfg["python"])
+    local = LocalJobs(cfg, graph)
+    jobs = graph.jobs({"prep": local.prep, "prep_cmd": local.prep_cmd, "evaluate": local.evaluate,
+                       "evaluate_cmd": local.evaluate_cmd, "select_lr": local.select_lr})
+    deadline = cfg["deadline_s"]
+    stop_at = None if deadline is None else t0 + float(deadline) - float(cfg["report_reserve_s"])
+    gpus = detect_gpus(cfg["gpus"]) if cfg["stage"] == "run" else []
+    env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+           "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"),
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    sched = Scheduler(
+        jobs, out / "jobs", out / "logs", out / "manifest.json", gpus,
+        slots_per_gpu=int(cfg["slots_per_gpu"]), cpu_slots=int(cfg["cpu_slots"]),
+        max_running=None if gpus else 1,  # on CPU, one job at a time: jobs would only fight over the cores
+        stop_at=stop_at, start_margin_s=float(cfg["start_margin_s"]), kill_grace_s=float(cfg["kill_grace_s"]),
+        env=env, fail_jobs=tuple(cfg["fail_jobs"]), python=graph.python,
+        printer=lambda s: print(f"[{time.time() - t0:7.1f}s] {s}", flush=True),
+    )
+    if cfg["stage"] == "plan":
+        plan(jobs, sched)
+        return 0
+    from nli_cot.study_report import write_report
+
+    code = 0
+    if cfg["stage"] == "run":
+        out.mkdir(parents=True, exist_ok=True)
+        check_settings(out, cfg, bool(cfg["force"]))
+        print(f"study {cfg['study_name']}: {len(jobs)} jobs, gpus {gpus or 'none (CPU, one job at a time)'}, "
+              f"deadline {deadline if deadline is not None else 'none'} s -> {out}", flush=True)
+        summary = sched.run()
+        print_summary(summary)
+        code = EXIT_FAILED if summary["failed"] else EXIT_UNFINISHED if summary["left"] else 0
+        write_json_atomic(out / "last_invocation.json", {"exit_code": code, **summary})
+    paths = write_report(cfg, graph, out)
+    print(f"report: {paths['md']} ({paths['json']})", flush=True)
+    return code
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    print(f"\n== study invocation: {s['wall_s']} s; " + ", ".join(f"{k} {v}" for k, v in sorted(s["counts"].items())))
+    if s["already_finished"]:
+        print(f"   {s['already_finished']} jobs were already finished (skipped)")
+    for n, why in s["failed"].items():
+        print(f"   FAILED  {n}: {why}")
+    for n, why in s["skipped"].items():
+        print(f"   skipped {n}: {why}")
+    for n, why in s["no_data"].items():
+        print(f"   no data {n}: {why}")
+    if s["left"]:
+        print(f"   LEFT ({len(s['left'])}, {'deadline' if s['stopped_by_deadline'] else 'not started'}): "
+              + ", ".join(s["left"]))
+        print("   re-run the same command to continue")
+
+
+@hydra.main(config_path="../conf", config_name="study", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    if plain["stage"] not in ("run", "report", "plan"):
+        raise SystemExit(f"error: stage must be run, report or plan, got {plain['stage']!r}")
+    code = main_run(plain)
+    if code:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

