@@ -19,7 +19,8 @@ Features
   split of the train pairs (``train.lr_grid``, condition ``human`` seed 0, best dev loss); early stopping and the
   best checkpoint follow dev loss. The test sets are never used for a choice.
 - The report (``nli_cot.study_report``): ``<results_dir>/<report_name>.md`` + ``.json`` + plots.
-- ``stage=plan`` prints the jobs in start order with their dependencies and what is already done.
+- ``stage=plan`` prints the jobs in start order with their dependencies and what is already done;
+  ``stage=export_data export_dir=.study-data`` writes the trimmed data copy that travels to the GPU machine.
 
 Limits
 - The method settings are fingerprinted in ``<out_dir>/study_settings.json``: reusing an out_dir with other
@@ -30,6 +31,7 @@ Limits
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import sys
@@ -49,7 +51,8 @@ EXIT_FAILED, EXIT_UNFINISHED = 1, 3
 
 def settings_fingerprint(cfg: dict[str, Any]) -> dict[str, Any]:
     """The settings that decide results (not scheduling, not paths, not the seed/condition lists, which may grow)."""
-    settings = {k: cfg[k] for k in FINGERPRINTED}
+    settings = json.loads(json.dumps({k: cfg[k] for k in FINGERPRINTED}))
+    settings["evaluate"].pop("plots", None)  # pictures only; off on a machine without matplotlib
     blob = json.dumps(settings, sort_keys=True, default=str)
     return {"sha256": hashlib.sha256(blob.encode()).hexdigest()[:16], "settings": settings}
 
@@ -183,6 +186,13 @@ def main_run(cfg: dict[str, Any]) -> int:
     if cfg["stage"] == "plan":
         plan(jobs, sched)
         return 0
+    if cfg["stage"] == "export_data":
+        from nli_cot.study_data import trim_copy
+
+        d = cfg["data"]
+        sizes = trim_copy(cfg["data_root"], cfg["export_dir"], dict(d["n_test"]), d["sample_salt"])
+        print(f"{cfg['export_dir']}: " + ", ".join(f"{k} {v} rows" for k, v in sizes.items()))
+        return 0
     from nli_cot.study_report import write_report
 
     code = 0
@@ -219,8 +229,12 @@ def print_summary(s: dict[str, Any]) -> None:
 @hydra.main(config_path="../conf", config_name="study", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     plain = OmegaConf.to_container(cfg, resolve=True)
-    if plain["stage"] not in ("run", "report", "plan"):
-        raise SystemExit(f"error: stage must be run, report or plan, got {plain['stage']!r}")
+    if plain["stage"] not in ("run", "report", "plan", "export_data"):
+        raise SystemExit(f"error: stage must be run, report, plan or export_data, got {plain['stage']!r}")
+    if importlib.util.find_spec("matplotlib") is None:  # the GPU machine may lack it: numbers still come out
+        print("warning: matplotlib is not installed: no plots (SFT lengths, evaluation, report)", file=sys.stderr)
+        plain["evaluate"]["plots"] = False
+        plain["plots"] = False
     code = main_run(plain)
     if code:
         sys.exit(code)

@@ -114,7 +114,7 @@ class StudyGraph:
                 f"model.tokenizer={c['model_tokenizer'] if c['model_tokenizer'] else 'null'}",
                 f"name={name}", f"output_dir={self.sft_dir(name)}", f"data_root={c['data_root']}",
                 f"dev_fraction={c['data']['sft_dev_fraction']}", f"max_tokens={c['data']['max_tokens']}",
-                self._hydra_dir(f"sft_{name}")]
+                f"plot={str(c.get('plots', True)).lower()}", self._hydra_dir(f"sft_{name}")]
         if teacher is None:
             args.append(f"sft_strategy.sources.0.path={self.data / 'train_pairs.jsonl'}")
         else:

@@ -543,7 +543,7 @@ def write_report(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, str]:
     order = [c for c in CONDITIONS if c in r["conditions"]]
     for metric, label in (("accuracy", "accuracy"), ("macro_f1", "macro F1"), ("parse_rate", "parse rate")):
         path = plot_dir / f"{metric}.png"
-        if _plot(r["cells"], order, path, metric, label):
+        if cfg.get("plots", True) and _plot(r["cells"], order, path, metric, label):
             plots.append(f"{name}/{metric}.png")
     results.mkdir(parents=True, exist_ok=True)
     write_json_atomic(json_path, r)

