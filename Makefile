@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 ENV := HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} WANDB_MODE=$${WANDB_MODE:-offline} TOKENIZERS_PARALLELISM=false
 ARGS ?=
 
-.PHONY: install test test-fast lint format demo train ablations sweep report thoughts reflect sft predict evaluate compare pipeline-sample fake-teacher bench-train bench-infer clean
+.PHONY: install test test-fast lint format demo study train ablations sweep report thoughts reflect sft predict evaluate compare pipeline-sample fake-teacher bench-train bench-infer clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,6 +33,9 @@ format: install
 
 demo: install  ## the main job on the embedded default: SmolLM2-135M learns a synthetic NLI task on CPU
 	$(ENV) $(BIN)/python -m nli_cot.demo $(ARGS)
+
+study: install  ## the model card's ablations at small scale (issue #9): study=full on GPUs; ARGS="study=cpu" on CPU
+	$(ENV) $(BIN)/python -m nli_cot.study $(ARGS)
 
 train: install  ## e.g. make train ARGS="+experiment=abl1"
 	$(ENV) $(BIN)/python -m nli_cot.train $(ARGS)

@@ -213,7 +213,7 @@ class Scheduler:
 
     def _start(self, job: Job) -> None:
         started = time.time()
-        attempt_id = f"{job.name}@{_now()}#{os.getpid()}"
+        attempt_id = f"{job.name}@{time.time():.6f}#{os.getpid()}"
         log_path = self.log_dir / f"{_safe(job.name)}.log"
         base = {"attempt_id": attempt_id, "start": _now(), "log": str(log_path), "host": socket.gethostname(),
                 "lane": job.lane, **{k: v for k, v in job.meta.items() if k in ("seed", "condition", "stage")}}

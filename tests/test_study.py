@@ -1,0 +1,187 @@
+"""The small-scale study driver (nli_cot.study): scheduler semantics, report numbers, and the whole graph on the tiny
+random Mistral (every condition, a learning-rate grid, resume, deadline, a failing job)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fake_openai_server import FakeOpenAIServer
+
+from nli_cot import metrics as M
+from nli_cot.study_graph import CONDITIONS
+from nli_cot.study_report import seed_mean_ci
+from nli_cot.study_scheduler import Job, NoData, Scheduler
+
+REPO = Path(__file__).resolve().parents[1]
+SETS = ("esnli_test", "mnli_dev_matched", "rte_dev")
+
+
+# ------------------------------------------------------------------------------------------- scheduler
+
+
+def _py(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def _sched(tmp_path: Path, jobs: list[Job], **kw) -> Scheduler:
+    return Scheduler(jobs, tmp_path / "jobs", tmp_path / "logs", tmp_path / "manifest.json", [], poll_s=0.05,
+                     printer=lambda s: None, python=sys.executable, **kw)
+
+
+def _no_data() -> None:
+    raise NoData("the SFT set is empty")
+
+
+def test_scheduler_failure_skips_dependents_only_and_resume_skips_finished(tmp_path):
+    out = tmp_path / "ran.txt"
+    jobs = [
+        Job("a", "cpu", (0,), argv=lambda: _py(f"open({str(out)!r}, 'a').write('a')")),
+        Job("bad", "cpu", (1,), ["a"], argv=lambda: _py("import sys; sys.exit(4)")),
+        Job("after_bad", "cpu", (2,), ["bad"], argv=lambda: _py("pass")),
+        Job("c", "cpu", (3,), ["a"], argv=lambda: _py(f"open({str(out)!r}, 'a').write('c')")),
+        Job("empty", "local", (4,), ["a"], fn=lambda: None, check=_no_data),
+        Job("after_empty", "cpu", (5,), ["empty"], argv=lambda: _py("pass")),
+    ]
+    s = _sched(tmp_path, jobs).run()
+    assert s["counts"] == {"done": 2, "failed": 1, "skipped": 1, "no_data": 2}
+    assert "exit code 4" in s["failed"]["bad"] and s["skipped"] == {"after_bad": "dependency bad failed"}
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    rec = manifest["jobs"]["bad"]["attempts"][-1]
+    assert rec["exit_code"] == 4 and rec["command"].endswith("sys.exit(4)") and rec["wall_s"] >= 0
+    # Second invocation: finished and no-data jobs are skipped, the failed one is tried again.
+    s2 = _sched(tmp_path, jobs).run()
+    assert s2["already_finished"] == 4 and out.read_text() == "ac"
+    assert len(json.loads((tmp_path / "manifest.json").read_text())["jobs"]["bad"]["attempts"]) == 2
+
+
+def test_scheduler_deadline_stops_running_job_and_starts_nothing_new(tmp_path):
+    jobs = [Job("slow", "gpu", (0,), argv=lambda: _py("import time; time.sleep(60)")),
+            Job("next", "gpu", (1,), ["slow"], argv=lambda: _py("pass"))]
+    t0 = time.time()
+    s = _sched(tmp_path, jobs, stop_at=time.time() + 1.5, start_margin_s=0.5, kill_grace_s=2).run()
+    assert time.time() - t0 < 20
+    assert s["stopped_by_deadline"] and set(s["left"]) == {"slow", "next"}
+    assert json.loads((tmp_path / "manifest.json").read_text())["jobs"]["slow"]["status"] == "interrupted"
+    assert not (tmp_path / "jobs" / "slow.json").exists()  # no marker: the next invocation runs it again
+
+
+def test_scheduler_gives_each_gpu_job_its_own_card(tmp_path):
+    code = "import os, time; time.sleep(0.5); print(os.environ['CUDA_VISIBLE_DEVICES'])"
+    jobs = [Job(f"g{i}", "gpu", (i,), argv=lambda: _py(code)) for i in range(4)]
+    s = Scheduler(jobs, tmp_path / "jobs", tmp_path / "logs", tmp_path / "m.json", ["3", "5"], poll_s=0.05,
+                  printer=lambda s: None).run()
+    assert s["counts"] == {"done": 4}
+    gpus = [json.loads((tmp_path / "m.json").read_text())["jobs"][f"g{i}"]["gpu"] for i in range(4)]
+    assert sorted(gpus) == ["3", "3", "5", "5"]
+    assert (tmp_path / "logs" / "g0.log").read_text().strip().splitlines()[-1] in ("3", "5")
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def test_seed_mean_ci_matches_the_project_metrics():
+    rng = np.random.default_rng(1)
+    gold = rng.integers(0, 2, 200)
+    preds = rng.integers(-1, 2, (3, 200))  # -1 = unparsed
+    r = seed_mean_ci(gold, preds, n_resamples=200, confidence=0.95, seed=0)
+    as_label = [[None if p < 0 else int(p) for p in row] for row in preds]
+    f1 = [M.macro_f1(gold.tolist(), row) for row in as_label]
+    acc = [M.accuracy(gold.tolist(), row) for row in as_label]
+    assert r["macro_f1"]["per_seed"] == pytest.approx(f1) and r["accuracy"]["per_seed"] == pytest.approx(acc)
+    assert r["accuracy"]["mean"] == pytest.approx(np.mean(acc))
+    for key in ("accuracy", "macro_f1"):
+        lo, hi = r[key]["ci"]
+        assert lo <= r[key]["mean"] <= hi and hi - lo < 0.2
+        hlo, hhi = r[key]["ci_seeds_and_examples"]
+        assert hlo <= hhi
+
+
+# ------------------------------------------------------------------------------------- the whole graph
+
+
+def _study(tmp_path: Path, url: str, *extra: str, out: str = "study") -> subprocess.CompletedProcess:
+    args = [
+        sys.executable, "-m", "nli_cot.study", "study=cpu", f"out_dir={tmp_path / out}",
+        f"results_dir={tmp_path / 'results'}", "report_name=r", "base_model=tiny_mistral",
+        "model_tokenizer=mistral_common_v3", "prompt_name=card", "data.n_train=16",
+        "data.n_test={esnli_test: 3, mnli_dev_matched: 3, rte_dev: 3}", "data.sft_dev_fraction=0.25",
+        "train.batch_size=4", "train.max_steps=2", "train.eval_every_n_steps=2", "predict.batch_size=16",
+        "predict.max_new_tokens=6", "teachers.max_tokens=8", "teachers.batch_size=16", "evaluate.plots=false",
+        "plots=false", "evaluate.n_resamples=100", "report.n_resamples=100",
+        # Both teachers answer through the scripted server: a random tiny model writes no parseable thought, so
+        # its SFT sets would be empty and the teacher conditions would stop at no_data (tested separately).
+        "teachers.base.group=fake", "teachers.human.group=fake", "teachers.human.prompt=step3",
+        f'teachers.base.extra=["teacher.base_url={url}"]', f'teachers.human.extra=["teacher.base_url={url}"]',
+        *extra,
+    ]
+    return subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=900)
+
+
+@pytest.fixture()
+def teacher_url():
+    with FakeOpenAIServer({}, default={"label": 1}) as server:
+        yield server.url
+
+
+@pytest.mark.slow
+def test_study_runs_every_condition_resumes_and_reports(tmp_path, teacher_url):
+    grid = "train.lr_grid=[1e-3,3e-3]"
+    first = _study(tmp_path, teacher_url, grid)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    manifest = json.loads((tmp_path / "study" / "manifest.json").read_text())
+    assert set(manifest["status"].values()) == {"done"}, manifest["status"]
+    assert {"select_lr", "train:human_s0_lr1e-3", "train:human_s0_lr3e-3", "thoughts:teacher_human"} <= set(
+        manifest["status"])
+    assert "teacher.adapter=" in manifest["jobs"]["thoughts:teacher_human"]["command"]
+    report = json.loads((tmp_path / "results" / "r.json").read_text())
+    assert report["lr_choice"]["lr"] in (1e-3, 3e-3) and len(report["lr_choice"]["table"]) == 2
+    for cond in CONDITIONS:
+        for s in SETS:
+            c = report["cells"][cond][s]
+            assert c["n"] == 3 and len(c["accuracy"]["ci"]) == 2 and len(c["macro_f1"]["ci"]) == 2
+    for s in SETS:
+        tests = report["mcnemar"][s]["0"]
+        for cond in CONDITIONS:
+            refs = {t["vs"] for t in tests if t["condition"] == cond} | {t["condition"] for t in tests
+                                                                        if t["vs"] == cond}
+            assert refs >= ({"label_only", "zero_shot"} - {cond}), (s, cond)
+        assert all(0 <= t["p_value"] <= 1 and t["p_holm"] >= t["p_value"] for t in tests)
+    md = (tmp_path / "results" / "r.md").read_text()
+    assert "## Honest reading" in md and "teacher_human_correct_only" in md and "p(LO)" in md
+    assert report["teachers"]["teacher_base"]["pairs"] == 16 and report["sft_sets"]["human"]["train"] > 0
+
+    # Second invocation: everything is already finished, nothing runs again.
+    second = _study(tmp_path, teacher_url, grid)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert f"resume: {len(manifest['status'])} of {len(manifest['status'])} jobs already finished" in second.stdout
+    again = json.loads((tmp_path / "study" / "manifest.json").read_text())
+    assert all(len(again["jobs"][n]["attempts"]) == len(manifest["jobs"][n]["attempts"]) for n in manifest["jobs"])
+    # Changed method settings in the same out_dir are refused.
+    changed = _study(tmp_path, teacher_url, grid, "train.lr=0.5")
+    assert changed.returncode != 0 and "other settings" in changed.stderr + changed.stdout
+
+
+def test_study_with_no_time_left_starts_nothing_and_says_what_is_left(tmp_path, teacher_url):
+    r = _study(tmp_path, teacher_url, "deadline_s=0", "report_reserve_s=0")
+    assert r.returncode == 3, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "LEFT (" in r.stdout and "predict:zero_shot" in r.stdout and "re-run the same command" in r.stdout
+    manifest = json.loads((tmp_path / "study" / "manifest.json").read_text())
+    assert manifest["jobs"] == {} and not list((tmp_path / "study" / "jobs").glob("*.json"))
+    assert (tmp_path / "results" / "r.md").is_file()  # the (empty) report is still written
+
+
+def test_study_failing_job_skips_its_dependents_and_the_rest_continue(tmp_path, teacher_url):
+    r = _study(tmp_path, teacher_url, "conditions=[zero_shot,label_only]", "fail_jobs=[sft:human]")
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    status = json.loads((tmp_path / "study" / "manifest.json").read_text())["status"]
+    assert status["sft:human"] == "failed"
+    assert status["train:label_only_s0"] == status["predict:label_only_s0"] == "skipped"
+    assert status["predict:zero_shot"] == status["evaluate:zero_shot"] == "done"
+    report = json.loads((tmp_path / "results" / "r.json").read_text())
+    assert set(report["cells"]) == {"zero_shot"} and "FAILED  sft:human" in r.stdout
