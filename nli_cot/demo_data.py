@@ -5,17 +5,23 @@
 Features
 - Six rule families (``source: demo/<family>``), each producing both labels:
   ``hypernym``     "A poodle sleeps." -> "A dog sleeps." (1); the reversal and sibling swaps (0).
-  ``negation``     double negation and paraphrased negation (1); a statement against its negation (0).
+  ``negation``     double negation and paraphrased negation (1); a statement against its (paraphrased) negation
+                   (0); every surface form occurs on both labels.
   ``quantifier``   all -> some, monotonicity of all/no/some under hyponyms (1); some -> all, no -> some,
                    the wrong monotonicity direction (0).
-  ``conjunction``  dropping a conjunct (1); adding a conjunct, or dropping a disjunct (0).
+  ``conjunction``  dropping or reordering conjuncts (1); adding a conjunct, or dropping a disjunct (0).
   ``hans``         HANS-style traps: the hypothesis is a subsequence of the premise or reuses every word yet
                    is not entailed (swapped roles, "the friend of X", passive or relative clause read
                    backwards) (0); passive paraphrase, dropped modifier, relative clause read right (1).
   ``number``       "has 7 apples" -> more than / fewer than / at least / at most / exactly m apples.
-- Every thought is "Step 1: ... Step 2: ... Step 3: <conclusion>", the conclusion being exactly ``ENTAILED`` or
-  ``NOT_ENTAILED``, so a trained model's last sentence can be checked against its label.
+- Every thought is the rule's one decisive step, then ``So entailed.`` or ``So not entailed.`` (e.g.
+  "cobra -> snake: every cobra is a snake. So entailed.", "P: Zack met Nora. H: Nora met Zack. Different. So not
+  entailed.", "13 vs at least 20: 13 is fewer than 20. So not entailed."): ~36 answer tokens with the JSON, so
+  a CPU decodes it quickly, and a 135M model learns a step it can take on unseen words (copy the words, state
+  the is-a fact it already knows, compare) rather than a paraphrase.
 - Labels are exactly balanced (even n) and balanced within each family; families take turns.
+- Surface cues stay weak: thresholds on lengths or word overlap and a hypothesis-only bag of words score 52-58% on
+  the held-out split (``experiments/demo_baselines.py``).
 - Vocabulary split: names, verbs, animal categories, places and counted objects of ``test`` are disjoint from
   those of ``train``; ``dev`` uses the train vocabulary with pairs not in ``train`` (an in-distribution dev set
   for early stopping), ``test`` is the unseen-vocabulary held-out set.
@@ -28,8 +34,8 @@ Limits
   minutes on a CPU, not a benchmark. Function words and frame verbs ("has", "does not", "was ... by") are
   shared between splits; only content words are split.
 - Pairs are unique within a split (and dev vs train); the vocabulary caps how many exist: asking for more
-  than a family can make raises ``DemoDataError`` naming the family. Measured caps per split: quantifier ~1,300,
-  negation ~2,200, the others >14,000; so up to ~7,800 examples per split with all six families.
+  than a family can make raises ``DemoDataError`` naming the family. Measured caps (seed 0, test vocabulary):
+  quantifier ~1,300, negation ~3,400, the others >14,000; so up to ~7,800 examples per split with all six.
 - "All X ..." is read with existential import ("all dogs" implies some dogs exist).
 """
 
@@ -50,8 +56,9 @@ from omegaconf import MISSING
 
 log = logging.getLogger(__name__)
 
-ENTAILED = "So the hypothesis is entailed."
-NOT_ENTAILED = "So the hypothesis is not entailed."
+# Short on purpose: every thought token is decoded one at a time on a CPU, and the label is in the JSON anyway.
+ENTAILED = "So entailed."
+NOT_ENTAILED = "So not entailed."
 FAMILIES = ("hypernym", "negation", "quantifier", "conjunction", "hans", "number")
 SOURCE_PREFIX = "demo/"
 
@@ -143,6 +150,10 @@ VOCAB: dict[str, Vocab] = {
                     ("beaver", "beavers"),
                 ),
             ),
+            # Six categories, not four: with few, a model can memorise which words are "the general ones"
+            # instead of learning to state the is-a fact it already knows.
+            Category(("horse", "horses"), _s_plural("pony", "stallion", "mare", "foal", "mustang")),
+            Category(("deer", "deer"), _same_plural("moose", "elk", "reindeer", "caribou", "fawn")),
         ),
         places=("park", "kitchen", "library", "garden", "office"),
         objects=("apples", "books", "coins", "pencils", "marbles"),
@@ -178,10 +189,15 @@ VOCAB: dict[str, Vocab] = {
             ("greeted", "greeted"),
         ),
         categories=(
-            Category(("fish", "fish"), _same_plural("salmon", "trout", "tuna", "carp", "perch")),
-            Category(("snake", "snakes"), _s_plural("cobra", "viper", "python", "mamba", "adder")),
+            # Unseen in training but common words: the hypernym and quantifier families test whether the model
+            # applies what it knows ("a cobra is a snake"), not whether it knows rare words. A probe of the base
+            # model (log-prob of "A <kind> is a kind of <category>." over 15 categories) ranked the right
+            # category first for these but orangutan (2nd) and gibbon (3rd); perch, adder, anole, skink and
+            # gecko, used before, ranked 2nd to 8th, and lizard was swapped for cat (all five ranked first).
+            Category(("fish", "fish"), _same_plural("salmon", "trout", "tuna", "carp", "herring")),
+            Category(("snake", "snakes"), _s_plural("cobra", "viper", "python", "mamba", "rattlesnake")),
             Category(("ape", "apes"), _s_plural("gorilla", "chimpanzee", "orangutan", "gibbon", "bonobo")),
-            Category(("lizard", "lizards"), _s_plural("gecko", "iguana", "chameleon", "skink", "anole")),
+            Category(("cat", "cats"), _s_plural("lion", "tiger", "leopard", "cheetah", "jaguar")),
         ),
         places=("station", "museum", "harbor", "market", "theater"),
         objects=("cups", "stamps", "shells", "candles", "buttons"),
@@ -207,8 +223,9 @@ def _cap(text: str) -> str:
     return text[0].upper() + text[1:]
 
 
-def _thought(step1: str, step2: str, label: int) -> str:
-    return f"Step 1: {step1} Step 2: {step2} Step 3: {ENTAILED if label else NOT_ENTAILED}"
+def _thought(decisive: str, label: int) -> str:
+    """The rule's decisive step, then the conclusion (which the label must match)."""
+    return f"{decisive} {ENTAILED if label else NOT_ENTAILED}"
 
 
 def _tail(rng: random.Random, v: Vocab) -> str:
@@ -220,16 +237,18 @@ def hypernym(rng: random.Random, v: Vocab, label: int) -> Example:
     cat = rng.choice(v.categories)
     kind = rng.choice(cat.kinds)[0]
     general = cat.word[0]
+    # The thought names the swapped words, then the one is-a fact that decides: copying is easy for a small
+    # model, and the fact ("every cobra is a snake") is what it has to know about unseen words.
     if label:
         rule, p_word, h_word = "specific_to_general", kind, general
-        step2 = f"Every {kind} is {_a(general)}, so the more general word is still true."
+        fact = f"every {kind} is {_a(general)}."
     elif rng.random() < 0.5:
         rule, p_word, h_word = "general_to_specific", general, kind
-        step2 = f"Not every {general} is {_a(kind)}, so the premise does not say it is one."
+        fact = f"not every {general} is {_a(kind)}."
     else:
         other = rng.choice([k[0] for k in cat.kinds if k[0] != kind])
         rule, p_word, h_word = "sibling", kind, other
-        step2 = f"{_cap(_a(kind))} is not {_a(other)}: both are kinds of {general}, but different ones."
+        fact = f"{_a(kind)} is not {_a(other)}."
     if rng.random() < 0.5:
         verb = rng.choice(v.animal_verbs)[1]
         frame = "{} " + verb + "."
@@ -238,8 +257,7 @@ def hypernym(rng: random.Random, v: Vocab, label: int) -> Example:
         name, verb = rng.choice(v.names), rng.choice(v.transitive_verbs)[0]
         frame = f"{name} {verb} {{}} in the {rng.choice(v.places)}."
         premise, hypothesis = frame.format(_a(p_word)), frame.format(_a(h_word))
-    step1 = f"The hypothesis repeats the premise with '{p_word}' replaced by '{h_word}'."
-    return Example(premise, hypothesis, _thought(step1, step2, label), label, "hypernym", rule)
+    return Example(premise, hypothesis, _thought(f"{p_word} -> {h_word}: {fact}", label), label, "hypernym", rule)
 
 
 def negation(rng: random.Random, v: Vocab, label: int) -> Example:
@@ -247,23 +265,29 @@ def negation(rng: random.Random, v: Vocab, label: int) -> Example:
     base, third = rng.choice(v.person_verbs)
     tail = _tail(rng, v)
     pos, neg = f"{name} {third}{tail}", f"{name} does not {base}{tail}"
-    if label and rng.random() < 0.5:
-        rule, premise, hypothesis = "double_negation", f"It is not true that {neg}.", f"{_cap(pos)}."
-        step1 = f"The premise denies that {neg}."
-        step2 = f"Two negations cancel, so {pos}, which is the hypothesis."
-    elif label:
-        rule, premise, hypothesis = "negation_paraphrase", f"{neg}.", f"It is not true that {pos}."
-        step1 = f"The premise says that {neg}."
-        step2 = f"The hypothesis says the same in other words: it is not true that {pos}."
-    elif rng.random() < 0.5:
-        rule, premise, hypothesis = "affirm_then_deny", f"{pos}.", f"{neg}."
-        step1 = f"The premise says that {pos}."
-        step2 = f"The hypothesis says the opposite, that {neg}."
-    else:
-        rule, premise, hypothesis = "deny_then_affirm", f"{neg}.", f"{pos}."
-        step1 = f"The premise says that {neg}."
-        step2 = f"The hypothesis says the opposite, that {pos}."
-    return Example(premise, hypothesis, _thought(step1, step2, label), label, "negation", rule)
+    it_not_pos, it_not_neg = f"It is not true that {pos}.", f"It is not true that {neg}."
+    # Each form appears on both labels (e.g. "It is not true that ..." as the longer side of an entailed and of
+    # a non-entailed pair), so length and negation words alone do not give the label away.
+    # rule -> (premise, hypothesis, what the premise means, what the hypothesis means)
+    forms = {
+        1: {
+            "double_negation": (it_not_neg, f"{_cap(pos)}.", pos, pos),
+            "negation_paraphrase": (f"{neg}.", it_not_pos, neg, neg),
+            "paraphrase_to_negation": (it_not_pos, f"{neg}.", neg, neg),
+        },
+        0: {
+            "affirm_then_deny": (f"{pos}.", f"{neg}.", pos, neg),
+            "deny_then_affirm": (f"{neg}.", f"{pos}.", neg, pos),
+            "affirm_then_paraphrased_denial": (f"{pos}.", it_not_pos, pos, neg),
+            "double_negation_then_deny": (it_not_neg, f"{neg}.", pos, neg),
+        },
+    }[label]
+    rule = rng.choice(list(forms))
+    premise, hypothesis, p_means, h_means = forms[rule]
+    # Decisive step: both sides rewritten without double or paraphrased negation, then compared.
+    verdict = "Same." if label else "Opposite."
+    thought = _thought(f"P means: {p_means}. H means: {h_means}. {verdict}", label)
+    return Example(premise, hypothesis, thought, label, "negation", rule)
 
 
 def quantifier(rng: random.Random, v: Vocab, label: int) -> Example:
@@ -271,96 +295,61 @@ def quantifier(rng: random.Random, v: Vocab, label: int) -> Example:
     (kind, kinds), (general, generals) = rng.choice(cat.kinds), cat.word
     verb = rng.choice(v.animal_verbs)[0]
     any_pl = rng.choice([kinds, generals])
-    isa = f"every {kind} is {_a(general)}"
     rules = (
         ["all_to_some", "all_narrowing", "no_narrowing", "some_widening"]
         if label
-        else ["some_to_all", "no_to_some", "all_widening", "some_narrowing"]
+        else ["some_to_all", "no_to_some", "all_widening", "no_widening", "some_narrowing"]
     )
     rule = rng.choice(rules)
-    premise, hypothesis, step1, step2 = {
-        "all_to_some": (
-            f"All {any_pl} {verb}.",
-            f"Some {any_pl} {verb}.",
-            f"The premise says all {any_pl} {verb}.",
-            f"If all {any_pl} do, then some {any_pl} do.",
-        ),
-        "all_narrowing": (
-            f"All {generals} {verb}.",
-            f"All {kinds} {verb}.",
-            f"The premise is about all {generals}.",
-            f"Since {isa}, it holds for all {kinds} too.",
-        ),
-        "no_narrowing": (
-            f"No {generals} {verb}.",
-            f"No {kinds} {verb}.",
-            f"The premise says no {generals} {verb}.",
-            f"Since {isa}, no {kinds} {verb} either.",
-        ),
-        "some_widening": (
-            f"Some {kinds} {verb}.",
-            f"Some {generals} {verb}.",
-            f"The premise says some {kinds} {verb}.",
-            f"Since {isa}, some {generals} {verb}.",
-        ),
-        "some_to_all": (
-            f"Some {any_pl} {verb}.",
-            f"All {any_pl} {verb}.",
-            f"The premise says only that some {any_pl} {verb}.",
-            "Some does not mean all.",
-        ),
-        "no_to_some": (
-            f"No {any_pl} {verb}.",
-            f"Some {any_pl} {verb}.",
-            f"The premise says no {any_pl} {verb}.",
-            "The hypothesis claims some do, which contradicts it.",
-        ),
-        "all_widening": (
-            f"All {kinds} {verb}.",
-            f"All {generals} {verb}.",
-            f"The premise is only about {kinds}.",
-            f"Not every {general} is {_a(kind)}, so it says nothing about all {generals}.",
-        ),
-        "some_narrowing": (
-            f"Some {generals} {verb}.",
-            f"Some {kinds} {verb}.",
-            f"The premise says some {generals} {verb}.",
-            f"Those need not be {kinds}.",
-        ),
+    # Decisive step: how the group changes (the is-a fact that says so); the quantifier then decides:
+    # all/no carry over to a narrower group, some to a wider one, and nothing else follows.
+    isa = f"every {kind} is {_a(general)}"
+    narrower, wider = f"narrower, {isa}", f"wider, {isa}"
+    qp, np_, qh, nh, change = {
+        "all_to_some": ("All", any_pl, "some", any_pl, "same group"),
+        "all_narrowing": ("All", generals, "all", kinds, narrower),
+        "no_narrowing": ("No", generals, "no", kinds, narrower),
+        "some_widening": ("Some", kinds, "some", generals, wider),
+        "some_to_all": ("Some", any_pl, "all", any_pl, "same group"),
+        "no_to_some": ("No", any_pl, "some", any_pl, "same group"),
+        "all_widening": ("All", kinds, "all", generals, wider),
+        "no_widening": ("No", kinds, "no", generals, wider),
+        "some_narrowing": ("Some", generals, "some", kinds, narrower),
     }[rule]
-    return Example(premise, hypothesis, _thought(step1, step2, label), label, "quantifier", rule)
-
-
+    premise, hypothesis = f"{qp} {np_} {verb}.", f"{_cap(qh)} {nh} {verb}."
+    thought = _thought(f"{qp} {np_} -> {qh} {nh}: {change}.", label)
+    return Example(premise, hypothesis, thought, label, "quantifier", rule)
 def conjunction(rng: random.Random, v: Vocab, label: int) -> Example:
     a, b = rng.sample(v.names, 2)
     (_, v1), (_, v2) = rng.sample(v.person_verbs, 2)
-    if label and rng.random() < 0.5:
-        rule, premise = "drop_clause", f"{a} {v1} and {b} {v2}."
+    # Decisive step: the facts each side asserts (a disjunction asserts neither), and whether H adds one.
+    # Entailed hypotheses with "and" too (reordered conjuncts), so "and" in H alone does not mean "not entailed".
+    rule = rng.choice(["drop_clause", "drop_verb", "reorder"]) if label else None
+    if rule == "drop_clause":
+        premise = f"{a} {v1} and {b} {v2}."
         kept = rng.choice([f"{a} {v1}", f"{b} {v2}"])
         hypothesis = f"{kept}."
-        step1 = f"The premise states two facts joined by 'and': {a} {v1}, and {b} {v2}."
-        step2 = f"The hypothesis keeps one of them: {kept}."
-    elif label:
-        rule, premise = "drop_verb", f"{a} {v1} and {v2}."
+        decisive = f"P states: {a} {v1}; {b} {v2}. H states: {kept}. Nothing new."
+    elif rule == "drop_verb":
+        premise = f"{a} {v1} and {v2}."
         kept = rng.choice([v1, v2])
         hypothesis = f"{a} {kept}."
-        step1 = f"The premise says {a} does two things: {a} {v1} and {v2}."
-        step2 = f"The hypothesis keeps one of them: {a} {kept}."
+        decisive = f"P states: {a} {v1}; {a} {v2}. H states: {a} {kept}. Nothing new."
+    elif rule == "reorder":
+        premise, hypothesis = f"{a} {v1} and {b} {v2}.", f"{b} {v2} and {a} {v1}."
+        decisive = f"P states: {a} {v1}; {b} {v2}. H states: {b} {v2}; {a} {v1}. Nothing new."
     else:
         rule = rng.choice(["add_clause", "add_verb", "drop_disjunct"])
         if rule == "add_clause":
             premise, hypothesis = f"{a} {v1}.", f"{a} {v1} and {b} {v2}."
-            step1 = f"The premise says only that {a} {v1}."
-            step2 = f"The hypothesis adds that {b} {v2}, which the premise does not mention."
+            decisive = f"P states: {a} {v1}. H states: {a} {v1}; {b} {v2}. New: {b} {v2}."
         elif rule == "add_verb":
             premise, hypothesis = f"{a} {v1}.", f"{a} {v1} and {v2}."
-            step1 = f"The premise says only that {a} {v1}."
-            step2 = f"The hypothesis adds that {a} {v2}, which the premise does not mention."
+            decisive = f"P states: {a} {v1}. H states: {a} {v1}; {a} {v2}. New: {a} {v2}."
         else:
             premise, hypothesis = f"{a} {v1} or {v2}.", f"{a} {v1}."
-            step1 = f"The premise says {a} {v1} or {v2}, without saying which."
-            step2 = f"So it does not follow that {a} {v1}."
-    return Example(premise, hypothesis, _thought(step1, step2, label), label, "conjunction", rule)
+            decisive = f"P states only: {a} {v1} or {v2}. H states: {a} {v1}. New: {a} {v1}."
+    return Example(premise, hypothesis, _thought(decisive, label), label, "conjunction", rule)
 
 
 def hans(rng: random.Random, v: Vocab, label: int) -> Example:
@@ -373,39 +362,32 @@ def hans(rng: random.Random, v: Vocab, label: int) -> Example:
         else ["swap_roles", "subsequence", "passive_backwards", "relative_backwards"]
     )
     rule = rng.choice(rules)
+    # Decisive step: who did what to whom on each side, in the active voice; word overlap is the trap.
     if rule == "passive":
-        premise, hypothesis = f"{a} {past} {b}.", f"{b} was {part} by {a}."
-        step1 = "The hypothesis is the passive form of the premise."
-        step2 = f"In both, {a} is the one who {past} {b}."
+        premise, hypothesis, did_p, did_h = f"{a} {past} {b}.", f"{b} was {part} by {a}.", f"{a} {past} {b}", f"{a} {past} {b}"
     elif rule == "drop_modifier":
         place = rng.choice(v.places)
         premise, hypothesis = f"{a} {past} {b} in the {place}.", f"{a} {past} {b}."
-        step1 = f"The hypothesis is the premise without 'in the {place}'."
-        step2 = "Leaving out where it happened keeps it true."
+        did_p = did_h = f"{a} {past} {b}"
     elif rule == "relative_clause":
         premise, hypothesis = f"{a}, who {past} {b}, {third}.", f"{a} {past} {b}."
-        step1 = f"In the premise, 'who {past} {b}' describes {a}."
-        step2 = f"So {a} {past} {b}."
+        did_p = did_h = f"{a} {past} {b}"
     elif rule == "swap_roles":
-        premise, hypothesis = f"{a} {past} {b}.", f"{b} {past} {a}."
-        step1 = "Both sentences use exactly the same words."
-        step2 = f"In the premise {a} {past} {b}; the hypothesis swaps who did it to whom."
+        premise, hypothesis, did_p, did_h = f"{a} {past} {b}.", f"{b} {past} {a}.", f"{a} {past} {b}", f"{b} {past} {a}"
     elif rule == "subsequence":
         premise, hypothesis = f"The friend of {a} {past} {b}.", f"{a} {past} {b}."
-        step1 = "The hypothesis is a word-for-word part of the premise."
-        step2 = f"But the one who {past} {b} is the friend of {a}, not {a}."
+        did_p, did_h = f"the friend of {a} {past} {b}", f"{a} {past} {b}"
     elif rule == "passive_backwards":
-        premise, hypothesis = f"{a} was {part} by {b}.", f"{a} {past} {b}."
-        step1 = f"In the premise, {b} is the one who {past} {a}."
-        step2 = f"The hypothesis reuses the words but says {a} {past} {b}."
+        premise, hypothesis, did_p, did_h = f"{a} was {part} by {b}.", f"{a} {past} {b}.", f"{b} {past} {a}", f"{a} {past} {b}"
     else:
         premise, hypothesis = f"{a}, who {b} {past}, {third}.", f"{a} {past} {b}."
-        step1 = f"In the premise, 'who {b} {past}' means {b} {past} {a}."
-        step2 = f"The hypothesis reuses the words but says {a} {past} {b}."
-    return Example(premise, hypothesis, _thought(step1, step2, label), label, "hans", rule)
+        did_p, did_h = f"{b} {past} {a}", f"{a} {past} {b}"
+    verdict = "Same." if label else "Different."
+    thought = _thought(f"P: {did_p}. H: {did_h}. {verdict}", label)
+    return Example(premise, hypothesis, thought, label, "hans", rule)
 
 
-# comparator -> (symbol written in the thought, truth function)
+# comparator -> (its symbol, truth function)
 COMPARATORS: dict[str, tuple[str, Callable[[int, int], bool]]] = {
     "more than": (">", lambda n, m: n > m),
     "fewer than": ("<", lambda n, m: n < m),
@@ -418,15 +400,17 @@ COMPARATORS: dict[str, tuple[str, Callable[[int, int], bool]]] = {
 def number(rng: random.Random, v: Vocab, label: int) -> Example:
     name, obj = rng.choice(v.names), rng.choice(v.objects)
     cmp = rng.choice(list(COMPARATORS))
-    symbol, holds = COMPARATORS[cmp]
+    holds = COMPARATORS[cmp][1]
     while True:  # rejection sampling: every comparator has both outcomes in 2..20
         n, m = rng.randint(2, 20), rng.randint(2, 20)
         if holds(n, m) == bool(label):
             break
     premise, hypothesis = f"{name} has {n} {obj}.", f"{name} has {cmp} {m} {obj}."
-    step1 = f"The premise says {name} has {n} {obj}."
-    step2 = f"The hypothesis claims {cmp} {m}, and {n} {symbol} {m} is {'true' if label else 'false'}."
-    return Example(premise, hypothesis, _thought(step1, step2, label), label, "number", cmp.replace(" ", "_"))
+    # Decisive step in two easy parts: how n compares with m (one skill for every comparator), then whether
+    # the comparator allows that.
+    relation = "more than" if n > m else "fewer than" if n < m else "exactly"
+    thought = _thought(f"{n} vs {cmp} {m}: {n} is {relation} {m}.", label)
+    return Example(premise, hypothesis, thought, label, "number", cmp.replace(" ", "_"))
 
 
 GENERATORS: dict[str, Callable[[random.Random, Vocab, int], Example]] = {
