@@ -174,7 +174,7 @@ class StudyGraph:
         args = [f"model={c['base_model']}", f"prompt={c['prompt_name']}", "pairs=esnli", "pairs.name=study_test",
                 f"pairs.path={self.data / 'test.jsonl'}", "pairs.extra_fields=[]", f"output={self.predictions(mid)}",
                 f"run_name={mid}", f"batch_size={p['batch_size']}", f"decoding.max_new_tokens={p['max_new_tokens']}",
-                "progress=false", self._hydra_dir(f"predict_{mid}")]
+                f"model.dtype={p['dtype']}", "progress=false", self._hydra_dir(f"predict_{mid}")]
         if condition != "zero_shot":
             args += [f"adapter.path={self.checkpoint(mid)}", f"adapter.merge={str(p['merge_adapter']).lower()}"]
         return self._py("nli_cot.predict", *args, *p["extra"])

@@ -4,7 +4,8 @@ Features
 - Jobs form a DAG (``deps``); a ready job starts in ``priority`` order on a free slot of its lane: ``gpu`` jobs
   get one GPU each through ``CUDA_VISIBLE_DEVICES`` (``slots_per_gpu`` jobs may share one: 135M-parameter jobs
   are launch-bound, so two processes per card overlap well), ``cpu`` jobs get ``CUDA_VISIBLE_DEVICES=""``,
-  ``local`` jobs run in this process (short bookkeeping: data sampling, evaluation, choices).
+  ``local`` jobs run in this process, one at a time in a worker thread (short bookkeeping: data sampling,
+  evaluation, choices), so they never hold up the start of the next GPU job.
 - Commands are built when a job starts (``argv()``), so a job can read what its dependencies wrote (the best
   checkpoint, the chosen learning rate); the exact command is what the manifest records.
 - Resumable: a finished job leaves an atomic marker (``<state_dir>/<job>.json``, temp file + rename); a later
@@ -19,8 +20,8 @@ Features
   and log path, plus one entry per invocation, in one JSON file rewritten atomically after every event.
 
 Limits
-- One machine; subprocesses only (no cluster launcher). Local jobs block the loop while they run, so keep them
-  short. Interruption relies on the stage CLIs being resumable; a job that is not loses its partial work.
+- One machine; subprocesses only (no cluster launcher). A local job cannot be killed: at the deadline the
+  scheduler waits for it, so keep local jobs short. Interruption relies on the stage CLIs being resumable; a job that is not loses its partial work.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,6 +133,9 @@ class Scheduler:
         self.status: dict[str, str] = {}
         self.reason: dict[str, str] = {}
         self.running: dict[str, _Running] = {}
+        self.local: dict[str, tuple[Future, dict[str, Any], float, str]] = {}
+        # One worker: local jobs may plot (pyplot is not thread-safe) and are seconds long anyway.
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="study-local")
         self.manifest = self._load_manifest()
 
     # ----------------------------------------------------------------------------------------- state
@@ -203,6 +208,8 @@ class Scheduler:
         return sorted(ready, key=lambda j: j.priority)
 
     def _lane_free(self, job: Job) -> bool:
+        if job.lane == "local" and job.fn is not None and job.name not in self.fail_jobs:
+            return not self.local
         if self.max_running is not None and len(self.running) >= self.max_running:
             return False
         if job.lane == "gpu":
@@ -226,7 +233,10 @@ class Scheduler:
             self._finish(job.name, "no_data", reason=str(why))
             return
         if job.fn is not None and job.name not in self.fail_jobs:
-            self._run_local(job, base, started)
+            command = job.equivalent() if job.equivalent else f"(in process) {job.name}"
+            self.status[job.name] = "running"
+            self.local[job.name] = (self.pool.submit(job.fn), base, started, command)
+            self._attempt(job.name, {**base, "status": "running", "command": command, "in_process": True})
             return
         argv = job.argv() if job.argv else []
         if job.name in self.fail_jobs:  # drill: this job fails on purpose (tests of failure handling)
@@ -253,30 +263,29 @@ class Scheduler:
         self._attempt(job.name, record)
         self.say(f"[start] {job.name} (gpu {gpu}, pid {proc.pid})")
 
-    def _run_local(self, job: Job, base: dict[str, Any], started: float) -> None:
-        command = job.equivalent() if job.equivalent else f"(in process) {job.name}"
-        self.status[job.name] = "running"
+    def _finish_local(self, name: str) -> None:
+        future, base, started, command = self.local.pop(name)
+        wall = round(time.time() - started, 2)
+        rec = {**base, "command": command, "end": _now(), "wall_s": wall, "in_process": True}
         try:
-            result = job.fn() or {}
+            result = future.result() or {}
         except NoData as why:
-            self._attempt(job.name, {**base, "status": "no_data", "reason": str(why), "command": command,
-                                     "end": _now(), "wall_s": round(time.time() - started, 2)})
-            self._finish(job.name, "no_data", reason=str(why))
+            self._attempt(name, {**rec, "status": "no_data", "reason": str(why)})
+            self._finish(name, "no_data", reason=str(why))
             return
         except Exception as err:  # a bookkeeping job's error is this job's failure, not the driver's
-            self._attempt(job.name, {**base, "status": "failed", "error": f"{type(err).__name__}: {err}",
-                                     "command": command, "end": _now(), "wall_s": round(time.time() - started, 2),
-                                     "exit_code": None})
-            self.say(f"[failed] {job.name}: {type(err).__name__}: {err}")
-            self._finish(job.name, "failed", reason=str(err))
+            self._attempt(name, {**rec, "status": "failed", "error": f"{type(err).__name__}: {err}",
+                                 "exit_code": None})
+            self.say(f"[failed] {name}: {type(err).__name__}: {err}")
+            self._finish(name, "failed", reason=f"{type(err).__name__}: {err}")
             return
-        wall = round(time.time() - started, 2)
-        self._attempt(job.name, {**base, "status": "done", "command": command, "end": _now(), "wall_s": wall,
-                                 "exit_code": 0, "in_process": True})
-        self.say(f"[done] {job.name} ({wall:.1f} s, in process)")
-        self._finish(job.name, "done", result)
+        self._attempt(name, {**rec, "status": "done", "exit_code": 0})
+        self.say(f"[done] {name} ({wall:.1f} s, in process)")
+        self._finish(name, "done", result)
 
     def _reap(self) -> None:
+        for name in [n for n, (f, *_rest) in self.local.items() if f.done()]:
+            self._finish_local(name)
         for name, r in list(self.running.items()):
             code = r.proc.poll()
             if code is None:
@@ -316,6 +325,9 @@ class Scheduler:
                     pass
                 r.proc.wait()
             self._close(name, r, "interrupted", r.proc.returncode)
+        for name in list(self.local):  # threads cannot be killed; local jobs are seconds long
+            self.local[name][0].exception()
+            self._finish_local(name)
 
     def run(self) -> dict[str, Any]:
         """Run until every job has an outcome or the deadline stops it; returns the invocation summary."""
@@ -338,7 +350,7 @@ class Scheduler:
             while True:
                 self._reap()
                 if self.left() <= 0:
-                    if self.running:
+                    if self.running or self.local:
                         self.say(f"deadline: stopping {len(self.running)} running job(s)")
                         self._stop_all()
                     stopped_by_deadline = True
@@ -350,12 +362,10 @@ class Scheduler:
                             continue
                         self._start(job)
                         started_any = True
-                        if job.lane == "local":
-                            break  # it ran already: re-read the graph before choosing the next job
-                elif not self.running:
+                elif not self.running and not self.local:
                     stopped_by_deadline = any(s == "pending" for s in self.status.values())
                     break
-                if not self.running and not started_any:
+                if not self.running and not self.local and not started_any:
                     break
                 if not started_any:
                     time.sleep(self.poll_s)
@@ -363,6 +373,7 @@ class Scheduler:
             self.say("interrupted by the user: stopping running jobs")
             self._stop_all()
             stopped_by_deadline = True
+        self.pool.shutdown(wait=True)
         counts: dict[str, int] = {}
         for s in self.status.values():
             counts[s] = counts.get(s, 0) + 1

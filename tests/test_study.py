@@ -131,16 +131,16 @@ def teacher_url():
 
 @pytest.mark.slow
 def test_study_runs_every_condition_resumes_and_reports(tmp_path, teacher_url):
-    grid = "train.lr_grid=[1e-3,3e-3]"
+    grid = "train.lr_grid=[1e-3]"  # one value: the grid path (select_lr) without paying for a second run
     first = _study(tmp_path, teacher_url, grid)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     manifest = json.loads((tmp_path / "study" / "manifest.json").read_text())
     assert set(manifest["status"].values()) == {"done"}, manifest["status"]
-    assert {"select_lr", "train:human_s0_lr1e-3", "train:human_s0_lr3e-3", "thoughts:teacher_human"} <= set(
+    assert {"select_lr", "train:human_s0_lr1e-3", "thoughts:teacher_human"} <= set(
         manifest["status"])
     assert "teacher.adapter=" in manifest["jobs"]["thoughts:teacher_human"]["command"]
     report = json.loads((tmp_path / "results" / "r.json").read_text())
-    assert report["lr_choice"]["lr"] in (1e-3, 3e-3) and len(report["lr_choice"]["table"]) == 2
+    assert report["lr_choice"]["lr"] == 1e-3 and report["lr_choice"]["table"][0]["best_dev_loss"] is not None
     for cond in CONDITIONS:
         for s in SETS:
             c = report["cells"][cond][s]
