@@ -71,6 +71,7 @@ class NliCotModule(pl.LightningModule):
         self._val_loss_sum = 0.0
         self._val_tokens = 0
         self._step_started: float | None = None
+        self._step_loss_sum, self._step_batches = 0.0, 0
 
     def forward(self, **batch: torch.Tensor):
         return self.model(**batch)
@@ -88,6 +89,8 @@ class NliCotModule(pl.LightningModule):
         loss = self.compute_loss(batch)
         bs = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self._step_loss_sum = self._step_loss_sum + loss.detach()  # a tensor: float() would sync the GPU
+        self._step_batches += 1
         self.log("train/real_tokens", float(count_real_tokens(batch)), reduce_fx="sum", batch_size=bs)
         scale = batch.get("grad_scale")  # a fused short last step (nli_cot.fastpath.fused_grad_scale); logged unscaled
         return loss if scale is None else loss * scale
@@ -106,6 +109,15 @@ class NliCotModule(pl.LightningModule):
         opt = self.optimizers(use_pl_optimizer=False)
         self.log("train/lr", opt.param_groups[0]["lr"], batch_size=1)
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # The loss of the whole optimiser step: mean over its micro-batches and over ranks. train/loss is the last
+        # micro-batch of rank 0 only, so it can't compare runs that split the same step differently (1 GPU x
+        # grad_accum 2 vs 2 GPUs x 1).
+        if self._step_batches:
+            value = torch.as_tensor(self._step_loss_sum / self._step_batches, device=self.device).float()
+            self.log("train/step_loss", value, sync_dist=True, on_step=True, on_epoch=False, batch_size=1)
+        self._step_loss_sum, self._step_batches = 0.0, 0
+
     def on_validation_epoch_start(self) -> None:
         self._val_loss_sum, self._val_tokens = 0.0, 0
 
@@ -117,7 +129,8 @@ class NliCotModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if self._val_tokens:
-            value = torch.tensor(self._val_loss_sum / self._val_tokens)
+            # On the module's device: NCCL can't reduce a CPU tensor across GPUs.
+            value = torch.tensor(self._val_loss_sum / self._val_tokens, device=self.device)
             self.log("eval/loss", value, prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):

@@ -16,9 +16,11 @@ set -u
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled
 # The device notes: NVLink multicast stays off (it can take the host's GPUs out of service).
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-OUT=${OUT:-/tmp/out}; R=$OUT/raw; mkdir -p "$R/runs"  # raw files: tarred at the end (8 files come back)
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+RES=/tmp/ddp_res; R=$RES/raw; rm -rf "$RES"; mkdir -p "$R/runs"  # raw files, tarred into $OUT after each stage
+keep() { tar czf "$OUT/raw.tgz" -C "$RES" raw; }   # only 8 files, 2 folders deep, come back from $OUT
 REPO=$(cd "$(dirname "$0")/../.." && pwd); cd "$REPO"
-T0=$(date +%s); DEADLINE=${DEADLINE:-560}; MODEL=${MODEL:-/tmp/m7b}; STEPS=${STEPS:-24}; W=/tmp/ddp
+T0=$(date +%s); DEADLINE=${DEADLINE:-470}; MODEL=${MODEL:-/tmp/m7b}; STEPS=${STEPS:-24}; W=/tmp/ddp
 export BENCH_SPM=$REPO/.bench/mistral_instruct_tokenizer_240323.model.v3
 if [ -z "${SKIP_WHEELS:-}" ] && [ ! -f /tmp/site/.done ]; then  # SKIP_WHEELS=1: a dry run in a local venv
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -31,7 +33,7 @@ nvidia-smi --query-gpu=timestamp,index,memory.used --format=csv,noheader -lms 50
 SMI=$!
 python3 experiments/bench_common.py env --results "$R/env.jsonl" >/dev/null 2>&1
 timeout 240 python3 experiments/bench_common.py model --out "$MODEL" ${MODEL_ARGS:-} --results "$R/env.jsonl" | tail -n 2
-mkdir -p $W; tail -n 64 .bench/sft_train.jsonl > $W/dev.jsonl; head -n 1900 .bench/sft_train.jsonl > $W/train.jsonl
+rm -rf $W; mkdir -p $W; tail -n 64 .bench/sft_train.jsonl > $W/dev.jsonl; head -n 1900 .bench/sft_train.jsonl > $W/train.jsonl
 
 common=(+experiment=abl1 "model.name_or_path=$MODEL" "dataset.train_path=$W/train.jsonl" "dataset.eval_path=$W/dev.jsonl"
   dataset.max_eval_examples=64 logger=csv lora.dropout=0 seed=42 "trainer.max_steps=$STEPS"
@@ -54,6 +56,7 @@ run() {  # name gpus variant...
   cp "$W/$name/Mistral_Thinking_Abl1/logs/metrics.csv" "$R/runs/$name/" 2>/dev/null
   cp "$W/$name/Mistral_Thinking_Abl1/status.json" "$R/runs/$name/" 2>/dev/null
   echo "{\"name\":\"$name\",\"gpus\":$gpus,\"wall_s\":$(( $(date +%s) - s0 )),\"t_start\":$s0}" >> "$R/runs.jsonl"
+  keep
 }
 for v in "${@:-card fast}"; do
   for v2 in $v; do
@@ -63,8 +66,8 @@ for v in "${@:-card fast}"; do
 done
 kill $SMI 2>/dev/null
 # One GPU loads each 2-GPU checkpoint the card's way and the adapters are compared with the 1-GPU run's.
-CUDA_VISIBLE_DEVICES=0 timeout 120 python3 experiments/bench_ddp.py check --work $W --model "$MODEL" --step "$STEPS" \
+CUDA_VISIBLE_DEVICES=0 timeout 100 python3 experiments/bench_ddp.py check --work $W --model "$MODEL" --step "$STEPS" \
   --out "$R/load_check.json"
-python3 experiments/bench_ddp.py report --results "$OUT" --out "$OUT/ddp_report"
-tar czf "$OUT/raw.tgz" -C "$OUT" raw && rm -rf "$R"
+python3 experiments/bench_ddp.py report --results "$RES" --out "$OUT/ddp_report"
+keep
 echo "TOTAL $(( $(date +%s) - T0 ))s"
