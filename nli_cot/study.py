@@ -201,7 +201,9 @@ def main_run(cfg: dict[str, Any]) -> int:
         check_settings(out, cfg, bool(cfg["force"]))
         print(f"study {cfg['study_name']}: {len(jobs)} jobs, gpus {gpus or 'none (CPU, one job at a time)'}, "
               f"deadline {deadline if deadline is not None else 'none'} s -> {out}", flush=True)
-        summary = sched.run()
+        from nli_cot.study_report import device_name, versions
+
+        summary = sched.run({"device": device_name(), "versions": versions(), "argv": sys.argv[1:]})
         print_summary(summary)
         code = EXIT_FAILED if summary["failed"] else EXIT_UNFINISHED if summary["left"] else 0
         write_json_atomic(out / "last_invocation.json", {"exit_code": code, **summary})
@@ -221,7 +223,7 @@ def print_summary(s: dict[str, Any]) -> None:
     for n, why in s["no_data"].items():
         print(f"   no data {n}: {why}")
     if s["left"]:
-        print(f"   LEFT ({len(s['left'])}, {'deadline' if s['stopped_by_deadline'] else 'not started'}): "
+        print(f"   LEFT ({len(s['left'])}, {'stopped in time' if s['stopped_by_deadline'] else 'not started'}): "
               + ", ".join(s["left"]))
         print("   re-run the same command to continue")
 

@@ -183,7 +183,7 @@ def mcnemar_family(runs: dict[str, dict], refs: tuple[str, ...], exact_below: in
 # --------------------------------------------------------------------------------------------- provenance
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("torch", "transformers", "peft", "accelerate", "pytorch-lightning", "lightning", "hydra-core",
                 "omegaconf", "datasets", "numpy"):
@@ -199,7 +199,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _device() -> str:
+def device_name() -> str:
     try:
         r = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
                            capture_output=True, text=True, timeout=10)
@@ -387,8 +387,13 @@ def build(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, Any]:
                                                                                     "fixed": True},
         "settings": {k: cfg[k] for k in ("base_model", "prompt_name", "data", "train", "predict", "teachers", "evaluate",
                                          "report")},
-        "device": _device(), "versions": _versions(), "stage_times": stage_times(manifest), "jobs": jobs,
-        "invocations": [{k: v for k, v in inv.items() if k != "summary"} | {"summary": {
+        # Where the jobs ran (recorded by each run invocation), not where this report is being made.
+        "device": "; ".join(dict.fromkeys(i["device"] for i in manifest.get("invocations", []) if i.get("device")))
+        or device_name(),
+        "versions": next((i["versions"] for i in reversed(manifest.get("invocations", [])) if i.get("versions")),
+                         None) or versions(),
+        "report_made_on": device_name(), "stage_times": stage_times(manifest), "jobs": jobs,
+        "invocations": [{k: v for k, v in inv.items() if k not in ("summary", "versions")} | {"summary": {
             k: inv.get("summary", {}).get(k) for k in ("wall_s", "counts", "stopped_by_deadline")}}
             for inv in manifest.get("invocations", [])],
     }
@@ -515,7 +520,7 @@ def render(r: dict[str, Any], reading: str, plots: list[str]) -> str:
               "(`dataset.label_only=true`).", ""]
     L += ["## Provenance", "", f"- Versions: {', '.join(f'{k} {v}' for k, v in r['versions'].items())}.",
           f"- Invocations: {len(r['invocations'])}; " + "; ".join(
-              f"{i['start']} ({i['summary'].get('wall_s')} s, {i['summary'].get('counts')})"
+              f"{i['start']} on {i.get('device', '?')} ({i['summary'].get('wall_s')} s, {i['summary'].get('counts')})"
               for i in r["invocations"]) + ".", "",
           "| stage | jobs done | attempts | wall s (sum) |", "| --- | ---: | ---: | ---: |"]
     for stage, v in sorted(r["stage_times"].items()):

@@ -329,11 +329,13 @@ class Scheduler:
             self.local[name][0].exception()
             self._finish_local(name)
 
-    def run(self) -> dict[str, Any]:
-        """Run until every job has an outcome or the deadline stops it; returns the invocation summary."""
+    def run(self, info: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run until every job has an outcome or the deadline stops it; returns the invocation summary.
+
+        ``info`` (e.g. device and package versions) is stored with this invocation in the manifest."""
         t0 = time.time()
         invocation = {"start": _now(), "host": socket.gethostname(), "pid": os.getpid(),
-                      "gpus": [g for g in self.gpu_slots if g is not None], "stop_at": self.stop_at}
+                      "gpus": [g for g in self.gpu_slots if g is not None], "stop_at": self.stop_at, **(info or {})}
         self.manifest["invocations"].append(invocation)
         for name in self.jobs:
             self.status[name] = "pending"
