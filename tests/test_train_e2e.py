@@ -1,11 +1,13 @@
 """End-to-end training runs of the real recipe on the tiny model (CPU, seconds each): checkpoint layout and the
-model card's subfolder loading, exact resume after SIGKILL, warm start, multirun with a failing job."""
+model card's subfolder loading, exact resume after SIGKILL (the ablations' default fast path and the padded one),
+the fast path training as the padded one does, warm start, multirun with a failing job."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,12 +15,15 @@ import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from conftest import REPO, run_module
 
 pytestmark = pytest.mark.slow
 
 RUN = "Mistral_Thinking_Abl1"
+# +experiment=abl1 trains through trainer=fast (the ablations' default); PADDED restores the card's padded path.
+PADDED = ["trainer=default"]
 BASE_ARGS = [
     "+experiment=abl1", "model=tiny_mistral", "dataset=sample", "logger=csv",
     "trainer.per_device_batch_size=4", "trainer.eval_batch_size=16", "trainer.log_every_n_steps=1",
@@ -114,34 +119,105 @@ def test_warm_start_from_an_adapter(finished_run: Path, tmp_path: Path) -> None:
     assert (after[b_key] - before[b_key]).abs().max() < before[b_key].abs().max()
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
-    steps = ["trainer.max_steps=8", "trainer.save_total_limit=null"]
-    whole = tmp_path / "whole"
-    proc = run_module("nli_cot.train", BASE_ARGS + steps + [f"hydra.run.dir={whole}"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+@pytest.mark.parametrize("path", [[], PADDED], ids=["fast", "padded"])
+def test_resume_after_sigkill_matches_an_uninterrupted_run(finished_run: Path, tmp_path: Path, path: list[str]) -> None:
+    """Killed after a checkpoint and resumed with resume=auto: the same losses and final adapter as one run, through
+    abl1's default fast path (its uninterrupted run is ``finished_run``) and through the padded path."""
+    steps = ["trainer.max_steps=6", "trainer.save_total_limit=2", *path]  # finished_run's arguments
+    whole = finished_run
+    if path:
+        whole = tmp_path / "whole"
+        proc = run_module("nli_cot.train", BASE_ARGS + steps + [f"hydra.run.dir={whole}"])
+        assert proc.returncode == 0, proc.stderr[-3000:]
 
     killed = tmp_path / "killed"
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline")
     child = subprocess.Popen([sys.executable, "-m", "nli_cot.train", *BASE_ARGS, *steps, f"hydra.run.dir={killed}"],
                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (killed / RUN / "checkpoint-4" / "trainer_state.json").exists():
-        assert child.poll() is None and time.time() < deadline, "run ended before its 4th step was saved"
+    while not (killed / RUN / "checkpoint-2" / "trainer_state.json").exists():
+        assert child.poll() is None and time.time() < deadline, "run ended before its 2nd step was saved"
         time.sleep(0.05)
     child.send_signal(signal.SIGKILL)
     child.wait()
-    assert not (killed / RUN / "checkpoint-8").exists()
+    assert not (killed / RUN / "checkpoint-6").exists()
 
     proc = run_module("nli_cot.train", BASE_ARGS + steps + ["resume=auto", f"hydra.run.dir={killed}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     want, got = losses_by_step(whole / RUN), losses_by_step(killed / RUN)
-    assert sorted(got) == sorted(want)
+    assert sorted(got) == sorted(want) == list(range(6))
     for step in want:
         assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-6), (step, got[step], want[step])
-    final_want = adapter_weights(whole / RUN / "checkpoint-8")
-    final_got = adapter_weights(killed / RUN / "checkpoint-8")
+    final_want = adapter_weights(whole / RUN / "checkpoint-6")
+    final_got = adapter_weights(killed / RUN / "checkpoint-6")
     for key in final_want:
         assert torch.allclose(final_got[key], final_want[key], atol=1e-6), key
+
+
+def test_resume_refuses_another_batch_layout(finished_run: Path, tmp_path: Path) -> None:
+    """A fused run's loader position counts optimiser steps, a padded run's micro-batches: continuing a run under the
+    other layout (e.g. one started before trainer=fast became abl1's default) would skip examples."""
+    shutil.copytree(finished_run / RUN, tmp_path / RUN)
+    proc = run_module("nli_cot.train", BASE_ARGS + ["trainer.max_steps=8", "resume=auto", *PADDED,
+                                                    f"hydra.run.dir={tmp_path}"])
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "was written with trainer.fuse_grad_accum=True, this run has False" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+class _AppliedLoss(pl.Callback):
+    """Per optimiser step, the loss whose gradient the step applies: the sum of Lightning's per-batch losses (each
+    already divided by grad_accum when accumulating; the fused path's one batch per step carries the whole step)."""
+
+    def __init__(self) -> None:
+        self.by_step: dict[int, float] = {}
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *_: object) -> None:
+        self._step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, *_: object) -> None:
+        self.by_step[self._step] = self.by_step.get(self._step, 0.0) + float(outputs["loss"])
+
+
+def _train_in_process(out: Path, extra: list[str]) -> tuple[dict[int, float], dict[str, torch.Tensor]]:
+    from conftest import compose
+
+    from nli_cot.train import TrainRecipe
+
+    cfg = compose(["+experiment=abl1", "model=tiny_mistral", "dataset=sample", "logger=none",
+                   f"dataset.train_path={REPO / 'tests/fixtures/sft_sample.jsonl'}", f"output_dir={out}", *extra])
+    recipe = TrainRecipe(cfg)
+    recipe.setup()
+    losses = _AppliedLoss()
+    recipe.trainer.callbacks.append(losses)
+    recipe.train()
+    adapter = {n: p.detach().clone() for n, p in recipe.module.model.named_parameters() if p.requires_grad}
+    return losses.by_step, adapter
+
+
+def test_fast_default_trains_as_the_padded_path(tmp_path: Path) -> None:
+    """abl1's default (packed rows, varlen attention, chunked CE, fused grad-accum) and trainer=default (padded
+    micro-batches, model loss, Lightning accumulation) give the same losses and adapter step by step.
+
+    20 examples in micro-batches of 4, grad_accum 2: 5 micro-batches per epoch, so step 3 is an epoch's short last
+    step (one micro-batch) and step 4 starts the next epoch. LoRA dropout 0: the two paths lay tokens out
+    differently, so dropout masks would be drawn differently (same distribution, other values).
+    """
+    args = ["dataset.max_train_examples=20", "trainer.per_device_batch_size=4", "trainer.max_steps=4",
+            "lora.dropout=0", "optimizer.lr=5e-3", "trainer.early_stopping_patience=null",
+            "trainer.save_steps=100", "trainer.eval_every_n_steps=100"]
+    fast_losses, fast_adapter = _train_in_process(tmp_path / "fast", args)
+    padded_losses, padded_adapter = _train_in_process(tmp_path / "padded", args + PADDED)
+    assert sorted(fast_losses) == sorted(padded_losses) == [0, 1, 2, 3]
+    for step, want in padded_losses.items():
+        assert fast_losses[step] == pytest.approx(want, rel=1e-5), (step, fast_losses, padded_losses)
+    # the short step applies half a step's loss in both (Lightning divides by grad_accum), not a full one
+    assert fast_losses[2] < 0.6 * fast_losses[1]
+    assert fast_adapter.keys() == padded_adapter.keys()
+    for name, want in padded_adapter.items():
+        assert torch.allclose(fast_adapter[name], want, rtol=1e-4, atol=1e-5), name
+    b = next(n for n in padded_adapter if "lora_B" in n)
+    assert padded_adapter[b].abs().max() > 1e-3  # the adapter moved: the comparison is not between two zeros
 
 
 def test_multirun_jobs_are_separate_and_a_failing_job_spares_the_others(tmp_path: Path) -> None:
