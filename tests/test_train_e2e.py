@@ -41,6 +41,14 @@ def losses_by_step(run_dir: Path) -> dict[int, float]:
     return out
 
 
+def _logged(run_dir: Path, step: int) -> bool:
+    """Whether a running job's CSV already holds train/loss for ``step`` (a half-written last line counts as no)."""
+    try:
+        return step in losses_by_step(run_dir)
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def adapter_weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -135,7 +143,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(finished_run: Path, t
     child = subprocess.Popen([sys.executable, "-m", "nli_cot.train", *BASE_ARGS, *steps, f"hydra.run.dir={killed}"],
                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (killed / RUN / "checkpoint-2" / "trainer_state.json").exists():
+    # Lightning logs a step's row after the step's callbacks, so after the checkpoint: wait for it, or the kill
+    # could land in between and the run's CSV (not its training) would miss step 1.
+    while not ((killed / RUN / "checkpoint-2" / "trainer_state.json").exists() and _logged(killed / RUN, 1)):
         assert child.poll() is None and time.time() < deadline, "run ended before its 2nd step was saved"
         time.sleep(0.05)
     child.send_signal(signal.SIGKILL)
