@@ -216,6 +216,10 @@ class TrainRecipe:
             from nli_cot.gen_eval import GenerationEval
 
             callbacks.append(GenerationEval.from_config(cfg, tokenizer, self.datamodule))
+        if cfg.trainer.throughput_window:
+            from nli_cot.loggers import throughput_monitor
+
+            callbacks.append(throughput_monitor(cfg.trainer.throughput_window))
         if cfg.trainer.early_stopping_patience:
             callbacks.append(EarlyStopping(
                 monitor=cfg.trainer.early_stopping_metric, mode=cfg.trainer.early_stopping_mode,
