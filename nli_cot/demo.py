@@ -10,21 +10,32 @@ Each stage is the project's own CLI, run as a subprocess exactly as a user would
 commands rather than a private code path. Every stage resumes: re-running the demo skips finished stages
 (predictions resume by id, training with ``resume=auto``, data is kept).
 
+It ends with the before/after table (accuracy, macro F1, parseable JSON), accuracy per rule family, the
+learning curve from the training's CSV log, and the wall time of every stage with the load average beside it
+(the CPU is often shared, and a timing means little without the load it ran under).
+
 Limits: the synthetic task is templated (six rule families), so the trained numbers say the pipeline learns,
 not that a 135M model understands NLI; ``issues`` of the real study live in ``+experiment=abl0_1|abl0_2|abl1``.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
+
+# (stage, seconds, 1-minute load average at its end) of every stage this invocation ran
+TIMINGS: list[tuple[str, float, float]] = []
 
 
 def _run(args: list[str], what: str) -> None:
@@ -35,7 +46,38 @@ def _run(args: list[str], what: str) -> None:
     if proc.returncode != 0:
         print(f"error: stage '{what}' failed (exit {proc.returncode}); re-run `make demo` to resume", file=sys.stderr)
         sys.exit(proc.returncode)
-    print(f"== {what}: done in {time.time() - started:.0f} s", flush=True)
+    seconds, load = time.time() - started, os.getloadavg()[0]
+    TIMINGS.append((what, seconds, load))
+    print(f"== {what}: done in {seconds:.0f} s (load average {load:.1f})", flush=True)
+
+
+def per_family_accuracy(predictions: Path, test: Path) -> dict[str, tuple[int, int]]:
+    """Rule family (the test records' ``source``) -> (correct, total) over the predictions."""
+    family = {r["id"]: r["source"].removeprefix("demo/") for r in map(json.loads, test.open())}
+    out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for rec in map(json.loads, predictions.open()):
+        counts = out[family.get(rec["id"], "?")]
+        counts[0] += int(rec.get("predicted_label") is not None and rec["predicted_label"] == rec["label"])
+        counts[1] += 1
+    return {k: (v[0], v[1]) for k, v in sorted(out.items())}
+
+
+def learning_curve(metrics_csv: Path) -> list[tuple[int, float | None, float | None]]:
+    """(step, train loss, eval loss) rows of a training's CSV log, one per logged step."""
+    rows: dict[int, list[float | None]] = {}
+    if not metrics_csv.is_file():
+        return []
+    with metrics_csv.open() as f:
+        for r in csv.DictReader(f):
+            if not r.get("step"):
+                continue
+            row = rows.setdefault(int(r["step"]), [None, None])
+            if r.get("train/loss"):
+                row[0] = float(r["train/loss"])
+            if r.get("eval/loss"):
+                row[1] = float(r["eval/loss"])
+    # Lightning logs 0-based steps; print optimiser steps done (1-based), as --max_steps counts them.
+    return [(step + 1, tr, ev) for step, (tr, ev) in sorted(rows.items())]
 
 
 def _metrics(eval_dir: Path) -> dict[str, Any]:
@@ -70,8 +112,24 @@ def main(cfg: DictConfig) -> None:
         f"batch_size={cfg.predict_batch_size}", f"decoding.max_new_tokens={cfg.max_new_tokens}",
     ]
 
-    if not test.is_file():
-        _run(["nli_cot.demo_data", f"out_dir={data}", f"n_train={cfg.n_train}", f"seed={cfg.seed}"], "build demo data")
+    # The test file holds exactly n_test pairs: families take turns and labels alternate in the generator, so
+    # a multiple of 12 is balanced per family and label (a prefix of a shuffled larger file is not).
+    data_args = [f"out_dir={data}", f"n_train={cfg.n_train}", f"n_dev={cfg.n_dev}", f"n_test={cfg.n_test}",
+                 f"seed={cfg.seed}"]
+    stamp = data / "demo_args.json"
+    if not test.is_file() or not stamp.is_file() or json.loads(stamp.read_text()) != data_args:
+        # New data keeps the old ids (demo-test-00000...): results made on the old data would be resumed as if
+        # they were about the new pairs, so they go.
+        for stale in ("zero_shot.jsonl", "fine_tuned.jsonl", "eval_zero_shot", "eval_fine_tuned", "compare", "train"):
+            path = out / stale
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        for summary in out.glob("*.summary.json"):
+            summary.unlink()
+        _run(["nli_cot.demo_data", *data_args], "build demo data")
+        stamp.write_text(json.dumps(data_args) + "\n")
 
     zero = out / "zero_shot.jsonl"
     _run(["nli_cot.predict", *common_predict, f"output={zero}"], "zero-shot predictions of the base model")
@@ -82,12 +140,14 @@ def main(cfg: DictConfig) -> None:
     if not (run_dir / "status.json").is_file() or json.loads((run_dir / "status.json").read_text())["status"] != "finished":
         _run(["nli_cot.train", "+experiment=demo", f"hydra.run.dir={out / 'train'}", "resume=auto",
               f"dataset.train_path={data / 'train.jsonl'}", f"dataset.eval_path={data / 'dev.jsonl'}",
-              f"trainer.max_steps={cfg.train_steps}", f"dataset.max_train_examples={cfg.train_steps * 8}",
-              *cfg.train_overrides], "LoRA fine-tuning (Lightning + PEFT, the ablations' code path)")
+              f"trainer.max_steps={cfg.train_steps}", f"trainer.eval_every_n_steps={cfg.eval_every}",
+              f"trainer.save_steps={cfg.eval_every}", *cfg.train_overrides],
+             "LoRA fine-tuning (Lightning + PEFT, the ablations' code path)")
     ckpt = _checkpoint(run_dir)
 
     tuned = out / "fine_tuned.jsonl"
-    _run(["nli_cot.predict", *common_predict, f"adapter.path={ckpt}", f"output={tuned}"],
+    # Merged into the fp32 weights, the adapter costs nothing per decoded token (no 4-bit here to re-quantise).
+    _run(["nli_cot.predict", *common_predict, f"adapter.path={ckpt}", "adapter.merge=true", f"output={tuned}"],
          "predictions of the fine-tuned model")
     _run(["nli_cot.evaluate", f"predictions={tuned}", f"out_dir={out / 'eval_fine_tuned'}", "name=fine_tuned"],
          "evaluate fine-tuned")
@@ -100,6 +160,25 @@ def main(cfg: DictConfig) -> None:
     print(f"| metric | zero-shot | fine-tuned ({ckpt.name}) |\n| --- | ---: | ---: |")
     for label, key in rows:
         print(f"| {label} | {before[key]:.1%} | {after[key]:.1%} |")
+    fam_before, fam_after = per_family_accuracy(zero, test), per_family_accuracy(tuned, test)
+    for family, (right, total) in fam_after.items():
+        zero_right = fam_before.get(family, (0, total))[0]
+        print(f"| accuracy, {family} ({total} pairs) | {zero_right / total:.0%} | {right / total:.0%} |")
+
+    curve = learning_curve(run_dir / "logs" / "metrics.csv")
+    if curve:
+        print("\nlearning curve (optimiser step: train loss of the logged step, eval loss on dev)")
+        def num(x: float | None) -> str:
+            return "-" if x is None else f"{x:.3f}"
+
+        print(", ".join(f"{step}: {num(tr)}" + (f" / {num(ev)}" if ev is not None else "") for step, tr, ev in curve))
+    if TIMINGS:
+        total = sum(t for _, t, _ in TIMINGS)
+        print(f"\nstage times on {os.cpu_count()} CPU cores (load average at the end of each stage; stages "
+              "skipped as already done are not listed)")
+        for what, seconds, load in TIMINGS:
+            print(f"| {what} | {seconds:.0f} s | load {load:.1f} |")
+        print(f"| all stages | {total:.0f} s ({total / 60:.1f} min) | |")
     print(f"\nreports: {out / 'eval_zero_shot' / 'report.md'}, {out / 'eval_fine_tuned' / 'report.md'}, "
           f"{out / 'compare'}")
     print(f"training log: {run_dir / 'logs' / 'metrics.csv'}; adapter: {ckpt}")
