@@ -33,6 +33,15 @@ def test_parse_reflection_reads_all_three_fields():
     )
 
 
+def test_a_rationalisation_in_the_students_own_format_is_a_reflection_but_prose_is_not():
+    """conf/reflect_prompt/rationalize.yaml asks in the teacher's answer format: its JSON thought is the improved
+    thought; a label rescued from prose carries no thought to train on."""
+    p = parse_reflection('{"thought_process": "Step 1: a poodle is a dog. Step 2: so a dog barks.", "predicted_label": 1}')
+    assert p.ok and p.label == 1 and p.improved.startswith("Step 1") and p.analysis is None
+    prose = parse_reflection("Step 1: the premise. The answer is 1.")
+    assert not prose.ok and prose.improved is None
+
+
 def test_parse_reflection_tolerates_what_the_parser_tolerates():
     text = "Here you go:\n```json\n{'error_analysis': 'x', 'improved_thought_process': 'Step 1: y.', 'predicted_label': '0'}\n```"
     p = parse_reflection(text)
