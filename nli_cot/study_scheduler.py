@@ -344,6 +344,8 @@ class Scheduler:
                 data = json.loads(m.read_text(encoding="utf-8"))
                 self.status[name] = data.get("status", "done")
                 self.reason[name] = data.get("reason", "")
+        for name in [n for n, s in self.status.items() if s == "no_data"]:
+            self._propagate(name, "no_data")  # jobs added since (a new seed) that depend on a no-data job
         skipped_done = [n for n, s in self.status.items() if s in FINAL]
         if skipped_done:
             self.say(f"resume: {len(skipped_done)} of {len(self.jobs)} jobs already finished, skipped")
