@@ -141,7 +141,8 @@ class StudyGraph:
 
     def reflect_cmd(self, teacher: str) -> list[str]:
         d = self.teacher_dir(teacher)
-        return self._py("nli_cot.reflect", *self._teacher_args(teacher), "data_name=train",
+        prompt = self.cfg["teachers"][TEACHERS[teacher]].get("reflect_prompt", "default")
+        return self._py("nli_cot.reflect", *self._teacher_args(teacher), "data_name=train", f"reflect_prompt={prompt}",
                         f"thoughts={d / 'thoughts' / 'train.jsonl'}", f"output={d / 'reflections' / 'train.jsonl'}",
                         self._hydra_dir(f"reflect_{teacher}"))
 
