@@ -161,14 +161,19 @@ def test_loss_positions_skip_prompts_and_example_boundaries(examples) -> None:
     assert (batch["labels"][0, index + 1] == target).all()
 
 
-def test_grouped_sdpa_equals_sdpa_on_a_left_padded_batch(model, examples) -> None:
-    prompts = [ex["input_ids"][: 20 + 5 * i] for i, ex in enumerate(examples)]
+def _left_padded(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of different lengths left-padded into one batch, as generation sees them."""
     width = max(len(p) for p in prompts)
     ids = torch.zeros((len(prompts), width), dtype=torch.long)
     mask = torch.zeros_like(ids)
     for row, p in enumerate(prompts):
         ids[row, width - len(p) :] = torch.tensor(p)
         mask[row, width - len(p) :] = 1
+    return ids, mask
+
+
+def test_grouped_sdpa_equals_sdpa_on_a_left_padded_batch(model, examples) -> None:
+    ids, mask = _left_padded([ex["input_ids"][: 20 + 5 * i] for i, ex in enumerate(examples)])
     with torch.no_grad():
         want = model(input_ids=ids, attention_mask=mask).logits
         fastpath.set_attention(model, fastpath.GROUPED_SDPA)
@@ -275,13 +280,7 @@ def _on_cpu(trainer_cfg):
 
 def test_generation_under_varlen_training_attention_sees_the_padding_mask(model, examples) -> None:
     """nli_varlen builds no padding mask, so left-padded decoding (trainer.gen_eval) must switch back to sdpa."""
-    prompts = [ex["input_ids"][: 12 + 6 * i] for i, ex in enumerate(examples)]
-    width = max(len(p) for p in prompts)
-    ids = torch.zeros((len(prompts), width), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p) :] = torch.tensor(p)
-        mask[row, width - len(p) :] = 1
+    ids, mask = _left_padded([ex["input_ids"][: 12 + 6 * i] for i, ex in enumerate(examples)])
     real = mask.bool()
     with torch.no_grad():
         want = model(input_ids=ids, attention_mask=mask).logits[real]
