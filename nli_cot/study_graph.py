@@ -85,12 +85,16 @@ class StudyGraph:
             return float(json.loads(path.read_text())["lr"])
         return float(self.cfg["train"]["lr"])
 
-    def checkpoint(self, mid: str) -> Path:
-        """The best checkpoint (dev loss) of a finished run; for human seed 0 under a grid, of the chosen lr."""
-        run = self.run_dir(mid)
+    def trained_run(self, mid: str) -> Path:
+        """The run dir behind a trained model id; for human seed 0 under a grid, the chosen lr's run."""
         if mid == model_id("human", self.seeds[0]) and self.cfg["train"]["lr_grid"]:
             choice = json.loads((self.out / "lr_choice.json").read_text())
-            run = self.run_dir(choice["run"])
+            return self.run_dir(choice["run"])
+        return self.run_dir(mid)
+
+    def checkpoint(self, mid: str) -> Path:
+        """The best checkpoint (dev loss) of a finished run; for human seed 0 under a grid, of the chosen lr."""
+        run = self.trained_run(mid)
         status = json.loads((run / "model" / "status.json").read_text())
         best = (status.get("best") or {}).get("checkpoint")
         if best and (run / "model" / best).is_dir():

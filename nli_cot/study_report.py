@@ -368,6 +368,21 @@ def build(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, Any]:
                      "gpu": last.get("gpu"), "exit_code": last.get("exit_code"), "wall_s": last.get("wall_s"),
                      "start": last.get("start"), "end": last.get("end"), "attempts": len(e.get("attempts", [])),
                      "command": last.get("command")})
+    training = []
+    for cond in conditions:
+        for sd in ([] if cond == "zero_shot" else seeds):
+            mid = model_id(cond, sd)
+            try:
+                st = json.loads((graph.trained_run(mid) / "model" / "status.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if st.get("status") != "finished":
+                continue
+            best = st.get("best") or {}
+            training.append({"model": mid, "condition": cond, "seed": sd, "steps": st.get("global_step"),
+                             "train_examples": _get(st, "data", "train_examples") or _get(st, "data", "train"),
+                             "best_checkpoint": best.get("checkpoint"), "best_dev_loss": best.get("value"),
+                             "wall_s": round(st["wall_s"], 1) if st.get("wall_s") is not None else None})
     status = {}
     for cond in conditions:  # why a condition has no numbers: the first unfinished job of its seed-0 chain
         mid = model_id(cond, None if cond == "zero_shot" else seeds[0])
@@ -377,7 +392,7 @@ def build(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, Any]:
                 status[cond] = f"{stage} {e['status']}" + (f": {e.get('reason', '')[:120]}" if e.get("reason") else "")
                 break
     return {
-        "status": status,
+        "status": status, "training": training,
         "title": cfg["report_title"], "note": cfg["report_note"], "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "study": cfg["study_name"], "out_dir": str(out), "conditions": conditions, "seeds": seeds,
         "test_sets": list(TEST_SETS), "cells": cells, "mcnemar": tests,
@@ -501,6 +516,19 @@ def render(r: dict[str, Any], reading: str, plots: list[str]) -> str:
     if plots:
         L += ["### Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
     L += ["## Honest reading", "", READING_START, reading, READING_END, ""]
+    if r["training"]:
+        L += ["## Training runs", "",
+              "| model | train examples | optimiser steps | best checkpoint (dev loss) | dev loss | wall s |",
+              "| --- | ---: | ---: | --- | ---: | ---: |"]
+        for t in r["training"]:
+            loss = "—" if t["best_dev_loss"] is None else f"{t['best_dev_loss']:.4f}"
+            L.append(f"| {t['model']} | {t['train_examples']} | {t['steps']} | "
+                     f"{t['best_checkpoint'] or 'last (no dev split)'} | {loss} | "
+                     f"{t['wall_s']} |")
+        if any((t["steps"] or 0) <= 1 for t in r["training"]):
+            L += ["", "A run of one optimiser step leaves the adapter at its initialisation (B = 0): the warm-up "
+                  "schedule gives the first step a learning rate of 0, so such a model is the base model."]
+        L.append("")
     L += ["## Teachers and SFT sets", ""]
     if r["teachers"]:
         L += ["| teacher | model | train pairs | parse failures | correct | accuracy | reflected | reflections "
