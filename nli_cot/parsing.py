@@ -64,6 +64,8 @@ RULES: tuple[str, ...] = (
     "unparseable",
 )
 STRICT_RULE = "json"  # any other rule with a label is a rescue by a fallback
+# Rules that read an object (a thought can come with the label); the later ones rescue a label from prose.
+OBJECT_RULES: frozenset[str] = frozenset(RULES[: RULES.index("label_string")])
 
 LABEL_KEYS = ("predicted_label", "label", "prediction", "final_label", "answer")
 THOUGHT_KEYS = ("thought_process", "thought", "thoughts", "reasoning", "rationale", "explanation")

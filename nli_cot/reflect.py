@@ -34,7 +34,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from nli_cot.parsing import RULES, parse_output
+from nli_cot.parsing import OBJECT_RULES, parse_output
 from nli_cot.records import RecordWriter, read_records
 from nli_cot.teacher_prompts import ReflectPromptConfig, prompt_hash, reflection_messages
 from nli_cot.teachers import Reply, TeacherConfig, make_teacher, provenance, teacher_id
@@ -90,8 +90,7 @@ def parse_reflection(text: str) -> ParsedReflection:
     main = parse_output(improved_text if improved_text is not None else text)
     # Without the key, a plain {"thought_process", "predicted_label"} answer (conf/reflect_prompt/rationalize.yaml:
     # the teacher's own format) is the improved thought; prose with a label but no thought still is not.
-    structured = main.rule in RULES[: RULES.index("label_string")]  # read from an object, not rescued from prose
-    improved = main.thought if improved_text is not None or structured else None
+    improved = main.thought if improved_text is not None or main.rule in OBJECT_RULES else None
     analysis_text = _alias(text, "error_analysis")
     analysis = parse_output(analysis_text).thought if analysis_text is not None else None
     ok = main.ok and bool(improved and improved.strip())
