@@ -150,12 +150,29 @@ class StudyGraph:
                         f"thoughts={d / 'thoughts' / 'train.jsonl'}", f"output={d / 'reflections' / 'train.jsonl'}",
                         self._hydra_dir(f"reflect_{teacher}"))
 
+    def step_budget(self) -> tuple[int, int]:
+        """(max_epochs, max_steps) of every training run.
+
+        With ``train.equal_steps`` every condition gets the optimiser steps that ``max_epochs`` passes over the human
+        SFT set take (the largest set: one example per train pair), epochs unbounded; early stopping on the dev loss
+        still picks the best checkpoint. Without it a small teacher set (e.g. 369 examples) trains for a few steps
+        only, and its row would mix the teacher's quality with under-training.
+        """
+        t = self.cfg["train"]
+        if not t.get("equal_steps"):
+            return int(t["max_epochs"]), int(t["max_steps"])
+        n = json.loads((self.sft_dir("human") / "stats.json").read_text())["train"]["count"]
+        per_step = int(t["batch_size"]) * int(t["grad_accum"])
+        steps = max(1, -(-int(n) // per_step) * int(t["max_epochs"]))
+        return -1, steps if int(t["max_steps"]) <= 0 else min(steps, int(t["max_steps"]))
+
     def train_cmd(self, condition: str, seed: int, run: str, lr: float | None = None) -> list[str]:
         c, t = self.cfg, self.cfg["train"]
         sft = self.sft_dir("human" if condition in ("label_only", "human") else condition)
         stats = json.loads((sft / "stats.json").read_text())
         eval_path = str(sft / "dev.jsonl") if stats["dev"]["count"] else "null"
         patience = t["early_stopping_patience"]
+        max_epochs, max_steps = self.step_budget()
         args = [
             f"model={c['base_model']}", f"prompt={c['prompt_name']}", f"optimizer={t['optimizer']}", "logger=csv",
             "dataset=human", f"dataset.name={condition}", f"dataset.train_path={sft / 'train.jsonl'}",
@@ -165,7 +182,7 @@ class StudyGraph:
             f"seed={seed}", "resume=auto",
             f"optimizer.lr={lr if lr is not None else self.chosen_lr()}", f"optimizer.warmup_ratio={t['warmup_ratio']}",
             f"trainer.per_device_batch_size={t['batch_size']}", f"trainer.grad_accum={t['grad_accum']}",
-            f"trainer.max_epochs={t['max_epochs']}", f"trainer.max_steps={t['max_steps']}",
+            f"trainer.max_epochs={max_epochs}", f"trainer.max_steps={max_steps}",
             f"trainer.eval_every_n_steps={t['eval_every_n_steps']}", f"trainer.save_steps={t['eval_every_n_steps']}",
             "trainer.save_total_limit=2", f"trainer.eval_batch_size={t['eval_batch_size']}",
             f"trainer.early_stopping_patience={patience if patience else 'null'}",
@@ -202,7 +219,8 @@ class StudyGraph:
                                meta={"stage": "prep"})]
         needs_human_set = conds & {"label_only", "human"}
         teachers = [t for t in TEACHERS if conds & {f"{t}_combined", f"{t}_correct_only"}]
-        if "teacher_human" in teachers:
+        equal_steps = bool(self.cfg["train"].get("equal_steps"))
+        if "teacher_human" in teachers or (equal_steps and teachers):
             needs_human_set = True
         if needs_human_set:
             jobs.append(Job("sft:human", "cpu", (s0, -1), ["prep"], argv=lambda: self.sft_cmd("human", "human", None),
@@ -280,6 +298,7 @@ class StudyGraph:
                         jobs.append(Job(f"sft:{condition}", "cpu", pri(s0, teacher, 2), [f"reflect:{teacher}"],
                                         argv=lambda c=condition, r=recipe, t=teacher: self.sft_cmd(c, r, t),
                                         meta={"stage": "sft", "condition": condition}))
-                    dep = train_job(condition, seed, [f"sft:{condition}", *lr_dep], teacher, 3)
+                    step_dep = ["sft:human"] if equal_steps else []  # its size sets the step budget
+                    dep = train_job(condition, seed, [f"sft:{condition}", *step_dep, *lr_dep], teacher, 3)
                     add_model(condition, seed, dep, teacher)
         return jobs

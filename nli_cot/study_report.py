@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import re
 import subprocess
@@ -191,6 +192,11 @@ def versions() -> dict[str, str]:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
+    # The GPU machine's copy of the repo carries stale git metadata (the 2x H100 run recorded a wrong commit), so
+    # the device script passes the commit it was sent from.
+    if os.environ.get("NLI_COT_COMMIT"):
+        out["nli_cot_commit"] = os.environ["NLI_COT_COMMIT"]
+        return out
     try:
         out["nli_cot_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                                text=True, timeout=5).stdout.strip() or "?"
@@ -441,7 +447,10 @@ def render(r: dict[str, Any], reading: str, plots: list[str]) -> str:
         + ", ".join(f"{k} {v['n']} (gold 1: {_pct(v['share_label_1'])}%)" for k, v in (d.get("sets") or {}).items())
         + ".",
         f"- Training: {t['optimizer']} lr {r['lr_choice'].get('lr')}, batch {t['batch_size']} x {t['grad_accum']}, "
-        f"{t['max_epochs']} epoch(s) (max_steps {t['max_steps']}), warm-up {t['warmup_ratio']}, dev evaluation and "
+        + (f"the same optimiser-step budget for every condition ({t['max_epochs']} epoch(s) of the human SFT set; "
+           "small sets repeat epochs)" if t.get("equal_steps")
+           else f"{t['max_epochs']} epoch(s) (max_steps {t['max_steps']})")
+        + f", warm-up {t['warmup_ratio']}, dev evaluation and "
         f"checkpoint every {t['eval_every_n_steps']} steps, early-stopping patience {t['early_stopping_patience']}, "
         f"precision {t['precision']}, seeds {r['seeds']}.",
         "",

@@ -14,7 +14,7 @@ import pytest
 from fake_openai_server import FakeOpenAIServer
 
 from nli_cot import metrics as M
-from nli_cot.study_graph import CONDITIONS
+from nli_cot.study_graph import CONDITIONS, StudyGraph
 from nli_cot.study_report import seed_mean_ci
 from nli_cot.study_scheduler import Job, NoData, Scheduler
 
@@ -102,6 +102,24 @@ def test_seed_mean_ci_matches_the_project_metrics():
         assert hlo <= hhi
 
 
+def test_equal_steps_gives_every_condition_the_human_sets_step_budget(tmp_path):
+    """A 369-example teacher set once got 6 steps against 60: equal_steps gives every run the human set's steps."""
+    cfg = {"conditions": ["human", "teacher_base_correct_only"], "seeds": [0], "train": {
+        "lr_grid": [], "batch_size": 64, "grad_accum": 2, "max_epochs": 2, "max_steps": -1, "equal_steps": True}}
+    graph = StudyGraph(cfg, tmp_path)
+    (tmp_path / "sft" / "human").mkdir(parents=True)
+    (tmp_path / "sft" / "human" / "stats.json").write_text(json.dumps({"train": {"count": 9350}}))
+    assert graph.step_budget() == (-1, 2 * 74)  # ceil(9350 / 128) = 74 steps an epoch, 2 epochs, epochs unbounded
+    cfg["train"]["max_steps"] = 100
+    assert graph.step_budget() == (-1, 100)  # max_steps still caps it
+    cfg["train"]["equal_steps"] = False
+    assert graph.step_budget() == (2, 100)
+    cfg["train"]["equal_steps"] = True
+    local = {k: (lambda *a: None) for k in ("prep", "prep_cmd", "evaluate", "evaluate_cmd", "select_lr")}
+    jobs = {j.name: j for j in graph.jobs(local)}
+    assert "sft:human" in jobs["train:teacher_base_correct_only_s0"].deps  # the budget is read from that set
+
+
 # ------------------------------------------------------------------------------------- the whole graph
 
 
@@ -111,7 +129,7 @@ def _study(tmp_path: Path, url: str, *extra: str, out: str = "study") -> subproc
         f"results_dir={tmp_path / 'results'}", "report_name=r", "base_model=tiny_mistral",
         "model_tokenizer=mistral_common_v3", "prompt_name=card", "data.n_train=16",
         "data.n_test={esnli_test: 3, mnli_dev_matched: 3, rte_dev: 3}", "data.sft_dev_fraction=0.25",
-        "train.batch_size=4", "train.max_steps=2", "train.eval_every_n_steps=2", "predict.batch_size=16",
+        "train.batch_size=4", "train.max_steps=2", "train.equal_steps=true", "train.eval_every_n_steps=2", "predict.batch_size=16",
         "predict.max_new_tokens=6", "teachers.max_tokens=8", "teachers.batch_size=16", "evaluate.plots=false",
         "plots=false", "evaluate.n_resamples=100", "report.n_resamples=100",
         # Both teachers answer through the scripted server: a random tiny model writes no parseable thought, so

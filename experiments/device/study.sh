@@ -11,7 +11,8 @@
 #        nli_cot.smollm2.find_gguf finds it without importing anything), converts it once to safetensors under
 #        .cache/models (what every stage then loads), runs the study with a deadline that leaves time to pack,
 #        and packs results into $OUT (<= 8 files, each < 16 MiB, no deeper than $OUT/a/b/file).
-# Env: BUDGET (s, default 570): wall time this call may use in all; PACK_S (default 40): kept for packing.
+# Env: BUDGET (s, default 570): wall time this call may use in all; PACK_S (default 40): kept for packing;
+#      NLI_COT_COMMIT: the commit the tree was sent from (the machine's git metadata is stale), for the report.
 # Everything the study writes stays in outputs/study/full (git-ignored, kept on a warm machine between calls), so
 # a later `run` resumes it: finished jobs are skipped, interrupted ones continue from their checkpoints/records.
 set -u
