@@ -27,6 +27,11 @@ class DatasetConfig:
     max_eval_examples: int | None = None
     label_only: bool = False  # completion {"predicted_label": y}: the control with no written reasoning
     split_seed: int = 0  # salt of the id hash that makes the train/dev split
+    # Training loss weight of chosen completion tokens (nli_cot.loss_weights): the few tokens that decide (a verdict
+    # word, the label) are a small share of a token-mean loss. 1.0: the plain token mean, exactly as without it.
+    loss_weight: float = 1.0
+    loss_weight_markers: list[str] = field(default_factory=list)  # strings of the completion whose tokens it weighs
+    loss_weight_label: bool = False  # also the label value of the JSON answer
 
 
 @dataclass

@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from nli_cot.fastpath import fused_grad_scale, loss_positions, micro_batch_loss_weights, packed_boundaries
+from nli_cot.loss_weights import completion_token_weights, loss_position_weights, weighting_on
 from nli_cot.prompts import completion_text, encode_example
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,13 @@ class TokenizedSet:
     dropped_too_long: int
 
 
-def tokenize_records(records: Sequence[dict], tokenizer: Any, prompt_cfg: Any, max_len: int, label_only: bool) -> TokenizedSet:
-    """Render and tokenise records; labels mask the prompt; over-long examples are dropped and counted."""
+def tokenize_records(records: Sequence[dict], tokenizer: Any, prompt_cfg: Any, max_len: int, label_only: bool,
+                     weighting: Any = None) -> TokenizedSet:
+    """Render and tokenise records; labels mask the prompt; over-long examples are dropped and counted.
+
+    ``weighting`` (the dataset config) with ``loss_weight != 1`` adds per-token loss weights (nli_cot.loss_weights).
+    """
+    weigh = weighting is not None and weighting_on(weighting)
     examples, dropped = [], 0
     for row in records:
         thought = None if label_only else row.get("thought_process")
@@ -82,7 +88,14 @@ def tokenize_records(records: Sequence[dict], tokenizer: Any, prompt_cfg: Any, m
             dropped += 1
             continue
         labels = [IGNORE_INDEX] * len(rendered.prompt_ids) + rendered.completion_ids
-        examples.append({"id": str(row["id"]), "input_ids": input_ids, "labels": labels})
+        example = {"id": str(row["id"]), "input_ids": input_ids, "labels": labels}
+        if weigh:
+            example["weights"] = [1.0] * len(rendered.prompt_ids) + completion_token_weights(
+                prompt_cfg.completion_prefix + completion, rendered.completion_ids, tokenizer,
+                float(weighting.loss_weight), list(weighting.loss_weight_markers or []),
+                bool(weighting.loss_weight_label),
+            )
+        examples.append(example)
     return TokenizedSet(examples, dropped)
 
 
@@ -97,7 +110,12 @@ def collate_padded(batch: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor
         ids[row, :n] = torch.tensor(ex["input_ids"])
         labels[row, :n] = torch.tensor(ex["labels"])
         mask[row, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    out = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    if "weights" in batch[0]:  # padding weighs 1; its label is -100 anyway
+        out["token_weight"] = torch.ones((len(batch), width), dtype=torch.float32)
+        for row, ex in enumerate(batch):
+            out["token_weight"][row, : len(ex["weights"])] = torch.tensor(ex["weights"])
+    return out
 
 
 def collate_padding_free(batch: Sequence[dict]) -> dict[str, torch.Tensor]:
@@ -109,13 +127,16 @@ def collate_padding_free(batch: Sequence[dict]) -> dict[str, torch.Tensor]:
     ids = [t for ex in batch for t in ex["input_ids"]]
     labels = [t for ex in batch for t in ex["labels"]]
     pos = [p for ex in batch for p in range(len(ex["input_ids"]))]
-    return {
+    out = {
         "input_ids": torch.tensor([ids], dtype=torch.long),
         "labels": torch.tensor([labels], dtype=torch.long),
         "position_ids": torch.tensor([pos], dtype=torch.long),
         # example boundaries for varlen attention kernels (nli_cot.fastpath); sdpa/eager ignore them
         **packed_boundaries([len(ex["input_ids"]) for ex in batch]),
     }
+    if "weights" in batch[0]:
+        out["token_weight"] = torch.tensor([[w for ex in batch for w in ex["weights"]]], dtype=torch.float32)
+    return out
 
 
 class ResumableBatchSampler:
@@ -212,7 +233,8 @@ class NliDataModule(pl.LightningDataModule):
             train_rows = train_rows[: cfg.max_train_examples]
         if cfg.max_eval_examples:
             eval_rows = eval_rows[: cfg.max_eval_examples]
-        train = tokenize_records(train_rows, self.tokenizer, self.prompt_cfg, cfg.max_seq_length, cfg.label_only)
+        train = tokenize_records(train_rows, self.tokenizer, self.prompt_cfg, cfg.max_seq_length, cfg.label_only,
+                                 weighting=cfg)
         dev = tokenize_records(eval_rows, self.tokenizer, self.prompt_cfg, cfg.max_seq_length, cfg.label_only)
         self.train_set, self.eval_set = train.examples, dev.examples
         self.stats = {
@@ -221,6 +243,10 @@ class NliDataModule(pl.LightningDataModule):
             "dropped_too_long_train": train.dropped_too_long,
             "dropped_too_long_eval": dev.dropped_too_long,
         }
+        if weighting_on(cfg):  # how much the weighting touches: too few marked tokens means a marker is misspelt
+            marked = [sum(w != 1.0 for w in ex["weights"]) for ex in self.train_set]
+            self.stats["loss_weighted_tokens_per_example"] = round(sum(marked) / len(marked), 2) if marked else 0
+            self.stats["train_examples_without_weighted_tokens"] = sum(n == 0 for n in marked)
         if train.dropped_too_long or dev.dropped_too_long:
             log.warning(
                 "dropped %d train / %d eval examples longer than max_seq_length=%d",
@@ -229,11 +255,13 @@ class NliDataModule(pl.LightningDataModule):
         if not self.train_set:
             raise DataError(f"{cfg.train_path}: no training examples left after the split and length filter")
 
-    def _collate(self, batch: Sequence[dict]) -> dict[str, torch.Tensor]:
+    def _collate(self, batch: Sequence[dict], weighted: bool = False) -> dict[str, torch.Tensor]:
         if self.trainer_cfg.padding_free:
             out = collate_padding_free(batch)
         else:
             out = collate_padded(batch, self.tokenizer.pad_token_id)
+        if not weighted:  # eval: the plain token mean, comparable across loss weights
+            out.pop("token_weight", None)
         if getattr(self.trainer_cfg, "loss_impl", "model") == "chunked":  # positions whose next token is learned
             out["loss_index"], out["loss_target"] = loss_positions(out["labels"])
         return out
@@ -243,11 +271,19 @@ class NliDataModule(pl.LightningDataModule):
         return self.trainer_cfg.grad_accum if getattr(self.trainer_cfg, "fuse_grad_accum", False) else 1
 
     def _collate_train(self, batch: Sequence[dict]) -> dict[str, torch.Tensor]:
-        out = self._collate(batch)
-        if self._micro_batches() > 1:  # one fused batch = grad_accum micro-batches, weighted as accumulation does
+        out = self._collate(batch, weighted=True)
+        token_weight = None
+        # dataset.loss_weight: a weighted token mean (nli_cot.loss_weights). The chunked loss takes one weight per
+        # loss position; the model-loss path keeps the [batch, length] grid (NliCotModule.compute_loss).
+        if "token_weight" in out and "loss_index" in out:
+            token_weight = loss_position_weights(out.pop("token_weight"), out["labels"])
+        if self._micro_batches() > 1 or token_weight is not None:
+            # one fused batch = grad_accum micro-batches, weighted as accumulation does (one micro-batch without
+            # fusing: the weights are w / sum(w), the weighted token mean)
             out["loss_weight"] = micro_batch_loss_weights(
                 out["loss_index"], out["labels"].shape[1], [len(ex["input_ids"]) for ex in batch],
-                self.trainer_cfg.per_device_batch_size, self.trainer_cfg.padding_free,
+                self.trainer_cfg.per_device_batch_size if self._micro_batches() > 1 else len(batch),
+                self.trainer_cfg.padding_free, token_weight=token_weight,
             )
             scale = fused_grad_scale(len(batch), self.trainer_cfg.per_device_batch_size, self._micro_batches())
             if scale is not None:  # an epoch's short last step: scale its gradients as accumulation does

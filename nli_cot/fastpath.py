@@ -69,13 +69,15 @@ def loss_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def micro_batch_loss_weights(
-    index: torch.Tensor, width: int, lengths: list[int], micro_size: int, padding_free: bool
+    index: torch.Tensor, width: int, lengths: list[int], micro_size: int, padding_free: bool,
+    token_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Weights of the loss positions ``index`` that make one fused batch compute gradient accumulation's loss.
 
     Accumulating ``m`` micro-batches of ``micro_size`` examples averages their token-mean losses; one forward over
     all ``m * micro_size`` examples gives the same loss (and gradients) with weight 1 / (m * n_i) on each loss
-    token of micro-batch i, whose loss-token count is n_i.
+    token of micro-batch i, whose loss-token count is n_i. With ``token_weight`` (one per position, see
+    nli_cot.loss_weights) each micro-batch's loss is the weighted token mean: w_t / (m * sum of w in i).
     """
     if padding_free:
         example_of = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
@@ -84,6 +86,9 @@ def micro_batch_loss_weights(
         example = index // width
     micro = example // micro_size
     m = (len(lengths) + micro_size - 1) // micro_size
+    if token_weight is not None:
+        totals = torch.bincount(micro, weights=token_weight.to(torch.float64), minlength=m).to(torch.float32)
+        return token_weight.to(torch.float32) / (totals[micro] * m)
     counts = torch.bincount(micro, minlength=m).to(torch.float32)
     return 1.0 / (counts[micro] * m)
 
@@ -326,7 +331,7 @@ def completion_loss(model: torch.nn.Module, batch: dict[str, Any], chunk_tokens:
     index, target = batch.get("loss_index"), batch.get("loss_target")
     if index is None:
         index, target = loss_positions(batch["labels"])
-    skip = ("labels", "loss_index", "loss_target", "loss_weight", "grad_scale")
+    skip = ("labels", "loss_index", "loss_target", "loss_weight", "grad_scale", "token_weight")
     inputs = {k: v for k, v in batch.items() if k not in skip}
     hidden = base.model(**inputs, use_cache=False).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index.to(hidden.device))

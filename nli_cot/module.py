@@ -77,13 +77,20 @@ class NliCotModule(pl.LightningModule):
         return self.model(**batch)
 
     def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Token-mean cross-entropy over completion tokens (both implementations compute the same value)."""
+        """Token-mean cross-entropy over completion tokens (both implementations compute the same value); weighted
+        per token when the train collator adds weights (``dataset.loss_weight``, nli_cot.loss_weights)."""
         if self.loss_impl == "chunked":
             from nli_cot.fastpath import completion_loss
 
             return completion_loss(self.model, batch, self.ce_chunk_tokens)
         batch = {k: v for k, v in batch.items() if k not in ("loss_index", "loss_target", "grad_scale")}
-        return self.model(**batch).loss
+        token_weight = batch.pop("token_weight", None)
+        if token_weight is None:
+            return self.model(**batch).loss
+        from nli_cot.loss_weights import weighted_causal_lm_loss  # dataset.loss_weight != 1, training only
+
+        labels = batch.pop("labels")
+        return weighted_causal_lm_loss(self.model(**batch).logits, labels, token_weight)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.compute_loss(batch)

@@ -91,8 +91,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"init_adapter_from: no complete adapter checkpoint at {cfg.init_adapter_from} "
                           "(is the run it comes from finished? a checkpoint folder holds adapter_config.json)")
     from nli_cot.gen_eval import config_problem
+    from nli_cot.loss_weights import config_problem as loss_weight_problem
 
-    if problem := config_problem(cfg):
+    if problem := config_problem(cfg) or loss_weight_problem(cfg.dataset):
         raise ConfigError(problem)
 
 
