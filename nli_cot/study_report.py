@@ -10,7 +10,8 @@ Features
   Training randomness is shown separately (per-seed values, min-max); a hierarchical CI that also resamples
   seeds is in the JSON (``ci_seeds_and_examples``); with 3 seeds it is coarse.
 - McNemar (exact binomial below ``mcnemar_exact_below`` discordant pairs, else chi-square with continuity
-  correction; ``nli_cot.metrics.mcnemar``) of every condition against ``label_only`` and against ``zero_shot``,
+  correction; ``nli_cot.metrics.mcnemar``) of every condition against ``label_only`` and against ``zero_shot``
+  (and of the design pairs in ``report.contrasts``, a family of their own),
   per test set and seed on the shared ids, Holm-adjusted over the family of one test set and seed
   (``nli_cot.compare.holm``). The table shows seed 0; the JSON has every seed.
 - Teacher statistics (accuracy on the train pairs, parse failures, #correct, #reflected, #reflections that
@@ -154,31 +155,41 @@ def cell(evals: dict[int | None, dict], rcfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def mcnemar_family(runs: dict[str, dict], refs: tuple[str, ...], exact_below: int) -> list[dict[str, Any]]:
-    """McNemar of every condition against each reference, Holm-adjusted over the family."""
+def mcnemar_pairs(runs: dict[str, dict], pairs: list[tuple[str, str]], exact_below: int) -> list[dict[str, Any]]:
+    """McNemar of each (condition, reference) pair on their shared test ids, Holm-adjusted over the family."""
     from nli_cot.compare import holm
     from nli_cot.metrics import mcnemar
 
     tests = []
+    for cond, ref in pairs:
+        if cond not in runs or ref not in runs:
+            continue
+        shared = sorted(set(runs[cond]["rows"]) & set(runs[ref]["rows"]), key=str)
+        if not shared:
+            continue
+        a = [bool(runs[cond]["rows"][i]["correct"]) for i in shared]
+        b = [bool(runs[ref]["rows"][i]["correct"]) for i in shared]
+        t = mcnemar(a, b, exact_below)
+        tests.append({"condition": cond, "vs": ref, "n": len(shared), "acc": sum(a) / len(a),
+                      "acc_ref": sum(b) / len(b), **t})
+    for t, p in zip(tests, holm([t["p_value"] for t in tests]), strict=True):
+        t["p_holm"] = p
+    return tests
+
+
+def mcnemar_family(runs: dict[str, dict], refs: tuple[str, ...], exact_below: int) -> list[dict[str, Any]]:
+    """McNemar of every condition against each reference, Holm-adjusted over the family."""
+    pairs: list[tuple[str, str]] = []
     seen: set[frozenset] = set()
     for ref in refs:
         if ref not in runs:
             continue
-        for cond, ev in runs.items():
+        for cond in runs:
             if cond == ref or frozenset((cond, ref)) in seen:  # label_only vs zero_shot is tested once
                 continue
             seen.add(frozenset((cond, ref)))
-            shared = sorted(set(ev["rows"]) & set(runs[ref]["rows"]), key=str)
-            if not shared:
-                continue
-            a = [bool(ev["rows"][i]["correct"]) for i in shared]
-            b = [bool(runs[ref]["rows"][i]["correct"]) for i in shared]
-            t = mcnemar(a, b, exact_below)
-            tests.append({"condition": cond, "vs": ref, "n": len(shared), "acc": sum(a) / len(a),
-                          "acc_ref": sum(b) / len(b), **t})
-    for t, p in zip(tests, holm([t["p_value"] for t in tests]), strict=True):
-        t["p_holm"] = p
-    return tests
+            pairs.append((cond, ref))
+    return mcnemar_pairs(runs, pairs, exact_below)
 
 
 # --------------------------------------------------------------------------------------------- provenance
@@ -349,6 +360,7 @@ def build(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, Any]:
     conditions = graph.conditions
     cells: dict[str, dict[str, Any]] = {}
     tests: dict[str, dict[str, list]] = {}
+    contrasts: dict[str, dict[str, list]] = {}
     for s in TEST_SETS:
         per_seed_runs: dict[int, dict[str, dict]] = {seed: {} for seed in seeds}
         for cond in conditions:
@@ -362,6 +374,9 @@ def build(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, Any]:
                     per_seed_runs[sd][cond] = ev
         tests[s] = {str(sd): mcnemar_family(runs, ("label_only", "zero_shot"), rcfg["mcnemar_exact_below"])
                     for sd, runs in per_seed_runs.items() if runs}
+        contrasts[s] = {str(sd): mcnemar_pairs(runs, [tuple(p) for p in rcfg.get("contrasts") or []],
+                                               rcfg["mcnemar_exact_below"])
+                        for sd, runs in per_seed_runs.items() if runs}
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"jobs": {}, "invocations": []}
     data_manifest = graph.data / "data_manifest.json"
@@ -401,7 +416,7 @@ def build(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, Any]:
         "status": status, "training": training,
         "title": cfg["report_title"], "note": cfg["report_note"], "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "study": cfg["study_name"], "out_dir": str(out), "conditions": conditions, "seeds": seeds,
-        "test_sets": list(TEST_SETS), "cells": cells, "mcnemar": tests,
+        "test_sets": list(TEST_SETS), "cells": cells, "mcnemar": tests, "contrasts": contrasts,
         "data": json.loads(data_manifest.read_text()) if data_manifest.is_file() else None,
         "teachers": teacher_stats(graph), "sft_sets": sft_stats(graph),
         "lr_choice": json.loads(lr_choice.read_text()) if lr_choice.is_file() else {"lr": cfg["train"]["lr"],
@@ -418,6 +433,19 @@ def build(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, Any]:
             k: inv.get("summary", {}).get(k) for k in ("wall_s", "counts", "stopped_by_deadline")}}
             for inv in manifest.get("invocations", [])],
     }
+
+
+def _mcnemar_table(title: str, by_set: dict[str, dict[str, list]]) -> list[str]:
+    L = [f"### {title}", "",
+         "| test set | seed | condition | vs | n | acc | acc(ref) | b | c | method | p | p (Holm) |",
+         "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
+    for s, by_seed in by_set.items():
+        for sd, ts in by_seed.items():
+            for t in ts:
+                L.append(f"| {s} | {sd} | {t['condition']} | {t['vs']} | {t['n']} | {_pct(t['acc'])} | "
+                         f"{_pct(t['acc_ref'])} | {t['b']} | {t['c']} | {t['method']} | {_p(t['p_value'])} | "
+                         f"{_p(t['p_holm'])} |")
+    return L + [""]
 
 
 def render(r: dict[str, Any], reading: str, plots: list[str]) -> str:
@@ -512,16 +540,10 @@ def render(r: dict[str, Any], reading: str, plots: list[str]) -> str:
                     L.append(f"| {cond} | {s} | " + " | ".join(
                         "—" if not v or not v["n"] else f"{_pct(v['accuracy'])} (n {v['n']})" for v in vals) + " |")
         L.append("")
-    L += ["### McNemar tests, every seed", "",
-          "| test set | seed | condition | vs | n | acc | acc(ref) | b | c | method | p | p (Holm) |",
-          "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
-    for s, by_seed in r["mcnemar"].items():
-        for sd, ts in by_seed.items():
-            for t in ts:
-                L.append(f"| {s} | {sd} | {t['condition']} | {t['vs']} | {t['n']} | {_pct(t['acc'])} | "
-                         f"{_pct(t['acc_ref'])} | {t['b']} | {t['c']} | {t['method']} | {_p(t['p_value'])} | "
-                         f"{_p(t['p_holm'])} |")
-    L.append("")
+    L += _mcnemar_table("McNemar tests, every seed", r["mcnemar"])
+    if any(ts for by_seed in r.get("contrasts", {}).values() for ts in by_seed.values()):
+        L += _mcnemar_table("Design contrasts (McNemar, every seed; `report.contrasts`, Holm-adjusted within each "
+                            "test set and seed)", r["contrasts"])
     if plots:
         L += ["### Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
     L += ["## Honest reading", "", READING_START, reading, READING_END, ""]
