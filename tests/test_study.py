@@ -170,8 +170,14 @@ def test_study_runs_every_condition_resumes_and_reports(tmp_path, teacher_url):
                                                                         if t["vs"] == cond}
             assert refs >= ({"label_only", "zero_shot"} - {cond}), (s, cond)
         assert all(0 <= t["p_value"] <= 1 and t["p_holm"] >= t["p_value"] for t in tests)
+    contrasts = report["contrasts"]["rte_dev"]["0"]  # the card's design pairs, a McNemar family of their own
+    assert {(t["condition"], t["vs"]) for t in contrasts} == {
+        ("teacher_base_combined", "teacher_base_correct_only"), ("teacher_human_combined", "teacher_human_correct_only"),
+        ("teacher_human_combined", "human"), ("teacher_base_correct_only", "human")}
+    assert all(t["n"] == 3 and t["p_holm"] >= t["p_value"] for t in contrasts)
     md = (tmp_path / "results" / "r.md").read_text()
     assert "## Honest reading" in md and "teacher_human_correct_only" in md and "p(LO)" in md
+    assert "### Design contrasts" in md
     assert report["teachers"]["teacher_base"]["pairs"] == 16 and report["sft_sets"]["human"]["train"] > 0
 
     # Second invocation: everything is already finished, nothing runs again.
