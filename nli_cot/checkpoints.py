@@ -68,6 +68,7 @@ class PeftCheckpoint(pl.Callback):
         self.best_value: float | None = None
         self.best_checkpoint: str | None = None
         self._last_saved = -1
+        self._eval_step = -1  # the step whose evaluation callback_metrics hold (they outlive it)
 
     # Lightning keeps this in its checkpoint, so best-tracking survives a resume.
     def state_dict(self) -> dict[str, Any]:
@@ -89,6 +90,7 @@ class PeftCheckpoint(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
+        self._eval_step = trainer.global_step
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
             return
@@ -103,7 +105,10 @@ class PeftCheckpoint(pl.Callback):
             write_json_atomic(folder / TRAINER_STATE, self._trainer_state(trainer))
 
     def _trainer_state(self, trainer: pl.Trainer) -> dict[str, Any]:
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+        # An eval/* value left from an earlier step's evaluation is not this checkpoint's: leave it out.
+        fresh = self._eval_step == trainer.global_step
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+                   if getattr(v, "numel", lambda: 1)() == 1 and (fresh or not k.startswith("eval/"))}
         return {
             "global_step": trainer.global_step,
             "epoch": trainer.current_epoch,

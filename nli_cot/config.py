@@ -115,6 +115,7 @@ class TrainerConfig:
     gradient_checkpointing: bool = False
     gradient_clip_val: float | None = 1.0
     eval_every_n_steps: int = 50  # optimizer steps between evaluations
+    eval_at_end: bool = True  # also evaluate the last step when it is off the interval, so it can be the best
     eval_batch_size: int = 8
     save_steps: int = 50
     save_total_limit: int | None = 3

@@ -264,11 +264,20 @@ class TrainRecipe:
         started = time.time()
         # Our own checkpoint (it holds RNG states as numpy arrays), so the full unpickler is safe here.
         self.trainer.fit(self.module, datamodule=self.datamodule, ckpt_path=self.ckpt_path, weights_only=False)
+        if self._final_step_unjudged():
+            # The checkpoint of the last step was written at train end; this evaluation lets PeftCheckpoint judge it
+            # (best by eval loss) and records its metrics in its trainer_state.json.
+            self.trainer.validate(self.module, datamodule=self.datamodule, verbose=False)
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
         ckpt = next(c for c in self.trainer.callbacks if isinstance(c, PeftCheckpoint))
         best = {"metric": ckpt.monitor, "value": ckpt.best_value, "checkpoint": ckpt.best_checkpoint}
         return {"global_step": self.trainer.global_step, "epoch": self.trainer.current_epoch,
                 "metrics": metrics, "best": best, "wall_s": time.time() - started, "data": self.datamodule.stats}
+
+    def _final_step_unjudged(self) -> bool:
+        t, every = self.trainer, self.cfg.trainer.eval_every_n_steps
+        return (self.cfg.trainer.eval_at_end and bool(self.datamodule.eval_set) and t.state.finished
+                and not t.interrupted and t.global_step > 0 and t.global_step % every != 0)
 
     def cleanup(self) -> None:
         try:

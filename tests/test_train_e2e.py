@@ -242,3 +242,29 @@ def test_multirun_jobs_are_separate_and_a_failing_job_spares_the_others(tmp_path
     for job, r in (("0", 4), ("2", 8)):
         cfg = json.loads((tmp_path / job / RUN / "checkpoint-2" / "adapter_config.json").read_text())
         assert cfg["r"] == r
+
+
+@pytest.mark.parametrize("at_end", [True, False])
+def test_the_last_step_off_the_eval_interval_is_evaluated_and_can_be_best(tmp_path: Path, at_end: bool) -> None:
+    """3 steps, evaluation every 2: step 3 is evaluated only through trainer.eval_at_end (the study's runs once
+    stopped at step 147 with their last evaluation at 120, so the best could never be the final adapter)."""
+    from conftest import compose
+
+    from nli_cot.train import TrainRecipe
+
+    cfg = compose(["+experiment=abl1", "model=tiny_mistral", "dataset=sample", "logger=none", f"output_dir={tmp_path}",
+                   "trainer.per_device_batch_size=4", "trainer.max_steps=3", "trainer.eval_every_n_steps=2",
+                   "trainer.save_steps=2", "optimizer.lr=5e-3", "trainer.early_stopping_patience=null",
+                   f"trainer.eval_at_end={str(at_end).lower()}"])
+    recipe = TrainRecipe(cfg)
+    recipe.setup()
+    summary = recipe.train()
+    state = json.loads((recipe.run_dir / "checkpoint-3" / "trainer_state.json").read_text())
+    assert ("eval/loss" in state["metrics"]) is at_end
+    step2 = json.loads((recipe.run_dir / "checkpoint-2" / "trainer_state.json").read_text())["metrics"]["eval/loss"]
+    if at_end:
+        # a 5e-3 lr on a random model lowers the dev loss every step: the final step is the best
+        assert state["metrics"]["eval/loss"] < step2
+        assert summary["best"]["checkpoint"] == "checkpoint-3"
+    else:
+        assert summary["best"]["checkpoint"] == "checkpoint-2"
