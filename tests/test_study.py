@@ -142,10 +142,7 @@ def _study(tmp_path: Path, url: str, *extra: str, out: str = "study") -> subproc
 
 
 @pytest.fixture()
-def teacher_url():
-    # The whole-graph runs read the real train/test pairs (data_root's default, ../shared/data beside the checkout).
-    if not (REPO.parent / "shared" / "data" / "esnli" / "dev.jsonl").is_file():
-        pytest.skip(f"shared NLI data not found at {REPO.parent / 'shared' / 'data'} (it sits beside the checkout)")
+def teacher_url(shared_data):  # the whole-graph runs read the real pairs (data_root's default, ../shared/data)
     with FakeOpenAIServer({}, default={"label": 1}) as server:
         yield server.url
 
