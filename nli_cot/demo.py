@@ -110,12 +110,13 @@ def main(cfg: DictConfig) -> None:
     common_predict = [
         "pairs=demo", f"pairs.path={test}", "model=smollm2_135m", "prompt=demo_chat", f"limit={cfg.n_test}",
         f"batch_size={cfg.predict_batch_size}", f"decoding.max_new_tokens={cfg.max_new_tokens}",
+        *cfg.predict_overrides,
     ]
 
     # The test file holds exactly n_test pairs: families take turns and labels alternate in the generator, so
     # a multiple of 12 is balanced per family and label (a prefix of a shuffled larger file is not).
     data_args = [f"out_dir={data}", f"n_train={cfg.n_train}", f"n_dev={cfg.n_dev}", f"n_test={cfg.n_test}",
-                 f"seed={cfg.seed}"]
+                 f"seed={cfg.seed}", f"style={cfg.style}"]
     stamp = data / "demo_args.json"
     if not test.is_file() or not stamp.is_file() or json.loads(stamp.read_text()) != data_args:
         # New data keeps the old ids (demo-test-00000...): results made on the old data would be resumed as if

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Demo variants on the GPU machine (issue #8): experiments/demo_sweep.py with a deadline inside one call's budget.
+#
+#   bash experiments/device/demo_sweep.sh stash                          call 1: carries .gguf-parts/a .study-wheels
+#   bash experiments/device/demo_sweep.sh run experiments/demo_sweep/round1.yaml   call 2: .gguf-parts/b .study-wheels
+#
+# The model setup is study.sh's (experiments/device/smollm2_env.sh). Results go to outputs/demo_sweep/<round> (kept
+# on a warm machine, so a later `run` of the same file skips finished variants) and are packed into $OUT:
+# summary.jsonl, the sweep's table, and each variant's predictions, metrics and training log.
+# Env: BUDGET (s, default 570), PACK_S (default 30), JOBS (variants side by side, default 4).
+set -u
+T0=$(date +%s)
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled
+export OMP_NUM_THREADS=4   # 16 cores, 4 variants side by side
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+REPO=$(cd "$(dirname "$0")/../.." && pwd); cd "$REPO"
+BUDGET=${BUDGET:-570}; PACK_S=${PACK_S:-30}; JOBS=${JOBS:-4}
+left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
+log() { echo "[demo_sweep.sh $(( $(date +%s) - T0 ))s] $*"; }
+source "$REPO/experiments/device/smollm2_env.sh"
+
+case "${1:-}" in
+  stash) stash_gguf; exit 0 ;;
+  run) VARIANTS=${2:?usage: $0 run <variants.yaml>} ;;
+  *) echo "usage: $0 stash | run <variants.yaml>"; exit 2 ;;
+esac
+
+ready_model || exit 2
+ROUND=outputs/demo_sweep/$(basename "$VARIANTS" .yaml)
+# Variants take ~1-3 min each: none starts later than this, so the running ones can finish before packing.
+DEADLINE=$(( $(left) - PACK_S - 150 ))
+log "sweep $VARIANTS -> $ROUND, jobs $JOBS, start deadline ${DEADLINE}s"
+timeout $(( $(left) - PACK_S )) python3 experiments/demo_sweep.py "$VARIANTS" --out "$ROUND" --jobs "$JOBS" \
+  --deadline-s "$DEADLINE" 2>&1 | tee "$OUT/sweep.log" | grep -v '^\s*$' | tail -n 40
+cp "$ROUND/summary.jsonl" "$OUT/" 2>/dev/null
+tar czf "$OUT/variants.tgz" --exclude='*.safetensors' --exclude='*/checkpoint-*' --exclude='*/data/train.jsonl' \
+  "$ROUND" 2>/dev/null
+ls -la "$OUT"
+log "done; $(left) s of the budget left"
