@@ -77,6 +77,9 @@ class LoraConfig:
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     bias: str = "none"
+    # Layer indices that get adapters (PEFT's layers_to_transform); None: every layer. Adapters only in the top
+    # layers stop the backward pass there: the CPU demo measured 1.7x faster steps with the top half of 30.
+    layers_to_transform: list[int] | None = None
 
 
 @dataclass

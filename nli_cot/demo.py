@@ -108,7 +108,7 @@ def main(cfg: DictConfig) -> None:
     data = Path(cfg.data_dir)
     test = data / "test.jsonl"
     common_predict = [
-        "pairs=demo", f"pairs.path={test}", "model=smollm2_135m", "prompt=demo_chat", f"limit={cfg.n_test}",
+        "pairs=demo", f"pairs.path={test}", "model=smollm2_135m", f"prompt={cfg.prompt_name}", f"limit={cfg.n_test}",
         f"batch_size={cfg.predict_batch_size}", f"decoding.max_new_tokens={cfg.max_new_tokens}",
         *cfg.predict_overrides,
     ]
@@ -116,7 +116,7 @@ def main(cfg: DictConfig) -> None:
     # The test file holds exactly n_test pairs: families take turns and labels alternate in the generator, so
     # a multiple of 12 is balanced per family and label (a prefix of a shuffled larger file is not).
     data_args = [f"out_dir={data}", f"n_train={cfg.n_train}", f"n_dev={cfg.n_dev}", f"n_test={cfg.n_test}",
-                 f"seed={cfg.seed}", f"style={cfg.style}"]
+                 f"seed={cfg.seed}", f"style={cfg.style}", f"families=[{','.join(cfg.families)}]"]
     stamp = data / "demo_args.json"
     if not test.is_file() or not stamp.is_file() or json.loads(stamp.read_text()) != data_args:
         # New data keeps the old ids (demo-test-00000...): results made on the old data would be resumed as if
@@ -139,7 +139,7 @@ def main(cfg: DictConfig) -> None:
 
     run_dir = out / "train" / "demo_smollm2"
     if not (run_dir / "status.json").is_file() or json.loads((run_dir / "status.json").read_text())["status"] != "finished":
-        _run(["nli_cot.train", "+experiment=demo", f"hydra.run.dir={out / 'train'}", "resume=auto",
+        _run(["nli_cot.train", "+experiment=demo", f"prompt={cfg.prompt_name}", f"hydra.run.dir={out / 'train'}", "resume=auto",
               f"dataset.train_path={data / 'train.jsonl'}", f"dataset.eval_path={data / 'dev.jsonl'}",
               f"trainer.max_steps={cfg.train_steps}", f"trainer.eval_every_n_steps={cfg.eval_every}",
               f"trainer.save_steps={cfg.eval_every}", *cfg.train_overrides],

@@ -11,7 +11,7 @@
 set -u
 T0=$(date +%s)
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled
-export OMP_NUM_THREADS=4   # 16 cores, 4 variants side by side
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # the H100 machine has 4 cores: one per variant side by side
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 REPO=$(cd "$(dirname "$0")/../.." && pwd); cd "$REPO"
 BUDGET=${BUDGET:-570}; PACK_S=${PACK_S:-30}; JOBS=${JOBS:-4}
