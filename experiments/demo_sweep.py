@@ -36,6 +36,8 @@ from nli_cot.demo import _metrics, learning_curve, per_family_accuracy  # noqa: 
 
 def _override(key: str, value: Any) -> str:
     # Hydra reads a list override as [a,b]; strings inside need quoting when they hold '=' or spaces.
+    if value is None:
+        return f"{key}=null"
     if isinstance(value, list):
         return f"{key}=[" + ",".join(json.dumps(v) if isinstance(v, str) else str(v) for v in value) + "]"
     return f"{key}={value}"
@@ -43,7 +45,8 @@ def _override(key: str, value: Any) -> str:
 
 def run_variant(variant: dict[str, Any], common: dict[str, Any], out: Path) -> dict[str, Any]:
     name = variant["name"]
-    settings = {**common, **{k: v for k, v in variant.items() if k != "name"}}
+    # gpu=null: a variant's train_steps hold on the GPU machine too (the demo would otherwise use its gpu.* steps).
+    settings = {"gpu": None, **common, **{k: v for k, v in variant.items() if k != "name"}}
     for key in ("train_overrides", "predict_overrides"):  # lists add up: common first, then the variant's
         settings[key] = [*common.get(key, []), *variant.get(key, [])]
     run_out, data = out / name, out / name / "data"

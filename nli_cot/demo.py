@@ -102,21 +102,32 @@ def _checkpoint(run_dir: Path) -> Path:
     return folders[-1]
 
 
+def _cuda_available() -> bool:
+    import torch  # here, not at the top: the demo driver itself needs torch only for this question
+
+    return torch.cuda.is_available()
+
+
 @hydra.main(config_path="../conf", config_name="demo", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     out = Path(cfg.out_dir)
     data = Path(cfg.data_dir)
     test = data / "test.jsonl"
+    steps, every, device_overrides = cfg.train_steps, cfg.eval_every, []
+    if cfg.gpu and _cuda_available():
+        steps, every, device_overrides = cfg.gpu.train_steps, cfg.gpu.eval_every, list(cfg.gpu.overrides)
+        print(f"A CUDA GPU is present: training {steps} steps (conf/demo.yaml gpu.*) instead of the CPU's "
+              f"{cfg.train_steps}", flush=True)
     common_predict = [
         "pairs=demo", f"pairs.path={test}", "model=smollm2_135m", f"prompt={cfg.prompt_name}", f"limit={cfg.n_test}",
         f"batch_size={cfg.predict_batch_size}", f"decoding.max_new_tokens={cfg.max_new_tokens}",
-        *cfg.predict_overrides,
+        *device_overrides, *cfg.predict_overrides,
     ]
 
     # The test file holds exactly n_test pairs: families take turns and labels alternate in the generator, so
     # a multiple of 12 is balanced per family and label (a prefix of a shuffled larger file is not).
     data_args = [f"out_dir={data}", f"n_train={cfg.n_train}", f"n_dev={cfg.n_dev}", f"n_test={cfg.n_test}",
-                 f"seed={cfg.seed}", f"style={cfg.style}", f"families=[{','.join(cfg.families)}]"]
+                 f"seed={cfg.seed}", f"families=[{','.join(cfg.families)}]"]
     stamp = data / "demo_args.json"
     if not test.is_file() or not stamp.is_file() or json.loads(stamp.read_text()) != data_args:
         # New data keeps the old ids (demo-test-00000...): results made on the old data would be resumed as if
@@ -141,8 +152,8 @@ def main(cfg: DictConfig) -> None:
     if not (run_dir / "status.json").is_file() or json.loads((run_dir / "status.json").read_text())["status"] != "finished":
         _run(["nli_cot.train", "+experiment=demo", f"prompt={cfg.prompt_name}", f"hydra.run.dir={out / 'train'}", "resume=auto",
               f"dataset.train_path={data / 'train.jsonl'}", f"dataset.eval_path={data / 'dev.jsonl'}",
-              f"trainer.max_steps={cfg.train_steps}", f"trainer.eval_every_n_steps={cfg.eval_every}",
-              f"trainer.save_steps={cfg.eval_every}", *cfg.train_overrides],
+              f"trainer.max_steps={steps}", f"trainer.eval_every_n_steps={every}",
+              f"trainer.save_steps={every}", *device_overrides, *cfg.train_overrides],
              "LoRA fine-tuning (Lightning + PEFT, the ablations' code path)")
     ckpt = _checkpoint(run_dir)
 

@@ -60,10 +60,6 @@ log = logging.getLogger(__name__)
 ENTAILED = "So entailed."
 NOT_ENTAILED = "So not entailed."
 FAMILIES = ("hypernym", "negation", "quantifier", "conjunction", "hans", "number")
-# How a thought states the decisive step: ``rules`` in each family's own words and verdicts ("Same.",
-# "narrower", "12 is fewer than 13."), ``checks`` as one yes/no question shared across families where the skill
-# is shared (hypernym and quantifier ask the same is-a question; negation, hans the same "Same?").
-STYLES = ("rules", "checks")
 SOURCE_PREFIX = "demo/"
 
 
@@ -232,17 +228,12 @@ def _thought(decisive: str, label: int) -> str:
     return f"{decisive} {ENTAILED if label else NOT_ENTAILED}"
 
 
-def _check(question: str, label: int) -> str:
-    """The ``checks`` style: one yes/no question whose answer is the label, then the conclusion."""
-    return _thought(f"{question}? {'Yes' if label else 'No'}.", label)
-
-
 def _tail(rng: random.Random, v: Vocab) -> str:
     # An optional location varies the surface form without touching the rule.
     return f" in the {rng.choice(v.places)}" if rng.random() < 0.5 else ""
 
 
-def hypernym(rng: random.Random, v: Vocab, label: int, style: str = "rules") -> Example:
+def hypernym(rng: random.Random, v: Vocab, label: int) -> Example:
     cat = rng.choice(v.categories)
     kind = rng.choice(cat.kinds)[0]
     general = cat.word[0]
@@ -266,12 +257,10 @@ def hypernym(rng: random.Random, v: Vocab, label: int, style: str = "rules") -> 
         name, verb = rng.choice(v.names), rng.choice(v.transitive_verbs)[0]
         frame = f"{name} {verb} {{}} in the {rng.choice(v.places)}."
         premise, hypothesis = frame.format(_a(p_word)), frame.format(_a(h_word))
-    if style == "checks":  # one question for all three rules: is the hypothesis word the premise word's category?
-        return Example(premise, hypothesis, _check(f"Is every {p_word} {_a(h_word)}", label), label, "hypernym", rule)
     return Example(premise, hypothesis, _thought(f"{p_word} -> {h_word}: {fact}", label), label, "hypernym", rule)
 
 
-def negation(rng: random.Random, v: Vocab, label: int, style: str = "rules") -> Example:
+def negation(rng: random.Random, v: Vocab, label: int) -> Example:
     name = rng.choice(v.names)
     base, third = rng.choice(v.person_verbs)
     tail = _tail(rng, v)
@@ -296,14 +285,12 @@ def negation(rng: random.Random, v: Vocab, label: int, style: str = "rules") -> 
     rule = rng.choice(list(forms))
     premise, hypothesis, p_means, h_means = forms[rule]
     # Decisive step: both sides rewritten without double or paraphrased negation, then compared.
-    if style == "checks":  # the template of hans: both sides in plain words, then one comparison
-        return Example(premise, hypothesis, _check(f"P: {p_means}. H: {h_means}. Same", label), label, "negation", rule)
     verdict = "Same." if label else "Opposite."
     thought = _thought(f"P means: {p_means}. H means: {h_means}. {verdict}", label)
     return Example(premise, hypothesis, thought, label, "negation", rule)
 
 
-def quantifier(rng: random.Random, v: Vocab, label: int, style: str = "rules") -> Example:
+def quantifier(rng: random.Random, v: Vocab, label: int) -> Example:
     cat = rng.choice(v.categories)
     (kind, kinds), (general, generals) = rng.choice(cat.kinds), cat.word
     verb = rng.choice(v.animal_verbs)[0]
@@ -330,20 +317,9 @@ def quantifier(rng: random.Random, v: Vocab, label: int, style: str = "rules") -
         "some_narrowing": ("Some", generals, "some", kinds, narrower),
     }[rule]
     premise, hypothesis = f"{qp} {np_} {verb}.", f"{_cap(qh)} {nh} {verb}."
-    if style == "checks":
-        # The hypernym family's question, asked the way the quantifier needs it: all/no carry over to a group
-        # inside the premise's (is every H-thing a P-thing?), some to a group around it (every P-thing an
-        # H-thing?). With one group on both sides, the quantifiers alone decide.
-        singular = {kinds: kind, generals: general}
-        if np_ == nh:
-            question = f"{qp} {np_} -> {qh} {nh}: same group. Does {qp.lower()} give {qh}"
-        else:
-            inner, outer = (nh, np_) if qp in ("All", "No") else (np_, nh)
-            question = f"{qp} {np_} -> {qh} {nh}: is every {singular[inner]} {_a(singular[outer])}"
-        return Example(premise, hypothesis, _check(question, label), label, "quantifier", rule)
     thought = _thought(f"{qp} {np_} -> {qh} {nh}: {change}.", label)
     return Example(premise, hypothesis, thought, label, "quantifier", rule)
-def conjunction(rng: random.Random, v: Vocab, label: int, style: str = "rules") -> Example:
+def conjunction(rng: random.Random, v: Vocab, label: int) -> Example:
     a, b = rng.sample(v.names, 2)
     (_, v1), (_, v2) = rng.sample(v.person_verbs, 2)
     # Decisive step: the facts each side asserts (a disjunction asserts neither), and whether H adds one.
@@ -373,15 +349,10 @@ def conjunction(rng: random.Random, v: Vocab, label: int, style: str = "rules") 
         else:
             premise, hypothesis = f"{a} {v1} or {v2}.", f"{a} {v1}."
             decisive = f"P states only: {a} {v1} or {v2}. H states: {a} {v1}. New: {a} {v1}."
-    if style == "checks":  # the same facts, then one question: is every fact of H one of P's?
-        facts = decisive.removeprefix("P states only: ").removeprefix("P states: ").split(" H states: ")
-        p_facts, h_facts = facts[0].rstrip("."), facts[1].split(". ")[0].rstrip(".")
-        question = f"P: {p_facts}. H: {h_facts}. Is all of H in P"
-        return Example(premise, hypothesis, _check(question, label), label, "conjunction", rule)
     return Example(premise, hypothesis, _thought(decisive, label), label, "conjunction", rule)
 
 
-def hans(rng: random.Random, v: Vocab, label: int, style: str = "rules") -> Example:
+def hans(rng: random.Random, v: Vocab, label: int) -> Example:
     a, b = rng.sample(v.names, 2)
     past, part = rng.choice(v.transitive_verbs)
     third = rng.choice(v.person_verbs)[1]
@@ -411,8 +382,6 @@ def hans(rng: random.Random, v: Vocab, label: int, style: str = "rules") -> Exam
     else:
         premise, hypothesis = f"{a}, who {b} {past}, {third}.", f"{a} {past} {b}."
         did_p, did_h = f"{b} {past} {a}", f"{a} {past} {b}"
-    if style == "checks":
-        return Example(premise, hypothesis, _check(f"P: {did_p}. H: {did_h}. Same", label), label, "hans", rule)
     verdict = "Same." if label else "Different."
     thought = _thought(f"P: {did_p}. H: {did_h}. {verdict}", label)
     return Example(premise, hypothesis, thought, label, "hans", rule)
@@ -428,7 +397,7 @@ COMPARATORS: dict[str, tuple[str, Callable[[int, int], bool]]] = {
 }
 
 
-def number(rng: random.Random, v: Vocab, label: int, style: str = "rules") -> Example:
+def number(rng: random.Random, v: Vocab, label: int) -> Example:
     name, obj = rng.choice(v.names), rng.choice(v.objects)
     cmp = rng.choice(list(COMPARATORS))
     holds = COMPARATORS[cmp][1]
@@ -440,13 +409,11 @@ def number(rng: random.Random, v: Vocab, label: int, style: str = "rules") -> Ex
     # Decisive step in two easy parts: how n compares with m (one skill for every comparator), then whether
     # the comparator allows that.
     relation = "more than" if n > m else "fewer than" if n < m else "exactly"
-    if style == "checks":  # the comparison itself as the question, in the same words as the hypothesis
-        return Example(premise, hypothesis, _check(f"Is {n} {cmp} {m}", label), label, "number", cmp.replace(" ", "_"))
     thought = _thought(f"{n} vs {cmp} {m}: {n} is {relation} {m}.", label)
     return Example(premise, hypothesis, thought, label, "number", cmp.replace(" ", "_"))
 
 
-GENERATORS: dict[str, Callable[[random.Random, Vocab, int, str], Example]] = {
+GENERATORS: dict[str, Callable[[random.Random, Vocab, int], Example]] = {
     "hypernym": hypernym,
     "negation": negation,
     "quantifier": quantifier,
@@ -463,7 +430,6 @@ def generate(
     families: Sequence[str] = FAMILIES,
     exclude: set[tuple[str, str]] | None = None,
     max_tries: int = 200,
-    style: str = "rules",
 ) -> list[Example]:
     """``n`` unique examples, labels alternating and families taking turns, then shuffled.
 
@@ -473,15 +439,13 @@ def generate(
     unknown = [f for f in families if f not in GENERATORS]
     if unknown or not families:
         raise DemoDataError(f"unknown or no families {unknown or list(families)}; known: {list(GENERATORS)}")
-    if style not in STYLES:
-        raise DemoDataError(f"unknown thought style {style!r}; known: {list(STYLES)}")
     seen = set(exclude or ())
     out: list[Example] = []
     for i in range(n):
         # label = i % 2 and family = (i // 2) % F: exact label balance, and each family gets its labels in pairs.
         label, family = i % 2, families[(i // 2) % len(families)]
         for _ in range(max_tries):
-            ex = GENERATORS[family](rng, vocab, label, style)
+            ex = GENERATORS[family](rng, vocab, label)
             if (ex.premise, ex.hypothesis) not in seen:
                 break
         else:
@@ -495,14 +459,14 @@ def generate(
 
 
 def build_splits(
-    n_train: int, n_dev: int, n_test: int, seed: int, families: Sequence[str] = FAMILIES, style: str = "rules"
+    n_train: int, n_dev: int, n_test: int, seed: int, families: Sequence[str] = FAMILIES
 ) -> dict[str, list[Example]]:
     """train and dev from the train vocabulary (dev pairs not in train), test from the disjoint test vocabulary."""
     # String seeds hash through SHA-512 in random.seed: stable across runs and Python versions.
-    train = generate(n_train, VOCAB["train"], random.Random(f"{seed}/train"), families, style=style)
+    train = generate(n_train, VOCAB["train"], random.Random(f"{seed}/train"), families)
     taken = {(e.premise, e.hypothesis) for e in train}
-    dev = generate(n_dev, VOCAB["train"], random.Random(f"{seed}/dev"), families, exclude=taken, style=style)
-    test = generate(n_test, VOCAB["test"], random.Random(f"{seed}/test"), families, style=style)
+    dev = generate(n_dev, VOCAB["train"], random.Random(f"{seed}/dev"), families, exclude=taken)
+    test = generate(n_test, VOCAB["test"], random.Random(f"{seed}/test"), families)
     return {"train": train, "dev": dev, "test": test}
 
 
@@ -553,7 +517,6 @@ class DemoDataConfig:
     n_test: int = 200
     seed: int = 0
     families: list[str] = field(default_factory=lambda: list(FAMILIES))
-    style: str = "rules"
 
 
 ConfigStore.instance().store(name="demo_data_schema", node=DemoDataConfig)
@@ -561,7 +524,7 @@ ConfigStore.instance().store(name="demo_data_schema", node=DemoDataConfig)
 
 @hydra.main(config_path="../conf", config_name="demo_data", version_base="1.3")
 def main(cfg: DemoDataConfig) -> None:
-    splits = build_splits(cfg.n_train, cfg.n_dev, cfg.n_test, cfg.seed, list(cfg.families), cfg.style)
+    splits = build_splits(cfg.n_train, cfg.n_dev, cfg.n_test, cfg.seed, list(cfg.families))
     for split, path in write_splits(splits, cfg.out_dir).items():
         log.info("wrote %d %s records to %s", len(splits[split]), split, path)
 

@@ -247,26 +247,3 @@ def test_cli_writes_three_files_in_the_record_schema(tmp_path):
     first = (out / "train.jsonl").read_bytes()
     subprocess.run([sys.executable, "-m", "nli_cot.demo_data", *args], check=True, cwd=tmp_path)
     assert (out / "train.jsonl").read_bytes() == first
-
-
-def test_checks_style_changes_only_the_thought_and_asks_the_deciding_question(splits):
-    checks = dd.build_splits(N, N // 4, N, seed=3, style="checks")
-    isa = _isa(dd.VOCAB["train"])
-    for split, examples in splits.items():
-        for rule_ex, check_ex in zip(examples, checks[split], strict=True):
-            # Same pairs, labels and templates: the two styles are comparable on the very same data.
-            assert (rule_ex.premise, rule_ex.hypothesis, rule_ex.label, rule_ex.rule) == (
-                check_ex.premise, check_ex.hypothesis, check_ex.label, check_ex.rule)
-            answer = "Yes." if check_ex.label else "No."
-            assert check_ex.thought_process.endswith(f"? {answer} {dd.ENTAILED if check_ex.label else dd.NOT_ENTAILED}")
-    # The question's own claim is true exactly when the pair is entailed (is-a facts checked against the vocab).
-    for e in checks["train"]:
-        if m := re.search(r"is every (\w+) an? (\w+)\?", e.thought_process, flags=re.IGNORECASE):
-            assert (isa[m[1]] == m[2] and m[1] != m[2]) == bool(e.label), e
-    asked = Counter(e.family for e in checks["train"] if re.search(r"is every \w+ an? \w+\?", e.thought_process, re.I))
-    assert asked["hypernym"] == N // 6 and asked["quantifier"] > 0  # the shared is-a question
-
-
-def test_unknown_style_is_a_clear_error():
-    with pytest.raises(dd.DemoDataError, match="thought style"):
-        dd.generate(4, dd.VOCAB["train"], dd.random.Random(0), style="poetry")

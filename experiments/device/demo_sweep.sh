@@ -3,6 +3,7 @@
 #
 #   bash experiments/device/demo_sweep.sh stash                          call 1: carries .gguf-parts/a .study-wheels
 #   bash experiments/device/demo_sweep.sh run experiments/demo_sweep/round1.yaml   call 2: .gguf-parts/b .study-wheels
+#   DEMO=1 bash experiments/device/demo_sweep.sh run <variants.yaml>   then `python -m nli_cot.demo` as a user runs it
 #
 # The model setup is study.sh's (experiments/device/smollm2_env.sh). Results go to outputs/demo_sweep/<round> (kept
 # on a warm machine, so a later `run` of the same file skips finished variants) and are packed into $OUT:
@@ -32,6 +33,14 @@ DEADLINE=$(( $(left) - PACK_S - 150 ))
 log "sweep $VARIANTS -> $ROUND, jobs $JOBS, start deadline ${DEADLINE}s"
 timeout $(( $(left) - PACK_S )) python3 experiments/demo_sweep.py "$VARIANTS" --out "$ROUND" --jobs "$JOBS" \
   --deadline-s "$DEADLINE" 2>&1 | tee "$OUT/sweep.log" | grep -v '^\s*$' | tail -n 40
+if [ "${DEMO:-0}" = 1 ]; then  # the demo with its defaults (on a GPU: conf/demo.yaml gpu.*), exactly as typed
+  log "python -m nli_cot.demo (defaults)"
+  timeout $(( $(left) - PACK_S )) python3 -m nli_cot.demo out_dir=outputs/demo_gpu/out data_dir=outputs/demo_gpu/data \
+    > "$OUT/demo_gpu.log" 2>&1; log "demo exit $?"
+  grep -v 'it/s\]' "$OUT/demo_gpu.log" | tail -n 40
+  tar czf "$OUT/demo_gpu.tgz" --exclude='*.safetensors' --exclude='*/checkpoint-*' --exclude='*/data/train.jsonl' \
+    outputs/demo_gpu 2>/dev/null
+fi
 cp "$ROUND/summary.jsonl" "$OUT/" 2>/dev/null
 tar czf "$OUT/variants.tgz" --exclude='*.safetensors' --exclude='*/checkpoint-*' --exclude='*/data/train.jsonl' \
   "$ROUND" 2>/dev/null
