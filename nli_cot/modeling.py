@@ -268,6 +268,13 @@ def attach_lora(model: Any, lora_cfg: Any) -> Any:
     """Wrap ``model`` in a fresh trainable LoRA adapter."""
     from peft import LoraConfig, get_peft_model
 
+    layers = lora_cfg.layers_to_transform
+    n_layers = getattr(model.config, "num_hidden_layers", None)
+    if layers is not None and n_layers is not None and not all(0 <= int(i) < n_layers for i in layers):
+        raise ModelSetupError(
+            f"lora.layers_to_transform={list(layers)}: this model has layers 0..{n_layers - 1}"
+        )
+
     config = LoraConfig(
         r=lora_cfg.r,
         lora_alpha=lora_cfg.alpha,

@@ -196,6 +196,18 @@ def test_checkpointing_can_be_limited_to_the_first_layers(tiny_model_cfg, mistra
     assert flags == [True, False]
 
 
+def test_lora_can_be_limited_to_chosen_layers_and_a_wrong_index_is_a_clear_error(tiny_model_cfg, mistral_tokenizer):
+    from nli_cot.modeling import ModelSetupError, attach_lora, load_base_model
+
+    base = load_base_model(tiny_model_cfg, mistral_tokenizer, for_training=True)
+    peft_model = attach_lora(base, compose(["lora=default", "lora.layers_to_transform=[1]"]).lora)
+    adapted = {n.split(".layers.")[1].split(".")[0] for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert adapted == {"1"}  # only the last of the tiny model's 2 layers trains
+    base = load_base_model(tiny_model_cfg, mistral_tokenizer, for_training=True)
+    with pytest.raises(ModelSetupError, match=r"layers_to_transform=\[2\]: this model has layers 0\.\.1"):
+        attach_lora(base, compose(["lora=default", "lora.layers_to_transform=[2]"]).lora)
+
+
 @pytest.mark.parametrize("packed", [False, True])
 def test_fused_micro_batches_compute_gradient_accumulations_loss_and_gradients(
     model, examples, packed
