@@ -19,7 +19,8 @@ def test_short_demo_learns(tmp_path: Path) -> None:
     # Shortened: two of the six rule families, 40 steps of 8, 48 held-out pairs (12 per family and label), gpu=null
     # so a GPU machine runs the same budget. Sized on the H100 in the CPU's fp32 (experiments/results/demo.md,
     # round 5): 72.9 / 81.2 / 85.4 / 81.2% over 4 seeds at this budget; with all six families the model needs
-    # ~6x the examples to get there, which is the full demo's story, not this test's. ~10 minutes on 2 cores.
+    # ~6x the examples to get there, which is the full demo's story, not this test's. On 2 CPU cores: 31% -> 75%
+    # (36 of 48), parseable 67% -> 100%, train loss 1.09 -> 0.013, in 11 minutes.
     args = [f"out_dir={out}", f"data_dir={data}", "families=[conjunction,negation]", "n_test=48", "n_dev=16",
             "train_steps=40", "eval_every=20", "predict_batch_size=48", "gpu=null"]
     proc = run_module("nli_cot.demo", args, timeout=3600)
