@@ -102,6 +102,13 @@ def _checkpoint(run_dir: Path) -> Path:
     return folders[-1]
 
 
+def training_budget(cfg: DictConfig, cuda: bool) -> tuple[int, int, list[str]]:
+    """(optimiser steps, eval/checkpoint interval, overrides for training and prediction) on this machine."""
+    if cuda and cfg.gpu:
+        return int(cfg.gpu.train_steps), int(cfg.gpu.eval_every), list(cfg.gpu.overrides)
+    return int(cfg.train_steps), int(cfg.eval_every), []
+
+
 def _cuda_available() -> bool:
     import torch  # here, not at the top: the demo driver itself needs torch only for this question
 
@@ -113,9 +120,9 @@ def main(cfg: DictConfig) -> None:
     out = Path(cfg.out_dir)
     data = Path(cfg.data_dir)
     test = data / "test.jsonl"
-    steps, every, device_overrides = cfg.train_steps, cfg.eval_every, []
-    if cfg.gpu and _cuda_available():
-        steps, every, device_overrides = cfg.gpu.train_steps, cfg.gpu.eval_every, list(cfg.gpu.overrides)
+    on_gpu = bool(cfg.gpu) and _cuda_available()
+    steps, every, device_overrides = training_budget(cfg, cuda=on_gpu)
+    if on_gpu:
         print(f"A CUDA GPU is present: training {steps} steps (conf/demo.yaml gpu.*) instead of the CPU's "
               f"{cfg.train_steps}", flush=True)
     common_predict = [

