@@ -1,8 +1,8 @@
-"""Many `python -m nli_cot.demo` runs side by side (issue #8): which data style / steps / batch / lr learn best.
+"""Many `python -m nli_cot.demo` runs side by side (issue #8): which steps / batch / lr / families learn best.
 
     python experiments/demo_sweep.py experiments/demo_sweep/round1.yaml --out outputs/demo_sweep --jobs 4
 
-The variants file is a YAML list; each entry has a ``name`` and any keys of conf/demo.yaml (``style``,
+The variants file is a YAML list; each entry has a ``name`` and any keys of conf/demo.yaml (``families``,
 ``train_steps``, ``n_train``, ``train_overrides``...), plus ``common`` keys that every variant gets. Each variant is
 the demo itself, run as a user would (``python -m nli_cot.demo out_dir=<out>/<name> ...``), so what the sweep
 finds is what ``make demo`` does with those settings. It is meant for the GPU machine (experiments/device/
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -109,7 +108,6 @@ def main() -> None:
                   f"{r['seconds']:.0f} |")
         else:
             print(f"| {r['name']} | failed (rc {r['rc']}) | | | | {r['seconds']:.0f} |")
-    os.sync()
 
 
 if __name__ == "__main__":

@@ -281,7 +281,7 @@ def attach_lora(model: Any, lora_cfg: Any) -> Any:
         lora_dropout=lora_cfg.dropout,
         target_modules=list(lora_cfg.target_modules),
         bias=lora_cfg.bias,
-        layers_to_transform=list(lora_cfg.layers_to_transform) if lora_cfg.layers_to_transform else None,
+        layers_to_transform=list(layers) if layers else None,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
