@@ -4,7 +4,7 @@ Features
 - At every evaluation (or every ``trainer.gen_eval.every_n_steps`` optimiser steps, a multiple of
   ``trainer.eval_every_n_steps``), greedy-decodes answers for a fixed dev subset (the first ``max_examples`` of the
   data module's dev set, in its order), reads them with ``nli_cot.parsing.parse_output`` (the parser ``predict``
-  uses) and logs ``eval/accuracy``, ``eval/f1`` (macro) and ``eval/parse_rate`` beside ``eval/loss``.
+  uses) and logs ``eval/accuracy``, ``eval/balanced_accuracy``, ``eval/f1`` (macro) and ``eval/parse_rate`` beside ``eval/loss``.
 - Logged in the validation epoch, so ``EarlyStopping`` and the best-checkpoint choice can monitor
   ``eval/accuracy`` (``trainer.early_stopping_metric=eval/accuracy trainer.early_stopping_mode=max``).
 - Prompts come from ``nli_cot.prompts.encode_prompt`` (byte-for-byte the training prompt), left-padded and decoded
@@ -26,13 +26,13 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from nli_cot.metrics import accuracy, macro_f1
+from nli_cot.metrics import accuracy, balanced_accuracy, macro_f1
 from nli_cot.parsing import parse_output
 from nli_cot.prompts import encode_prompt
 
 log = logging.getLogger(__name__)
 
-METRICS = ("eval/accuracy", "eval/f1", "eval/parse_rate")
+METRICS = ("eval/accuracy", "eval/balanced_accuracy", "eval/f1", "eval/parse_rate")
 
 
 def config_problem(cfg: Any) -> str | None:
@@ -80,6 +80,8 @@ def score(gold: list[int], texts: list[str]) -> dict[str, float]:
     pred = [p.label for p in parsed]
     return {
         "eval/accuracy": accuracy(gold, pred),
+        # the selection metric of the study: a constant predictor scores 0.5 whatever the label prior
+        "eval/balanced_accuracy": balanced_accuracy(gold, pred),
         "eval/f1": macro_f1(gold, pred),
         "eval/parse_rate": sum(p.ok for p in parsed) / len(parsed) if parsed else float("nan"),
     }

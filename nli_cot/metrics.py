@@ -80,6 +80,12 @@ def macro_f1(gold: Sequence[int], pred: Sequence[Label]) -> float:
     return precision_recall_f1(gold, pred)["macro"]["f1"]
 
 
+def balanced_accuracy(gold: Sequence[int], pred: Sequence[Label]) -> float:
+    """Mean of the per-class recalls (None counts as wrong): 0.5 for any constant predictor."""
+    prf = precision_recall_f1(gold, pred)
+    return float(np.mean([prf[str(c)]["recall"] for c in LABELS]))
+
+
 def parse_failure_rate(ok: Sequence[bool]) -> float:
     """Share of outputs from which no label could be read."""
     return _rate(sum(not o for o in ok), len(ok))

@@ -40,7 +40,9 @@ def test_score_uses_the_shared_parser() -> None:
              "```json\n{\"thought_process\": \"t\", \"predicted_label\": \"1\"}\n```"]
     gold = [1, 1, 0, 1]
     got = score(gold, texts)
-    assert got == {"eval/accuracy": 0.5, "eval/f1": macro_f1(gold, [1, 0, None, 1]), "eval/parse_rate": 0.75}
+    # balanced accuracy by hand: recall of 1 = 2/3 (one "0"), recall of 0 = 0/1 (unparsed counts as wrong)
+    assert got == {"eval/accuracy": 0.5, "eval/balanced_accuracy": (2 / 3 + 0) / 2,
+                   "eval/f1": macro_f1(gold, [1, 0, None, 1]), "eval/parse_rate": 0.75}
 
 
 def test_dev_subset_keeps_the_data_modules_order() -> None:
@@ -82,7 +84,8 @@ def test_left_padded_greedy_answers_are_scored(mistral_tokenizer) -> None:
             assert ids[row, pad:].tolist() == prompt  # the training prompt, at the right edge
             assert mask[row].tolist() == [0] * pad + [1] * len(prompt)  # padding on the left only
     assert callback.last_texts == ['{"thought_process": "it follows", "predicted_label": 1}'] * 5
-    assert values == {"eval/accuracy": 0.4, "eval/f1": macro_f1([1, 0, 0, 1, 0], [1] * 5), "eval/parse_rate": 1.0}
+    assert values == {"eval/accuracy": 0.4, "eval/balanced_accuracy": 0.5,  # a constant answer: 0.5 by definition
+                      "eval/f1": macro_f1([1, 0, 0, 1, 0], [1] * 5), "eval/parse_rate": 1.0}
 
 
 @pytest.mark.slow
@@ -102,7 +105,7 @@ def test_training_logs_accuracy_and_picks_the_best_checkpoint_by_it(tmp_path: Pa
         evals = [r for r in csv.DictReader(f) if r.get("eval/loss")]
     assert len(evals) == 2  # one per evaluation, each with the generation metrics beside the loss
     for row in evals:
-        for key in ("eval/accuracy", "eval/f1", "eval/parse_rate"):
+        for key in ("eval/accuracy", "eval/balanced_accuracy", "eval/f1", "eval/parse_rate"):
             assert 0.0 <= float(row[key]) <= 1.0
     status = json.loads((run / "status.json").read_text())
     assert status["best"]["metric"] == "eval/accuracy"
