@@ -45,7 +45,8 @@ from omegaconf import DictConfig, OmegaConf
 from nli_cot.study_graph import StudyGraph
 from nli_cot.study_scheduler import Scheduler, write_json_atomic
 
-FINGERPRINTED = ("base_model", "model_tokenizer", "prompt_name", "data", "train", "predict", "teachers", "evaluate")
+FINGERPRINTED = ("base_model", "model_tokenizer", "prompt_name", "data", "train", "predict", "teachers", "evaluate",
+                "baselines")
 EXIT_FAILED, EXIT_UNFINISHED = 1, 3
 
 
@@ -94,13 +95,18 @@ class LocalJobs:
     def prep(self) -> dict[str, Any]:
         from nli_cot.study_data import prepare
 
+        return prepare(self.cfg["data_root"], self.g.data, **self._prep_kwargs())
+
+    def _prep_kwargs(self) -> dict[str, Any]:
         d = self.cfg["data"]
-        return prepare(self.cfg["data_root"], self.g.data, d["n_train"], dict(d["n_test"]), d["sample_salt"])
+        pool = list(d.get("pool_files") or [])
+        label_sets = {"label_all": ["train", "pool"], "label_pool": ["teacher"]} if pool else {}
+        return {"n_train": d["n_train"], "n_test": dict(d["n_test"]), "salt": d["sample_salt"], "pool_files": pool,
+                "n_teacher": d.get("n_teacher"), "dev_fraction": d["sft_dev_fraction"], "label_sets": label_sets}
 
     def prep_cmd(self) -> str:
-        d = self.cfg["data"]
-        return (f"(in process) nli_cot.study_data.prepare(data_root={self.cfg['data_root']!r}, n_train={d['n_train']},"
-                f" n_test={dict(d['n_test'])}, salt={d['sample_salt']}) -> {self.g.data}")
+        return (f"(in process) nli_cot.study_data.prepare(data_root={self.cfg['data_root']!r}, "
+                + ", ".join(f"{k}={v!r}" for k, v in self._prep_kwargs().items()) + f") -> {self.g.data}")
 
     def _eval_overrides(self, mid: str, test_set: str) -> list[str]:
         e = self.cfg["evaluate"]
@@ -138,21 +144,32 @@ class LocalJobs:
         return "split predictions by set, then " + " && ".join(
             "python -m nli_cot.evaluate " + " ".join(self._eval_overrides(mid, s)) for s in TEST_SETS)
 
-    def select_lr(self) -> dict[str, Any]:
-        """The learning rate whose 'human' seed-0 run reached the lowest dev loss (test sets never consulted)."""
+    def select_lr(self, family: str = "reasoning") -> dict[str, Any]:
+        """The learning rate whose anchor seed-0 run reached the best dev value of the runs' monitored metric
+        (``train.select_metric`` with gen_eval on, else dev loss); test sets are never consulted. Says whether the
+        choice sits at an edge of the grid (then the optimum may lie beyond it)."""
+        from nli_cot.study_graph import ANCHOR
+
         table = []
-        for lr, run in self.g.lr_runs():
+        metric = None
+        for lr, run in self.g.lr_runs(family):
             status = json.loads((self.g.run_dir(run) / "model" / "status.json").read_text())
             best = status.get("best") or {}
-            table.append({"lr": lr, "run": run, "best_dev_loss": best.get("value"),
+            metric = best.get("metric") or metric
+            table.append({"lr": lr, "run": run, "best_dev": best.get("value"), "metric": best.get("metric"),
+                          "best_dev_loss": best.get("value") if best.get("metric") == "eval/loss" else None,
                           "best_checkpoint": best.get("checkpoint"), "global_step": status.get("global_step")})
-        scored = [t for t in table if t["best_dev_loss"] is not None]
+        scored = [t for t in table if t["best_dev"] is not None]
         if not scored:
-            raise RuntimeError("no lr_grid run recorded a dev loss (is the dev split empty?)")
-        best = min(scored, key=lambda t: t["best_dev_loss"])
-        choice = {"lr": best["lr"], "run": best["run"], "metric": "eval/loss (min)", "table": table,
-                  "condition": "human", "seed": self.g.seeds[0]}
-        write_json_atomic(self.g.out / "lr_choice.json", choice)
+            raise RuntimeError(f"no {family} lr-grid run recorded a dev metric (is the dev split empty?)")
+        maximise = metric is not None and metric != "eval/loss"
+        best = (max if maximise else min)(scored, key=lambda t: t["best_dev"])
+        lrs = sorted(t["lr"] for t in table)
+        edge = None if len(lrs) < 2 else "lowest" if best["lr"] == lrs[0] else "highest" if best["lr"] == lrs[-1] else None
+        choice = {"lr": best["lr"], "run": best["run"], "metric": f"{metric} ({'max' if maximise else 'min'})",
+                  "table": table, "condition": ANCHOR[family], "family": family, "seed": self.g.seeds[0],
+                  "at_grid_edge": edge}
+        write_json_atomic(self.g.choice_path(family), choice)
         return choice
 
 
@@ -189,8 +206,10 @@ def main_run(cfg: dict[str, Any]) -> int:
     if cfg["stage"] == "export_data":
         from nli_cot.study_data import trim_copy
 
-        d = cfg["data"]
-        sizes = trim_copy(cfg["data_root"], cfg["export_dir"], dict(d["n_test"]), d["sample_salt"])
+        from nli_cot.study_data import TEST_SETS, TRAIN_SOURCE
+
+        files = [TRAIN_SOURCE, *TEST_SETS.values(), *(cfg["data"].get("pool_files") or [])]
+        sizes = trim_copy(cfg["data_root"], cfg["export_dir"], files)
         print(f"{cfg['export_dir']}: " + ", ".join(f"{k} {v} rows" for k, v in sizes.items()))
         return 0
     from nli_cot.study_report import write_report

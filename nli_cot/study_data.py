@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ TEST_SETS: dict[str, str] = {
     "rte_dev": "rte/dev.jsonl",
 }
 TRAIN_SOURCE = "esnli/dev.jsonl"
+_NON_ALNUM = re.compile(r"[^a-z0-9]")
 
 
 def id_hash(row_id: str, salt: int) -> int:
@@ -66,54 +69,158 @@ def _write(path: Path, rows: list[dict[str, Any]]) -> None:
     tmp.replace(path)
 
 
-def prepare(data_root: str, out_dir: Path, n_train: int | None, n_test: dict[str, int | None], salt: int) -> dict:
-    """Write ``train_pairs.jsonl``, ``test.jsonl`` (all sets, with a ``set`` field), ``test_<set>.jsonl`` and
-    ``data_manifest.json`` into ``out_dir``; return the manifest."""
+def norm_sentence(text: str) -> str:
+    """The form two sentences are compared in by the leak check: lower-cased letters and digits only."""
+    return _NON_ALNUM.sub("", str(text).lower())
+
+
+def test_sentences(test_rows: list[dict[str, Any]]) -> set[str]:
+    return {norm_sentence(r[f]) for r in test_rows for f in ("premise", "hypothesis")}
+
+
+def drop_leaks(rows: list[dict[str, Any]], test_ids: set[str], sentences: set[str]) -> tuple[list[dict], int]:
+    """Rows whose id is a test id, or whose premise or hypothesis occurs in a test set, are dropped (counted)."""
+    kept = [r for r in rows if str(r["id"]) not in test_ids
+            and norm_sentence(r["premise"]) not in sentences and norm_sentence(r["hypothesis"]) not in sentences]
+    return kept, len(rows) - len(kept)
+
+
+def leaks(rows: list[dict[str, Any]], test_ids: set[str], sentences: set[str]) -> list[str]:
+    """Ids of rows that share an id or a sentence with a test set (the check the tests run on every set)."""
+    return [str(r["id"]) for r in rows if str(r["id"]) in test_ids or norm_sentence(r["premise"]) in sentences
+            or norm_sentence(r["hypothesis"]) in sentences]
+
+
+def in_dev_split(example_id: Any, fraction: float, salt: int) -> bool:
+    """The SFT stage's dev membership (``nli_cot.data.in_dev_split``: same hash), without importing torch."""
+    digest = hashlib.sha256(f"{salt}:{example_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def write_label_set(out_dir: Path, name: str, rows: list[dict[str, Any]], dev_fraction: float,
+                    split_seed: int = 0) -> dict[str, Any]:
+    """A label-only SFT set (``train.jsonl``, ``dev.jsonl``, ``stats.json`` as the SFT stage writes them) from pairs:
+    training reads it with ``dataset.label_only=true``, so no thought is needed. The dev split uses the SFT stage's
+    hash, so a pair of e-SNLI dev is in the same split here as in the human set."""
+    d = out_dir / name
+    slim = [{"id": str(r["id"]), "premise": r["premise"], "hypothesis": r["hypothesis"], "label": int(r["label"]),
+             "source": r.get("source", "esnli")} for r in rows]
+    dev = [r for r in slim if in_dev_split(r["id"], dev_fraction, split_seed)]
+    dev_ids = {r["id"] for r in dev}
+    train = [r for r in slim if r["id"] not in dev_ids]
+    _write(d / "train.jsonl", train)
+    _write(d / "dev.jsonl", dev)
+    stats = {"name": name, "label_only": True, "dev_fraction": dev_fraction, "split_seed": split_seed,
+             "train": {"count": len(train), "share_label_1": round(sum(r["label"] for r in train) / max(1, len(train)), 4)},
+             "dev": {"count": len(dev), "share_label_1": round(sum(r["label"] for r in dev) / max(1, len(dev)), 4)},
+             "sources": dict(Counter(r["source"] for r in slim))}
+    (d / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    return stats
+
+
+def _pool(root: Path, files: list[str]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for rel in files:
+        rows += [dict(r, source=r.get("source") or Path(rel).stem) for r in _labelled(_read(root / rel))]
+    return rows
+
+
+def prepare(data_root: str, out_dir: Path, n_train: int | None, n_test: dict[str, int | None], salt: int,
+            pool_files: list[str] | None = None, n_teacher: int | None = None, dev_fraction: float = 0.05,
+            label_sets: dict[str, list[str]] | None = None) -> dict:
+    """Write the study's data into ``out_dir``; return the manifest.
+
+    - ``train_pairs.jsonl``: e-SNLI dev (the human-explanation set), ``pool_pairs.jsonl``: the pairs without
+      explanations (``pool_files``), ``teacher_pairs.jsonl``: ``n_teacher`` of the pool (the teacher's pairs). Every
+      one of them minus the rows that share an id or a sentence with any test set (counted in the manifest).
+    - ``test_full.jsonl`` (every row of every test set, with a ``set`` field; label-probability conditions and
+      baselines are scored on it), ``test.jsonl`` (the ``n_test`` sample of it that generation conditions decode),
+      ``test_<set>.jsonl``.
+    - Label-only SFT sets under ``out_dir/../sft/<name>`` for ``label_sets`` (name -> which of train/pool/teacher).
+    """
     root = Path(data_root)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {"data_root": str(root), "salt": salt, "selection": "n smallest sha256(study-sample:salt:id)",
+                                "leak_check": "dropped: a train/pool row whose id or normalised premise/hypothesis "
+                                              "(lower-case letters and digits) occurs in any test set",
                                 "sources": {}, "sets": {}}
-    src = root / TRAIN_SOURCE
-    train = select(_labelled(_read(src)), n_train, salt)
-    _write(out_dir / "train_pairs.jsonl", train)
-    manifest["sources"][TRAIN_SOURCE] = _sha(src)
-    manifest["train"] = {"file": "train_pairs.jsonl", "n": len(train),
-                         "share_label_1": round(sum(r["label"] for r in train) / max(1, len(train)), 4),
-                         "sha256": _sha(out_dir / "train_pairs.jsonl")}
-    combined: list[dict[str, Any]] = []
+    full: list[dict[str, Any]] = []
     for name, rel in TEST_SETS.items():
         path = root / rel
-        rows = select(_labelled(_read(path)), n_test.get(name), salt)
+        rows = _labelled(_read(path))
         manifest["sources"][rel] = _sha(path)
-        slim = [{"id": r["id"], "premise": r["premise"], "hypothesis": r["hypothesis"], "label": r["label"],
-                 "set": name} for r in rows]
-        _write(out_dir / f"test_{name}.jsonl", slim)
-        combined += slim
-        manifest["sets"][name] = {"file": f"test_{name}.jsonl", "source": rel, "n": len(slim),
-                                  "share_label_1": round(sum(r["label"] for r in slim) / max(1, len(slim)), 4),
+        full += [{"id": r["id"], "premise": r["premise"], "hypothesis": r["hypothesis"], "label": r["label"],
+                  "set": name} for r in rows]
+    test_ids, sentences = {str(r["id"]) for r in full}, test_sentences(full)
+
+    def keep(key: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        kept, dropped = drop_leaks(rows, test_ids, sentences)
+        manifest[key] = {"read": len(rows), "dropped_leak": dropped}
+        return kept
+
+    src = root / TRAIN_SOURCE
+    train = select(keep("train", _labelled(_read(src))), n_train, salt)
+    _write(out_dir / "train_pairs.jsonl", train)
+    manifest["sources"][TRAIN_SOURCE] = _sha(src)
+    manifest["train"].update({"file": "train_pairs.jsonl", "n": len(train),
+                              "share_label_1": round(sum(r["label"] for r in train) / max(1, len(train)), 4),
+                              "sha256": _sha(out_dir / "train_pairs.jsonl")})
+    pool: list[dict[str, Any]] = []
+    if pool_files:
+        pool = keep("pool", _pool(root, list(pool_files)))
+        for rel in pool_files:
+            manifest["sources"][rel] = _sha(root / rel)
+        teacher = select(pool, n_teacher, salt)
+        _write(out_dir / "pool_pairs.jsonl", pool)
+        _write(out_dir / "teacher_pairs.jsonl", teacher)
+        manifest["pool"].update({"file": "pool_pairs.jsonl", "n": len(pool), "files": list(pool_files)})
+        manifest["teacher"] = {"file": "teacher_pairs.jsonl", "n": len(teacher),
+                               "share_label_1": round(sum(r["label"] for r in teacher) / max(1, len(teacher)), 4)}
+    else:
+        teacher = train
+    sample: list[dict[str, Any]] = []
+    for name in TEST_SETS:
+        rows = [r for r in full if r["set"] == name]
+        picked = select(rows, n_test.get(name), salt)
+        _write(out_dir / f"test_{name}.jsonl", picked)
+        sample += picked
+        manifest["sets"][name] = {"file": f"test_{name}.jsonl", "source": TEST_SETS[name], "n": len(picked),
+                                  "n_full": len(rows),
+                                  "share_label_1": round(sum(r["label"] for r in picked) / max(1, len(picked)), 4),
                                   "sha256": _sha(out_dir / f"test_{name}.jsonl")}
-    _write(out_dir / "test.jsonl", combined)
-    manifest["test_file"] = {"file": "test.jsonl", "n": len(combined), "sha256": _sha(out_dir / "test.jsonl")}
+    _write(out_dir / "test.jsonl", sample)
+    _write(out_dir / "test_full.jsonl", full)
+    manifest["test_file"] = {"file": "test.jsonl", "n": len(sample), "sha256": _sha(out_dir / "test.jsonl")}
+    manifest["test_full_file"] = {"file": "test_full.jsonl", "n": len(full), "sha256": _sha(out_dir / "test_full.jsonl")}
+    parts = {"train": train, "pool": pool, "teacher": teacher}
+    manifest["label_sets"] = {}
+    for set_name, which in (label_sets or {}).items():
+        rows = [r for w in which for r in parts[w]]
+        manifest["label_sets"][set_name] = write_label_set(out_dir.parent / "sft", set_name, rows, dev_fraction)
+    # The leak check, once more on what was written: every train/dev file against every test sentence and id.
+    written = [out_dir / "train_pairs.jsonl"] + ([out_dir / "pool_pairs.jsonl"] if pool else []) + [
+        out_dir.parent / "sft" / n / f for n in (label_sets or {}) for f in ("train.jsonl", "dev.jsonl")]
+    bad = {str(p): leaks(_read(p), test_ids, sentences) for p in written}
+    if any(bad.values()):
+        raise RuntimeError(f"leak check failed: {json.dumps({k: v[:5] for k, v in bad.items() if v})}")
+    manifest["leak_check_passed"] = [str(p) for p in written]
     (out_dir / "data_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
 
 
 def set_of_ids(data_dir: Path) -> dict[str, str]:
-    """id -> test set name, from the combined test file."""
-    return {r["id"]: r["set"] for r in _read(data_dir / "test.jsonl")}
+    """id -> test set name, from the full test file (a superset of the decoded sample)."""
+    path = data_dir / "test_full.jsonl"
+    return {r["id"]: r["set"] for r in _read(path if path.is_file() else data_dir / "test.jsonl")}
 
 
-def trim_copy(data_root: str, dest: str, n_test: dict[str, int | None], salt: int) -> dict[str, int]:
-    """Copy the files the study reads into ``dest`` with each test set cut to its selected rows (the train
-    source whole): what travels to a machine without ../shared. ``select`` gives the same sample from it."""
+def trim_copy(data_root: str, dest: str, files: list[str]) -> dict[str, int]:
+    """Copy the files the study reads (``files``, relative to ``data_root``: the train source, every test set whole,
+    the pool files) into ``dest``: what travels to a machine without ../shared."""
     root, out = Path(data_root), Path(dest)
     sizes = {}
-    src = root / TRAIN_SOURCE
-    (out / TRAIN_SOURCE).parent.mkdir(parents=True, exist_ok=True)
-    (out / TRAIN_SOURCE).write_bytes(src.read_bytes())
-    sizes[TRAIN_SOURCE] = len(_read(src))
-    for name, rel in TEST_SETS.items():
-        rows = select(_labelled(_read(root / rel)), n_test.get(name), salt)
-        _write(out / rel, rows)
-        sizes[rel] = len(rows)
+    for rel in files:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes((root / rel).read_bytes())
+        sizes[rel] = len(_read(root / rel))
     return sizes
