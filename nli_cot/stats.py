@@ -277,7 +277,9 @@ def _resample_seed_means(
     """
     if n_resamples < 1:
         raise ValueError("n_resamples must be >= 1")
-    n = gold.shape[-1]
+    if gold.ndim != 1:
+        raise ValueError(f"gold must be 1-D, got shape {gold.shape}")
+    n = gold.shape[0]
     if n == 0:
         raise ValueError("no examples")
     ex_ss, *seed_ss = np.random.SeedSequence(seed).spawn(1 + len(systems))
@@ -358,8 +360,6 @@ def _paired(
     gold: Any, preds_a: Any, preds_b: Any, metric: str | Metric, n_resamples: int, seed: int
 ) -> tuple[float, np.ndarray, int, list[int]]:
     g = _gold(gold)
-    if g.ndim != 1:
-        raise ValueError("gold must be 1-D")
     a = _seeds(preds_a, len(g), "preds_a")
     b = _seeds(preds_b, len(g), "preds_b")
     (fa, fb), (ba, bb) = _resample_seed_means(g, [a, b], _resolve(metric), n_resamples, seed, True)
