@@ -21,7 +21,9 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFOR
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 REPO=$(cd "$(dirname "$0")/../.." && pwd); cd "$REPO"
 BUDGET=${BUDGET:-570}; PACK_S=${PACK_S:-40}
-STUDY=outputs/study/full
+PRESET=${PRESET:-review}          # the conf/study preset
+STUDY=outputs/study/$PRESET
+REPORT=${REPORT:-nli-study}       # its report_name
 left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 log() { echo "[study.sh $(( $(date +%s) - T0 ))s] $*"; }
 source "$REPO/experiments/device/smollm2_env.sh"
@@ -34,22 +36,25 @@ esac
 
 ready_model || exit 2
 preflight
+if [ ! -d .study-data ] && [ -f .study-dataxz/data.tar.xz ]; then
+  mkdir -p .study-data && xz -dc .study-dataxz/data.tar.xz | tar -C .study-data -xf - && log "data unpacked: $(du -sh .study-data)"
+fi
 
 # --- the study, with its own deadline inside this call's budget
 DEADLINE=$(( $(left) - PACK_S ))
 log "study: deadline_s=$DEADLINE"
-timeout $(( DEADLINE + 15 )) python3 -m nli_cot.study study=full data_root=.study-data deadline_s="$DEADLINE" "$@" \
+timeout $(( DEADLINE + 15 )) python3 -m nli_cot.study study="$PRESET" data_root=.study-data deadline_s="$DEADLINE" "$@" \
   > "$OUT/study.log" 2>&1
 RC=$?
 log "study exit $RC (0 all done, 3 unfinished: run again, 1 some job failed: see the report/manifest)"
 tail -n 60 "$OUT/study.log"
 
 # --- pack: the report (md/json) plain, the rest in three archives (checkpoints stay on the machine)
-cp experiments/results/small-scale-study.md experiments/results/small-scale-study.json "$OUT/" 2>/dev/null
+cp "experiments/results/$REPORT.md" "experiments/results/$REPORT.json" "$OUT/" 2>/dev/null
 tar czf "$OUT/study-core.tgz" --exclude='*.safetensors' --exclude='*.ckpt' --exclude='*/checkpoint-*/tokenizer*' \
   --exclude='*/checkpoint-*/chat_template.jinja' --exclude='*/checkpoint-*/special_tokens_map.json' \
   --exclude="$STUDY/predictions" --exclude="$STUDY/teachers" --exclude="$STUDY/hydra" \
-  "$STUDY" experiments/results/small-scale-study* 2>/dev/null
+  "$STUDY" "experiments/results/$REPORT"* 2>/dev/null
 tar -I 'xz -T0 -6' -cf "$OUT/study-predictions.txz" --exclude="$STUDY/predictions/*/*" "$STUDY/predictions" 2>/dev/null
 tar -I 'xz -T0 -6' -cf "$OUT/study-teachers.txz" "$STUDY/teachers" 2>/dev/null
 ls -la "$OUT"

