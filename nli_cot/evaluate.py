@@ -233,6 +233,7 @@ def compute_metrics(
             "ok": o,
             "rule": rule,
             "thought_length": n,
+            "p1": _p1_from_label_probs(r),  # P(label 1) at the label position, when recorded (AUC downstream)
         }
         for r, g, p, c, o, rule, n in zip(records, gold, pred, correct, ok, rules, lengths, strict=True)
     ]

@@ -204,9 +204,7 @@ def main_run(cfg: dict[str, Any]) -> int:
         plan(jobs, sched)
         return 0
     if cfg["stage"] == "export_data":
-        from nli_cot.study_data import trim_copy
-
-        from nli_cot.study_data import TEST_SETS, TRAIN_SOURCE
+        from nli_cot.study_data import TEST_SETS, TRAIN_SOURCE, trim_copy
 
         files = [TRAIN_SOURCE, *TEST_SETS.values(), *(cfg["data"].get("pool_files") or [])]
         sizes = trim_copy(cfg["data_root"], cfg["export_dir"], files)

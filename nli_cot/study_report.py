@@ -39,8 +39,9 @@ from typing import Any
 
 import numpy as np
 
+from nli_cot import stats
 from nli_cot.study_data import TEST_SETS
-from nli_cot.study_graph import CONDITIONS, TEACHERS, model_id
+from nli_cot.study_graph import CONDITIONS, LABEL_ONLY, REASONING, SEEDLESS, TEACHERS, model_id
 
 READING_START = "<!-- honest-reading:start (kept when the report is regenerated) -->"
 READING_END = "<!-- honest-reading:end -->"
@@ -132,6 +133,14 @@ def cell(evals: dict[int | None, dict], rcfg: dict[str, Any]) -> dict[str, Any]:
                       for s in seeds])
     out: dict[str, Any] = {"seeds": seeds, "n": len(ids)}
     out.update(seed_mean_ci(gold, preds, rcfg["n_resamples"], rcfg["confidence"], rcfg["seed"]))
+    for metric in ("balanced_accuracy", "mcc"):
+        # "ci": examples and seeds resampled (two-level); "ci_examples": examples only (the seed mean's test noise)
+        both = stats.seed_mean_ci(gold, preds, metric, rcfg["n_resamples"], rcfg["confidence"], rcfg["seed"])
+        ex = stats.seed_mean_ci(gold, preds, metric, rcfg["n_resamples"], rcfg["confidence"], rcfg["seed"],
+                                resample_seeds=False)
+        out[metric] = {"mean": both["mean"], "ci": both["ci"], "ci_examples": ex["ci"], "per_seed": both["per_seed"],
+                       "sd": both["sd"]}
+    out["auc"] = auc_cell(gold, [[evals[s]["rows"][i].get("p1") for i in ids] for s in seeds], rcfg)
     ms = [evals[s]["metrics"] for s in seeds]
     parsed = preds >= 0
     pred1 = [float((preds[k][parsed[k]] == 1).mean()) if parsed[k].any() else None for k in range(len(seeds))]
@@ -152,6 +161,114 @@ def cell(evals: dict[int | None, dict], rcfg: dict[str, Any]) -> dict[str, Any]:
     out["accuracy_by_length"] = {k: {"n": v["n"], "accuracy": v["correct"] / v["n"] if v["n"] else None}
                                  for k, v in buckets.items()}
     out["eval_dirs"] = [evals[s]["dir"] for s in seeds]
+    return out
+
+
+def auc_cell(gold: np.ndarray, scores: list[list[float | None]], rcfg: dict[str, Any]) -> dict[str, Any] | None:
+    """ROC AUC of P(label 1) (the label-probability readout), mean over seeds with a bootstrap CI over examples.
+
+    A row with no score (the label position was never reached: no ``"predicted_label":`` in the output) scores
+    0.5, uninformative; ``scored`` is the share of rows with a real score. None when no row has one."""
+    arr = np.array([[np.nan if v is None else float(v) for v in row] for row in scores])
+    if arr.size == 0 or np.isnan(arr).all():
+        return None
+    scored = float((~np.isnan(arr)).mean())
+    arr = np.where(np.isnan(arr), 0.5, arr)
+    per_seed = [float(stats.roc_auc(gold, a)) for a in arr]
+    rng = np.random.default_rng(rcfg["seed"])
+    n = len(gold)
+    idx = rng.integers(0, n, size=(min(int(rcfg["n_resamples"]), 1000), n))
+    boot = np.nanmean(np.stack([stats.roc_auc(gold[idx], a[idx]) for a in arr]), axis=0)
+    tail = (1 - rcfg["confidence"]) / 2 * 100
+    return {"mean": float(np.mean(per_seed)), "ci": [float(x) for x in np.nanpercentile(boot, [tail, 100 - tail])],
+            "per_seed": per_seed, "scored": scored}
+
+
+def _preds_by_seed(evals: dict[int | None, dict], ids: list[Any]) -> np.ndarray:
+    return np.array([[(-1 if evals[s]["rows"][i]["pred"] is None else evals[s]["rows"][i]["pred"]) for i in ids]
+                     for s in sorted(evals, key=lambda s: -1 if s is None else s)])
+
+
+def paired_contrasts(all_evals: dict[str, dict[str, dict]], pairs: list[tuple[str, str]],
+                     rcfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The design pairs on every test set, on the ids both sides scored, every seed of each side:
+
+    - paired bootstrap of the difference in balanced accuracy and in macro F1 (examples resampled jointly, seeds of
+      each side independently; ``nli_cot.stats.paired_bootstrap_diff``);
+    - TOST equivalence on balanced accuracy with ``report.tost_margin`` (fixed in the config before the run);
+    - McNemar on accuracy (seed mean is not a 0/1 outcome, so the first common seed; every seed is in ``mcnemar``).
+    Holm adjusts each test type over the whole family (every pair x every test set)."""
+    from nli_cot.metrics import mcnemar
+
+    out: list[dict[str, Any]] = []
+    for a, b in pairs:
+        for s in TEST_SETS:
+            ea, eb = all_evals.get(a, {}).get(s), all_evals.get(b, {}).get(s)
+            if not ea or not eb:
+                continue
+            ids = sorted(set.intersection(*(set(e["rows"]) for e in (*ea.values(), *eb.values()))), key=str)
+            if not ids:
+                continue
+            first = next(iter(ea.values()))
+            gold = np.array([first["rows"][i]["gold"] for i in ids])
+            pa, pb = _preds_by_seed(ea, ids), _preds_by_seed(eb, ids)
+            common = [sd for sd in ea if sd in eb] or [None]
+            ca = ea[common[0]] if common[0] in ea else next(iter(ea.values()))
+            cb = eb[common[0]] if common[0] in eb else next(iter(eb.values()))
+            mc = mcnemar([bool(ca["rows"][i]["correct"]) for i in ids], [bool(cb["rows"][i]["correct"]) for i in ids],
+                         rcfg["mcnemar_exact_below"])
+            row: dict[str, Any] = {"condition": a, "vs": b, "test_set": s, "n": len(ids),
+                                   "seeds": [len(ea), len(eb)], "mcnemar": mc}
+            for metric in ("balanced_accuracy", "macro_f1"):
+                row[metric] = stats.paired_bootstrap_diff(gold, pa, pb, metric, rcfg["n_resamples"],
+                                                          rcfg["confidence"], rcfg["seed"])
+            row["accuracy"] = {"a": float(stats.accuracy(gold, pa).mean()), "b": float(stats.accuracy(gold, pb).mean())}
+            row["tost"] = stats.tost(gold, pa, pb, "balanced_accuracy", float(rcfg.get("tost_margin", 0.02)),
+                                     float(rcfg.get("alpha", 0.05)), rcfg["n_resamples"], rcfg["seed"])
+            out.append(row)
+    for key in ("balanced_accuracy", "macro_f1", "tost", "mcnemar"):
+        ps = [r[key].get("p", r[key].get("p_value")) for r in out]
+        for r, ph in zip(out, stats.holm(ps), strict=True):
+            r[key]["p_holm"] = ph
+    return out
+
+
+def _paired_accuracy(all_evals: dict[str, dict[str, dict]], a: str, b: str, s: str) -> tuple[float, float, int] | None:
+    """Seed-mean accuracy of a and of b on the test ids both scored (a sample vs a full set: the sample)."""
+    ea, eb = all_evals.get(a, {}).get(s), all_evals.get(b, {}).get(s)
+    if not ea or not eb:
+        return None
+    ids = sorted(set.intersection(*(set(e["rows"]) for e in (*ea.values(), *eb.values()))), key=str)
+    if not ids:
+        return None
+    gold = np.array([next(iter(ea.values()))["rows"][i]["gold"] for i in ids])
+    return (float(stats.accuracy(gold, _preds_by_seed(ea, ids)).mean()),
+            float(stats.accuracy(gold, _preds_by_seed(eb, ids)).mean()), len(ids))
+
+
+def targets(cells: dict[str, dict], all_evals: dict[str, dict[str, dict]], conditions: list[str]) -> list[dict]:
+    """The issue's targets, each met or not with its number (None: not measured)."""
+    def get(cond: str, s: str, metric: str, key: str = "mean") -> Any:
+        return _get(cells, cond, s, metric, key)
+
+    out = []
+    acc = get("label_only_all", "esnli_test", "accuracy")
+    out.append({"target": "label_only_all reaches >= 90% accuracy on e-SNLI test", "value": acc,
+                "met": None if acc is None else acc >= 0.90})
+    reasoning = [c for c in conditions if c in REASONING]
+    for c in reasoning:
+        lows = {s: _get(cells, c, s, "balanced_accuracy", "ci") for s in TEST_SETS}
+        known = {s: v[0] for s, v in lows.items() if v}
+        out.append({"target": f"{c}: balanced-accuracy CI above 50% on every test set", "value": known,
+                    "met": None if len(known) < len(TEST_SETS) else all(v > 0.5 for v in known.values())})
+    for c in reasoning:
+        for s in TEST_SETS:
+            pair = _paired_accuracy(all_evals, c, "label_only_all", s)
+            if pair is None:
+                continue
+            need = -0.02 if s == "esnli_test" else 0.0
+            out.append({"target": f"{c} vs label_only_all on {s} (same {pair[2]} pairs): accuracy difference "
+                                  f">= {need:+.0%}", "value": pair[0] - pair[1], "met": pair[0] - pair[1] >= need})
     return out
 
 
@@ -302,6 +419,9 @@ def _p(x: float | None) -> str:
     return f"{x:.2g}" if x >= 1e-3 else f"{x:.1e}"
 
 
+_CI_METRICS = ("accuracy", "macro_f1", "balanced_accuracy")
+
+
 def _plot(cells: dict, conditions: list[str], path: Path, metric: str, label: str) -> bool:
     import matplotlib
 
@@ -318,12 +438,12 @@ def _plot(cells: dict, conditions: list[str], path: Path, metric: str, label: st
             c = cells.get(cond, {}).get(s)
             if not c:
                 continue
-            v = c[metric]["mean"] if metric in ("accuracy", "macro_f1") else c[metric]
+            v = c[metric]["mean"] if metric in _CI_METRICS else c[metric]
             if v is None:
                 continue
             xs.append(j + (k - (len(conditions) - 1) / 2) * width)
             ys.append(v)
-            ci = c[metric]["ci"] if metric in ("accuracy", "macro_f1") else [v, v]
+            ci = c[metric]["ci"] if metric in _CI_METRICS else [v, v]
             lo.append(v - ci[0])
             hi.append(ci[1] - v)
         if xs:
@@ -333,11 +453,12 @@ def _plot(cells: dict, conditions: list[str], path: Path, metric: str, label: st
     ax.set_xticklabels(sets)
     ax.set_ylabel(label)
     ax.set_ylim(0, 1)
-    if metric == "accuracy":
+    if metric in ("accuracy", "balanced_accuracy"):
         ax.axhline(0.5, color="grey", linewidth=0.6, linestyle=":")
     if drawn:
         ax.legend(fontsize=7, ncol=2)
-    ax.set_title(f"{label} per condition (mean over seeds, bootstrap 95% CI over test examples)", fontsize=9)
+    what = "seeds and test examples" if metric == "balanced_accuracy" else "test examples"
+    ax.set_title(f"{label} per condition (mean over seeds, bootstrap 95% CI over {what})", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -361,26 +482,31 @@ def build(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, Any]:
     cells: dict[str, dict[str, Any]] = {}
     tests: dict[str, dict[str, list]] = {}
     contrasts: dict[str, dict[str, list]] = {}
+    all_evals: dict[str, dict[str, dict]] = {}
     for s in TEST_SETS:
         per_seed_runs: dict[int, dict[str, dict]] = {seed: {} for seed in seeds}
         for cond in conditions:
-            cond_seeds: list[int | None] = [None] if cond == "zero_shot" else list(seeds)
+            cond_seeds: list[int | None] = [None] if cond in SEEDLESS else list(seeds)
             evals = {sd: ev for sd in cond_seeds if (ev := load_eval(graph, model_id(cond, sd), s))}
             if evals:
                 cells.setdefault(cond, {})[s] = cell(evals, rcfg)
+                all_evals.setdefault(cond, {})[s] = evals
             for sd in seeds:
-                ev = evals.get(None if cond == "zero_shot" else sd)
+                ev = evals.get(None if cond in SEEDLESS else sd)
                 if ev:
                     per_seed_runs[sd][cond] = ev
-        tests[s] = {str(sd): mcnemar_family(runs, ("label_only", "zero_shot"), rcfg["mcnemar_exact_below"])
+        refs = tuple(r for r in ("label_only", "zero_shot") if r in conditions)
+        tests[s] = {str(sd): mcnemar_family(runs, refs, rcfg["mcnemar_exact_below"])
                     for sd, runs in per_seed_runs.items() if runs}
         contrasts[s] = {str(sd): mcnemar_pairs(runs, [tuple(p) for p in rcfg.get("contrasts") or []],
                                                rcfg["mcnemar_exact_below"])
                         for sd, runs in per_seed_runs.items() if runs}
+    paired = paired_contrasts(all_evals, [tuple(p) for p in rcfg.get("contrasts") or []], rcfg)
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"jobs": {}, "invocations": []}
     data_manifest = graph.data / "data_manifest.json"
     lr_choice = out / "lr_choice.json"
+    lr_choice_label = out / "lr_choice_label.json"
     jobs = []
     for name, e in sorted(manifest.get("jobs", {}).items()):
         last = (e.get("attempts") or [{}])[-1]
@@ -391,7 +517,7 @@ def build(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, Any]:
                      "command": last.get("command")})
     training = []
     for cond in conditions:
-        for sd in ([] if cond == "zero_shot" else seeds):
+        for sd in ([] if cond in SEEDLESS or cond not in (*LABEL_ONLY, *REASONING) else seeds):
             mid = model_id(cond, sd)
             try:
                 st = json.loads((graph.trained_run(mid) / "model" / "status.json").read_text())
@@ -402,12 +528,14 @@ def build(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, Any]:
             best = st.get("best") or {}
             training.append({"model": mid, "condition": cond, "seed": sd, "steps": st.get("global_step"),
                              "train_examples": _get(st, "data", "train_examples") or _get(st, "data", "train"),
-                             "best_checkpoint": best.get("checkpoint"), "best_dev_loss": best.get("value"),
+                             "best_checkpoint": best.get("checkpoint"), "best_dev": best.get("value"),
+                             "best_metric": best.get("metric"),
+                             "best_dev_loss": best.get("value") if best.get("metric") in (None, "eval/loss") else None,
                              "wall_s": round(st["wall_s"], 1) if st.get("wall_s") is not None else None})
     status = {}
     for cond in conditions:  # why a condition has no numbers: the first unfinished job of its seed-0 chain
-        mid = model_id(cond, None if cond == "zero_shot" else seeds[0])
-        for stage in ("train", "predict", "evaluate"):
+        mid = model_id(cond, None if cond in SEEDLESS else seeds[0])
+        for stage in ("train", "predict", "baseline", "evaluate"):
             e = manifest.get("jobs", {}).get(f"{stage}:{mid}")
             if e and e.get("status") not in (None, "done"):
                 status[cond] = f"{stage} {e['status']}" + (f": {e.get('reason', '')[:120]}" if e.get("reason") else "")
@@ -417,12 +545,14 @@ def build(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, Any]:
         "title": cfg["report_title"], "note": cfg["report_note"], "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "study": cfg["study_name"], "out_dir": str(out), "conditions": conditions, "seeds": seeds,
         "test_sets": list(TEST_SETS), "cells": cells, "mcnemar": tests, "contrasts": contrasts,
+        "paired_contrasts": paired, "targets": targets(cells, all_evals, conditions),
         "data": json.loads(data_manifest.read_text()) if data_manifest.is_file() else None,
         "teachers": teacher_stats(graph), "sft_sets": sft_stats(graph),
         "lr_choice": json.loads(lr_choice.read_text()) if lr_choice.is_file() else {"lr": cfg["train"]["lr"],
                                                                                     "fixed": True},
-        "settings": {k: cfg[k] for k in ("base_model", "prompt_name", "data", "train", "predict", "teachers", "evaluate",
-                                         "report")},
+        "lr_choice_label": json.loads(lr_choice_label.read_text()) if lr_choice_label.is_file() else None,
+        "settings": {k: cfg.get(k) for k in ("base_model", "prompt_name", "data", "train", "predict", "teachers",
+                                             "evaluate", "report", "baselines")},
         # Where the jobs ran (recorded by each run invocation), not where this report is being made.
         "device": "; ".join(dict.fromkeys(i["device"] for i in manifest.get("invocations", []) if i.get("device")))
         or device_name(),
@@ -446,6 +576,71 @@ def _mcnemar_table(title: str, by_set: dict[str, dict[str, list]]) -> list[str]:
                          f"{_pct(t['acc_ref'])} | {t['b']} | {t['c']} | {t['method']} | {_p(t['p_value'])} | "
                          f"{_p(t['p_holm'])} |")
     return L + [""]
+
+
+def _ci(c: dict | None, metric: str) -> str:
+    v = (c or {}).get(metric)
+    if not v:
+        return "—"
+    return f"{_pct(v['mean'])} [{_pct(v['ci'][0])}, {_pct(v['ci'][1])}]"
+
+
+def _headline(r: dict[str, Any]) -> list[str]:
+    """Targets, the per-set table of every metric, and the paired contrasts."""
+    L: list[str] = []
+    if r.get("targets"):
+        L += ["## Targets (issue #22)", "", "| target | value | met |", "| --- | --- | --- |"]
+        for t in r["targets"]:
+            v = t["value"]
+            val = ("—" if v is None else f"{v:+.1%}" if "difference" in t["target"] else f"{v:.1%}"
+                   if isinstance(v, float) else ", ".join(f"{k} {x:.1%}" for k, x in v.items()) if isinstance(v, dict)
+                   else str(v))
+            L.append(f"| {t['target']} | {val} | {'—' if t['met'] is None else 'yes' if t['met'] else '**no**'} |")
+        L.append("")
+    L += ["## Every metric, per test set", "",
+          "Mean over the finished seeds. Accuracy / macro F1 CI: bootstrap over test examples; balanced accuracy / "
+          "MCC CI: bootstrap over test examples and seeds (two-level). Unparsed outputs count as wrong (MCC: as the "
+          "wrong label). AUC: P(label 1) at the label position (rows that never reach it score 0.5; `scored` is the "
+          "share that did); baselines give their classifier probability. n: test pairs scored (label-only "
+          "conditions and baselines score every row, generation conditions the fixed sample).", ""]
+    for s in r["test_sets"]:
+        L += [f"### {s}", "",
+              "| condition | seeds | n | accuracy | balanced accuracy | macro F1 | MCC | AUC (scored) | parse |",
+              "| --- | --- | ---: | --- | --- | --- | --- | --- | ---: |"]
+        for cond in r["conditions"]:
+            c = r["cells"].get(cond, {}).get(s)
+            if not c:
+                L.append(f"| {cond} | — | | {r['status'].get(cond, 'not finished')} | | | | | |")
+                continue
+            auc = c.get("auc")
+            auc_txt = "—" if not auc else (f"{auc['mean']:.3f} [{auc['ci'][0]:.3f}, {auc['ci'][1]:.3f}] "
+                                          f"({_pct(auc['scored'])}%)")
+            seeds_txt = "—" if c["seeds"] == [None] else ",".join(str(x) for x in c["seeds"])
+            L.append(f"| {cond} | {seeds_txt} | {c['n']} | {_ci(c, 'accuracy')} | {_ci(c, 'balanced_accuracy')} | "
+                     f"{_ci(c, 'macro_f1')} | {_ci(c, 'mcc')} | {auc_txt} | {_pct(c['parse_rate'])} |")
+        L.append("")
+    pc = r.get("paired_contrasts") or []
+    if pc:
+        m = r["settings"]["report"].get("tost_margin", 0.02)
+        L += ["## Design contrasts, paired", "",
+              "a − b on the test pairs both scored, every seed of each side. Δ balanced accuracy and Δ macro F1: "
+              "paired bootstrap (examples resampled jointly, seeds independently), 95% CI and two-sided p; TOST: "
+              f"equivalence within ±{m:.0%} balanced accuracy (margin fixed in the config before the run), 90% CI; "
+              "McNemar on accuracy (first common seed). Every p is Holm-adjusted over the whole family "
+              "(all pairs x all test sets), per test type.", "",
+              "| a | b | test set | n | Δ bal-acc [95% CI] | p (Holm) | Δ macro F1 [95% CI] | p (Holm) | "
+              "acc a / b | McNemar p (Holm) | TOST p (Holm) | equivalent |",
+              "| --- | --- | --- | ---: | --- | ---: | --- | ---: | --- | ---: | ---: | --- |"]
+        for t in pc:
+            ba, f1, tost = t["balanced_accuracy"], t["macro_f1"], t["tost"]
+            L.append(f"| {t['condition']} | {t['vs']} | {t['test_set']} | {t['n']} | "
+                     f"{ba['diff'] * 100:+.1f} [{ba['ci'][0] * 100:+.1f}, {ba['ci'][1] * 100:+.1f}] | "
+                     f"{_p(ba['p_holm'])} | {f1['diff'] * 100:+.1f} [{f1['ci'][0] * 100:+.1f}, "
+                     f"{f1['ci'][1] * 100:+.1f}] | {_p(f1['p_holm'])} | {_pct(t['accuracy']['a'])} / "
+                     f"{_pct(t['accuracy']['b'])} | {_p(t['mcnemar']['p_holm'])} | {_p(tost['p_holm'])} | "
+                     f"{'yes' if tost['equivalent'] and (tost['p_holm'] or 1) < r['settings']['report'].get('alpha', 0.05) else 'no'} |")
+        L.append("")
+    return L
 
 
 def render(r: dict[str, Any], reading: str, plots: list[str]) -> str:
@@ -483,11 +678,20 @@ def render(r: dict[str, Any], reading: str, plots: list[str]) -> str:
         f"precision {t['precision']}, seeds {r['seeds']}.",
         "",
     ]
-    if not r["lr_choice"].get("fixed"):
-        L += ["Learning-rate choice (condition `human`, seed 0, dev loss of the best checkpoint): "
-              + "; ".join(f"lr {x['lr']}: {x['best_dev_loss']:.4f}" if x["best_dev_loss"] is not None
-                          else f"lr {x['lr']}: —" for x in r["lr_choice"]["table"])
-              + f" → **{r['lr_choice']['lr']}**, used for every condition.", ""]
+    for choice in (r["lr_choice"], r.get("lr_choice_label")):
+        if not choice or choice.get("fixed"):
+            continue
+        metric = choice.get("metric", "eval/loss (min)")
+        fam = choice.get("family", "reasoning")
+        L += [f"Learning-rate choice, {fam} family (condition `{choice.get('condition', 'human')}`, seed "
+              f"{choice.get('seed', 0)}, dev {metric} of the best checkpoint): "
+              + "; ".join(f"lr {x['lr']}: {x.get('best_dev', x.get('best_dev_loss')):.4f}"
+                          if x.get("best_dev", x.get("best_dev_loss")) is not None else f"lr {x['lr']}: —"
+                          for x in choice["table"])
+              + f" → **{choice['lr']}**"
+              + (f" (at the {choice['at_grid_edge']} edge of the grid: the optimum may lie beyond it)"
+                 if choice.get("at_grid_edge") else " (inside the grid)") + ".", ""]
+    L += _headline(r)
     L += [
         "## Results",
         "",
@@ -549,10 +753,11 @@ def render(r: dict[str, Any], reading: str, plots: list[str]) -> str:
     L += ["## Honest reading", "", READING_START, reading, READING_END, ""]
     if r["training"]:
         L += ["## Training runs", "",
-              "| model | train examples | optimiser steps | best checkpoint (dev loss) | dev loss | wall s |",
+              "| model | train examples | optimiser steps | best checkpoint | best dev value (metric) | wall s |",
               "| --- | ---: | ---: | --- | ---: | ---: |"]
         for t in r["training"]:
-            loss = "—" if t["best_dev_loss"] is None else f"{t['best_dev_loss']:.4f}"
+            best = t.get("best_dev", t.get("best_dev_loss"))
+            loss = "—" if best is None else f"{best:.4f} ({t.get('best_metric') or 'eval/loss'})"
             L.append(f"| {t['model']} | {t['train_examples']} | {t['steps']} | "
                      f"{t['best_checkpoint'] or 'last (no dev split)'} | {loss} | "
                      f"{t['wall_s']} |")
@@ -605,7 +810,8 @@ def write_report(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, str]:
     r = build(cfg, graph, out)
     plots = []
     order = [c for c in CONDITIONS if c in r["conditions"]]
-    for metric, label in (("accuracy", "accuracy"), ("macro_f1", "macro F1"), ("parse_rate", "parse rate")):
+    for metric, label in (("balanced_accuracy", "balanced accuracy"), ("accuracy", "accuracy"),
+                          ("macro_f1", "macro F1"), ("parse_rate", "parse rate")):
         path = plot_dir / f"{metric}.png"
         if cfg.get("plots", True) and _plot(r["cells"], order, path, metric, label):
             plots.append(f"{name}/{metric}.png")
