@@ -379,6 +379,11 @@ def sft_stats(graph: Any) -> dict[str, Any]:
     out = {}
     for d in sorted((graph.out / "sft").glob("*/stats.json")):
         s = json.loads(d.read_text())
+        if s.get("label_only"):  # written by prep (nli_cot.study_data.write_label_set): pairs, no thoughts
+            out[s["name"]] = {"train": s["train"]["count"], "dev": s["dev"]["count"], "dropped": None,
+                              "train_per_source": s.get("sources"), "train_share_1": s["train"]["share_label_1"],
+                              "tokens_median": None, "thought_words_median": None, "sources": []}
+            continue
         out[s["name"]] = {"train": s["train"]["count"], "dev": s["dev"]["count"], "dropped": s["dropped"],
                           "train_per_source": s["train"]["per_source"], "train_share_1": s["train"]["labels"]["fraction_1"],
                           "tokens_median": _get(s, "tokens", "median"),
