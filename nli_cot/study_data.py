@@ -74,7 +74,7 @@ def norm_sentence(text: str) -> str:
     return _NON_ALNUM.sub("", str(text).lower())
 
 
-def test_sentences(test_rows: list[dict[str, Any]]) -> set[str]:
+def sentences_of(test_rows: list[dict[str, Any]]) -> set[str]:
     return {norm_sentence(r[f]) for r in test_rows for f in ("premise", "hypothesis")}
 
 
@@ -151,7 +151,7 @@ def prepare(data_root: str, out_dir: Path, n_train: int | None, n_test: dict[str
         manifest["sources"][rel] = _sha(path)
         full += [{"id": r["id"], "premise": r["premise"], "hypothesis": r["hypothesis"], "label": r["label"],
                   "set": name} for r in rows]
-    test_ids, sentences = {str(r["id"]) for r in full}, test_sentences(full)
+    test_ids, sentences = {str(r["id"]) for r in full}, sentences_of(full)
 
     def keep(key: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         kept, dropped = drop_leaks(rows, test_ids, sentences)

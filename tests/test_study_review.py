@@ -1,0 +1,206 @@
+"""The review design of the study (conf/study/review.yaml): the new conditions in the job graph, the data leak
+checks, the lr choice per family on a decoded dev metric, and the paired contrasts / targets of the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from nli_cot import stats
+from nli_cot.study import LocalJobs
+from nli_cot.study_data import TEST_SETS, drop_leaks, leaks, norm_sentence, prepare, sentences_of
+from nli_cot.study_graph import StudyGraph
+from nli_cot.study_report import paired_contrasts, targets
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _review_cfg(tmp_path: Path, *overrides: str) -> dict:
+    with initialize_config_dir(str(REPO / "conf"), version_base=None):
+        cfg = compose("study", overrides=["study=review", f"out_dir={tmp_path}", *overrides])
+    return OmegaConf.to_container(cfg, resolve=False)
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def _fake_root(root: Path) -> None:
+    """A tiny data_root: e-SNLI dev (one row shares a hypothesis with a test set), three test sets, one pool file
+    (one row reuses a test id)."""
+    _write(root / "esnli/dev.jsonl", [
+        {"id": f"esnli-dev-{i}", "premise": f"A man number {i} rides a bike .", "hypothesis": f"Someone {i} moves .",
+         "label": i % 2, "label3": "entailment" if i % 2 else "neutral", "explanations": [f"because {i}"]}
+        for i in range(20)] + [
+        {"id": "esnli-dev-leak", "premise": "A new premise here .", "hypothesis": "A DOG runs!", "label": 0,
+         "label3": "neutral", "explanations": ["x"]}])
+    _write(root / "esnli/test.jsonl", [
+        {"id": f"esnli-test-{i}", "premise": f"Test premise {i} .", "hypothesis": "a dog runs" if i == 0 else f"h{i}",
+         "label": i % 2, "label3": "entailment"} for i in range(6)])
+    _write(root / "mnli/dev_matched.jsonl", [
+        {"id": f"mnli-{i}", "premise": f"M premise {i}", "hypothesis": f"M hyp {i}", "label": i % 2,
+         "label3": "entailment" if i % 2 else "contradiction"} for i in range(6)])
+    _write(root / "rte/dev.jsonl", [
+        {"id": f"rte-{i}", "premise": f"R premise {i}", "hypothesis": f"R hyp {i}", "label": i % 2}
+        for i in range(4)])
+    _write(root / "more/pool.jsonl", [
+        {"id": f"pool-{i}", "premise": f"Pool premise {i}", "hypothesis": f"Pool hyp {i}", "label": i % 2,
+         "label3": "entailment" if i % 2 else "neutral", "source": "pool"} for i in range(30)] + [
+        {"id": "mnli-3", "premise": "unrelated premise", "hypothesis": "unrelated hyp", "label": 1,
+         "label3": "entailment", "source": "pool"}])
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def test_leak_check_drops_test_ids_and_sentences_and_nothing_written_leaks(tmp_path):
+    root = tmp_path / "root"
+    _fake_root(root)
+    out = tmp_path / "study" / "data"
+    m = prepare(str(root), out, None, {"esnli_test": 3, "mnli_dev_matched": None, "rte_dev": None}, 0,
+                pool_files=["more/pool.jsonl"], n_teacher=10, dev_fraction=0.25,
+                label_sets={"label_all": ["train", "pool"], "label_pool": ["teacher"]})
+    assert m["train"]["dropped_leak"] == 1 and m["train"]["n"] == 20  # "A DOG runs!" == "a dog runs" normalised
+    assert m["pool"]["dropped_leak"] == 1 and m["pool"]["n"] == 30  # the row that reuses the id mnli-3
+    assert m["teacher"]["n"] == 10
+    full = [json.loads(x) for x in (out / "test_full.jsonl").read_text().splitlines()]
+    sample = [json.loads(x) for x in (out / "test.jsonl").read_text().splitlines()]
+    assert len(full) == 16 and len(sample) == 3 + 6 + 4 and {r["id"] for r in sample} <= {r["id"] for r in full}
+    ids, sents = {r["id"] for r in full}, sentences_of(full)
+    for f in ["train_pairs.jsonl", "pool_pairs.jsonl", "teacher_pairs.jsonl"]:
+        assert leaks([json.loads(x) for x in (out / f).read_text().splitlines()], ids, sents) == []
+    for name in ("label_all", "label_pool"):
+        d = tmp_path / "study" / "sft" / name
+        st = json.loads((d / "stats.json").read_text())
+        train = [json.loads(x) for x in (d / "train.jsonl").read_text().splitlines()]
+        dev = [json.loads(x) for x in (d / "dev.jsonl").read_text().splitlines()]
+        assert st["label_only"] and st["train"]["count"] == len(train) and st["dev"]["count"] == len(dev)
+        assert not {r["id"] for r in train} & {r["id"] for r in dev}
+        assert leaks(train + dev, ids, sents) == []
+    assert m["label_sets"]["label_all"]["train"]["count"] + m["label_sets"]["label_all"]["dev"]["count"] == 50
+    assert len(m["leak_check_passed"]) == 6
+
+
+def test_leak_helpers_by_hand():
+    test = [{"id": "t1", "premise": "A Cat sleeps.", "hypothesis": "An animal rests"}]
+    ids, sents = {"t1"}, sentences_of(test)
+    rows = [{"id": "a", "premise": "a cat SLEEPS", "hypothesis": "x"}, {"id": "t1", "premise": "p", "hypothesis": "q"},
+            {"id": "b", "premise": "p", "hypothesis": "q"}]
+    assert norm_sentence("A Cat sleeps.") == "acatsleeps"
+    assert leaks(rows, ids, sents) == ["a", "t1"]
+    kept, dropped = drop_leaks(rows, ids, sents)
+    assert [r["id"] for r in kept] == ["b"] and dropped == 2
+
+
+def test_real_pool_is_clean_of_every_test_set(shared_data, tmp_path):
+    """The shipped pool (../shared/data/more) shares no sentence with a test set; e-SNLI dev does (a few hundred
+    short hypotheses), and prep drops exactly those."""
+    m = prepare(str(shared_data), tmp_path / "data", None, {s: 5 for s in TEST_SETS}, 0,
+                pool_files=["more/snli_sample.jsonl", "more/cad.jsonl", "more/sick.jsonl"], n_teacher=100,
+                dev_fraction=0.04, label_sets={"label_pool": ["teacher"]})
+    assert m["pool"]["dropped_leak"] == 0 and m["pool"]["n"] == 37568
+    assert 0 < m["train"]["dropped_leak"] < 1000
+
+
+# ----------------------------------------------------------------------------------------------- graph
+
+
+def test_review_graph_has_every_condition_with_its_data_and_scoring(tmp_path):
+    cfg = _review_cfg(tmp_path)
+    g = StudyGraph(cfg, tmp_path)
+    for name in ("human", "label_all", "label_pool"):
+        (tmp_path / "sft" / name).mkdir(parents=True)
+        (tmp_path / "sft" / name / "stats.json").write_text(json.dumps({"train": {"count": 900}, "dev": {"count": 40}}))
+    noop = {k: (lambda *a: None) for k in ("prep", "prep_cmd", "evaluate", "evaluate_cmd", "select_lr")}
+    jobs = {j.name: j for j in g.jobs(noop)}
+    # one grid per lr family, each on its anchor's first seed, the family waiting for the choice
+    assert {f"train:label_only_s0_lr{x}" for x in ("5e-4", "1e-3", "2e-3")} <= set(jobs)
+    assert "select_lr_label" in jobs["train:label_only_all_s0"].deps and "prep" in jobs["train:label_only_all_s0"].deps
+    assert "select_lr_label" in jobs["predict:label_only_s0"].deps  # the grid's chosen run is label_only seed 0
+    assert "select_lr" in jobs["thoughts:teacher_human"].deps
+    assert "train:label_only_s0" not in jobs and "train:human_s0" not in jobs
+    # seedless conditions once, seeded ones per seed
+    assert {"predict:zero_shot", "predict:zero_shot_constrained", "baseline:bow", "baseline:hyp_bow"} <= set(jobs)
+    assert {"baseline:cross_encoder_s0", "baseline:cross_encoder_2"} & set(jobs) == {"baseline:cross_encoder_s0"}
+    assert jobs["baseline:cross_encoder_s0"].lane == "gpu" and jobs["baseline:bow"].lane == "cpu"
+    # commands
+    (tmp_path / "lr_choice_label.json").write_text(json.dumps({"lr": 2e-3, "run": "label_only_s0_lr2e-3"}))
+    train = " ".join(g.train_cmd("label_only_all", 1, "label_only_all_s1"))
+    assert "sft/label_all/train.jsonl" in train and "dataset.label_only=true" in train
+    assert "optimizer.lr=0.002" in train and "trainer.max_epochs=2" in train  # epochs_by_condition
+    assert "trainer.early_stopping_metric=eval/balanced_accuracy" in train and "trainer.gen_eval.enabled=true" in train
+    human = " ".join(g.train_cmd("human", 1, "human_s1", lr=1e-3))
+    assert "dataset.label_only=false" in human and "trainer.max_epochs=3" in human
+    zs = " ".join(g.predict_cmd("zero_shot_constrained", "zero_shot_constrained"))
+    assert "decoding.constrained=true" in zs and "decoding.max_new_tokens=512" in zs and "data/test.jsonl" in zs
+    assert "decoding.label_probs=true" in zs
+    assert "data/test_full.jsonl" in " ".join(g.test_file("label_only_all").parts[-2:]).replace(" ", "/")
+    assert g.pairs_for_teacher().name == "teacher_pairs.jsonl"
+    ce = " ".join(g.baseline_cmd("cross_encoder", "cross_encoder_s0", 0))
+    assert "nli_cot.baselines" in ce and "kind=cross_encoder" in ce and "test_full.jsonl" in ce
+
+
+def test_select_lr_maximises_the_decoded_dev_metric_and_flags_the_grid_edge(tmp_path):
+    cfg = _review_cfg(tmp_path)
+    g = StudyGraph(cfg, tmp_path)
+    for lr, run in g.lr_runs("label"):
+        d = g.run_dir(run) / "model"
+        d.mkdir(parents=True)
+        value = {5e-4: 0.71, 1e-3: 0.80, 2e-3: 0.83}[lr]
+        d.joinpath("status.json").write_text(json.dumps(
+            {"global_step": 100, "best": {"metric": "eval/balanced_accuracy", "value": value, "checkpoint": "c"}}))
+    choice = LocalJobs(cfg, g).select_lr("label")
+    assert choice["lr"] == 2e-3 and choice["at_grid_edge"] == "highest" and choice["metric"].endswith("(max)")
+    assert json.loads(g.choice_path("label").read_text())["run"] == "label_only_s0_lr2e-3"
+    assert g.chosen_lr("label_only_pool") == 2e-3 and g.chosen_lr("human") == cfg["train"]["lr"]
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def _evals(gold: list[int], preds_by_seed: dict, ids: list[str] | None = None) -> dict:
+    ids = ids or [f"x{i}" for i in range(len(gold))]
+    return {sd: {"rows": {i: {"gold": g, "pred": p, "correct": g == p, "p1": None}
+                          for i, g, p in zip(ids, gold, preds, strict=True)}} for sd, preds in preds_by_seed.items()}
+
+
+def test_paired_contrasts_use_shared_ids_and_holm_over_the_family():
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 2, 400).tolist()
+    good = [g if rng.random() < 0.9 else 1 - g for g in gold]
+    coin = rng.integers(0, 2, 400).tolist()
+    rcfg = {"n_resamples": 500, "confidence": 0.95, "seed": 0, "mcnemar_exact_below": 25, "tost_margin": 0.02,
+            "alpha": 0.05}
+    # b scored only the first 300 ids (a sample), a every id: the contrast uses the 300 shared ones
+    all_evals = {s: {} for s in ("a", "b", "c")}
+    for s in TEST_SETS:
+        all_evals["a"][s] = _evals(gold, {0: good, 1: good})
+        all_evals["b"][s] = _evals(gold[:300], {0: coin[:300]}, [f"x{i}" for i in range(300)])
+        all_evals["c"][s] = _evals(gold, {0: good})
+    rows = paired_contrasts(all_evals, [("a", "b"), ("a", "c")], rcfg)
+    assert len(rows) == 2 * len(TEST_SETS) and all(r["n"] == (300 if r["vs"] == "b" else 400) for r in rows)
+    ab = [r for r in rows if r["vs"] == "b"]
+    assert all(r["balanced_accuracy"]["diff"] > 0.3 and r["balanced_accuracy"]["p_holm"] < 0.05 for r in ab)
+    ac = [r for r in rows if r["vs"] == "c"]  # identical predictions: no difference, and equivalent
+    assert all(r["balanced_accuracy"]["diff"] == 0 and r["tost"]["equivalent"] for r in ac)
+    raw = [r["balanced_accuracy"]["p"] for r in rows]
+    assert [r["balanced_accuracy"]["p_holm"] for r in rows] == stats.holm(raw)
+
+
+def test_targets_report_met_and_unmet_with_numbers():
+    gold = [0, 1] * 50
+    all_evals = {"label_only_all": {s: _evals(gold, {0: gold}) for s in TEST_SETS},
+                 "human": {s: _evals(gold, {0: [0] * 100}) for s in TEST_SETS}}
+    cells = {"label_only_all": {s: {"accuracy": {"mean": 0.95}} for s in TEST_SETS},
+             "human": {s: {"accuracy": {"mean": 0.5}, "balanced_accuracy": {"ci": [0.45, 0.55]}} for s in TEST_SETS}}
+    t = {x["target"].split(" (")[0]: x for x in targets(cells, all_evals, ["label_only_all", "human"])}
+    assert t["label_only_all reaches >= 90% accuracy on e-SNLI test"]["met"] is True
+    assert t["human: balanced-accuracy CI above 50% on every test set"]["met"] is False
+    diff = t["human vs label_only_all on esnli_test"]
+    assert diff["value"] == pytest.approx(-0.5) and diff["met"] is False
