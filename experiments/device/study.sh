@@ -44,7 +44,7 @@ fi
 DEADLINE=$(( $(left) - PACK_S ))
 log "study: deadline_s=$DEADLINE"
 timeout $(( DEADLINE + 15 )) python3 -m nli_cot.study study="$PRESET" data_root=.study-data deadline_s="$DEADLINE" \
-  "baselines.cross_encoder.extra=[cross_encoder.model_dir=$REPO/.minilm]" "$@" \
+  "baselines.cross_encoder.extra=[\"cross_encoder.model_dir=$REPO/.minilm\"]" "$@" \
   > "$OUT/study.log" 2>&1
 RC=$?
 log "study exit $RC (0 all done, 3 unfinished: run again, 1 some job failed: see the report/manifest)"
