@@ -434,10 +434,15 @@ def fit_cross_encoder(
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "classifier weights newly initialized" is the point here
+    hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=2)
+        # fp32 master weights whatever the file holds (a bf16/fp16 copy of the folder loads the same way).
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path), num_labels=2, dtype=torch.float32
+        )
     finally:
         hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
     model.to(device)
     t0 = time.perf_counter()
     train_data = _Encoded(tokenizer, train, cfg.max_length)
