@@ -57,7 +57,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from nli_cot import metrics as M
-from nli_cot.evaluate import atomic_write_text
+from nli_cot.evaluate import _nan_to_none, atomic_write_text
 from nli_cot.pairs import Pair, PairsConfig, PairsError, load_pairs
 from nli_cot.records import RecordFileError
 
@@ -575,16 +575,6 @@ def make_record(pair: Pair, p1: float, chash: str) -> dict[str, Any]:
     return record
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
 def config_hash(cfg: Any) -> str:
     """What decides the predictions: kind, inputs, seed and the kind's settings."""
     keys = ["kind", "train", "dev", "seed"] + ([cfg.kind] if cfg.kind in ("bow", "cross_encoder") else [])
@@ -666,7 +656,7 @@ def _run(cfg: Any, output: Path) -> dict[str, Any]:
         "predict_seconds": predict_seconds,
         "config": OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else None,
     }
-    atomic_write_text(Path(f"{output}.summary.json"), json.dumps(_clean(summary), indent=2) + "\n")
+    atomic_write_text(Path(f"{output}.summary.json"), json.dumps(_nan_to_none(summary), indent=2) + "\n")
     for name, m in test_metrics.items():
         log.info(
             "test %s (n=%d): accuracy %.4f, balanced accuracy %.4f, AUC %.4f",
