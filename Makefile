@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 ENV := HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} WANDB_MODE=$${WANDB_MODE:-offline} TOKENIZERS_PARALLELISM=false
 ARGS ?=
 
-.PHONY: install test test-fast lint format demo study train ablations sweep report thoughts reflect sft predict evaluate compare pipeline-sample fake-teacher bench-train bench-infer clean
+.PHONY: install test test-fast lint format demo study train ablations sweep report thoughts reflect sft predict evaluate compare baselines pipeline-sample fake-teacher bench-train bench-infer clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -70,6 +70,9 @@ predict: install
 
 evaluate: install
 	$(ENV) $(BIN)/python -m nli_cot.evaluate $(ARGS)
+
+baselines: install  ## e.g. make baselines ARGS="kind=bow train=... dev=... test=... output=..."
+	$(ENV) $(BIN)/python -m nli_cot.baselines $(ARGS)
 
 compare: install
 	$(ENV) $(BIN)/python -m nli_cot.compare $(ARGS)
