@@ -172,6 +172,9 @@ def nearest(key: str, valid: list[str]) -> str | None:
     hit = difflib.get_close_matches(key.lower(), list(lowered), n=1, cutoff=0.5)
     if hit:
         return lowered[hit[0]]
+    initials = "".join(w[0] for w in key.lower().split("_") if w)
+    if len(initials) > 1 and initials in lowered:  # learning_rate -> lr
+        return lowered[initials]
     prefix = [v for v in valid if v.startswith(key) or key.startswith(v)]  # rank -> r, lr_rate -> lr
     return prefix[0] if len(prefix) == 1 else None
 
