@@ -219,6 +219,24 @@ def test_sft_reader_truncated_files(rows, cut: int) -> None:
             assert records == written
 
 
+@FUZZ
+@given(data=st.binary(max_size=300) | st.lists(row_shapes, max_size=5).map(
+    lambda rows: "".join(json.dumps(r) + "\n" for r in rows).encode()))
+def test_stage_record_files_random_content(data: bytes) -> None:
+    """The records every stage resumes from (thoughts, reflections, predictions): a list or RecordFileError."""
+    from nli_cot.records import RecordFileError, read_records
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "records.jsonl"
+        path.write_bytes(data)
+        try:
+            records = read_records(path)
+        except RecordFileError as err:
+            _check_message(err)
+            return
+        assert all(isinstance(r, dict) for r in records)
+
+
 # ----------------------------------------------------------------------------------------- output parser
 
 
