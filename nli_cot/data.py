@@ -1,8 +1,11 @@
 """SFT records -> token ids with completion-only labels -> batches; the LightningDataModule of training.
 
 Features
-- Reads the SFT stage's JSONL (``id, premise, hypothesis, thought_process, label``) with ``datasets``; renders each
-  record with the configured prompt (nli_cot.prompts), so the prompt is a training-time choice.
+- Reads the SFT stage's JSONL (``id, premise, hypothesis, thought_process, label``; a JSON array of records too)
+  and checks every record: valid UTF-8 and JSON, an object, ``id`` a string or integer, ``premise`` and
+  ``hypothesis`` non-empty text, ``thought_process`` text or null, ``label`` exactly 0 or 1 (``true``/``"1"``
+  are errors, never read as a label), and at least one record. Errors are ``file:line: field ...``, one line.
+  Each record is rendered with the configured prompt (nli_cot.prompts), so the prompt is a training-time choice.
 - Labels: prompt tokens are -100, the completion (JSON + EOS) is learned; the EOS label survives padding.
 - Examples over ``max_seq_length`` are dropped and counted, never truncated (truncation would cut the EOS).
 - Dev split: ``eval_path`` or a deterministic hash of the id (stable when the file grows or is reordered).
@@ -15,8 +18,10 @@ Features
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,22 +45,71 @@ class DataError(ValueError):
     """A user-facing problem with a data file (named with its line and field)."""
 
 
-def read_sft_records(path: str) -> list[dict]:
-    """Load an SFT JSONL file and check every record has the fields training needs."""
-    from datasets import load_dataset
+def _one_line(text: str) -> str:
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return re.sub("[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]", lambda m: repr(m.group())[1:-1], text)
 
-    if not Path(path).is_file():
+
+def _check_sft_record(path: str, line_no: int, row: Any) -> dict:
+    where = f"{path}:{line_no}"
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: not a JSON object record ({type(row).__name__})")
+    for name in REQUIRED_FIELDS:
+        if row.get(name) is None or row.get(name) == "":
+            raise DataError(f"{where}: field {name!r} is missing or empty")
+    rid = row["id"]
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)):
+        raise DataError(f"{where}: field 'id' must be a string or integer, got {type(rid).__name__}")
+    for name in ("premise", "hypothesis"):
+        if not isinstance(row[name], str) or not row[name].strip():
+            raise DataError(_one_line(f"{where}: field {name!r} must be non-empty text, got {row[name]!r}"[:300]))
+    thought = row.get("thought_process")
+    if thought is not None and not isinstance(thought, str):
+        raise DataError(f"{where}: field 'thought_process' must be text or null, got {type(thought).__name__}")
+    label = row["label"]
+    if isinstance(label, float) and label in (0, 1):
+        row["label"] = label = int(label)
+    if isinstance(label, bool) or not isinstance(label, int) or label not in (0, 1):
+        raise DataError(_one_line(f"{where}: field 'label' must be 0 or 1, got {label!r}"[:300]))
+    return row
+
+
+def read_sft_records(path: str) -> list[dict]:
+    """Load an SFT JSONL file and check every record has the fields training needs, with their types."""
+    p = Path(path)
+    if not p.is_file():
         raise DataError(f"{path}: file not found (build it with `python -m nli_cot.sft ...` or point dataset.train_path at one)")
     try:
-        rows = load_dataset("json", data_files=str(path), split="train", keep_in_memory=True).to_list()
-    except Exception as err:  # datasets wraps JSON errors in several exception types
-        raise DataError(f"{path}: not a readable JSON-lines file ({type(err).__name__}: {err})") from err
-    for line_no, row in enumerate(rows, start=1):
-        for name in REQUIRED_FIELDS:
-            if row.get(name) is None or row.get(name) == "":
-                raise DataError(f"{path}:{line_no}: field {name!r} is missing or empty")
-        if row["label"] not in (0, 1):
-            raise DataError(f"{path}:{line_no}: field 'label' must be 0 or 1, got {row['label']!r}")
+        data = p.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line_no = data[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line_no}: not valid utf-8 (byte 0x{data[err.start]:02x})") from None
+    rows: list[dict] = []
+    if text.lstrip().startswith("["):  # one JSON array of records
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+        except (RecursionError, ValueError) as err:
+            raise DataError(f"{path}: invalid JSON ({type(err).__name__})") from None
+        rows = [_check_sft_record(path, i, row) for i, row in enumerate(items, start=1)]
+    else:
+        for line_no, line in enumerate(text.split("\n"), start=1):
+            if not line.strip():
+                continue  # blank lines, e.g. a trailing one, are not records
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{line_no}: invalid JSON ({err.msg}, column {err.colno})") from None
+            except (RecursionError, ValueError) as err:  # nested too deeply, an integer of > 4300 digits
+                raise DataError(f"{path}:{line_no}: invalid JSON ({type(err).__name__})") from None
+            rows.append(_check_sft_record(path, line_no, row))
+    if not rows:
+        raise DataError(f"{path}: no records (an empty SFT file; build it with `python -m nli_cot.sft ...`)")
     return rows
 
 

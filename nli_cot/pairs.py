@@ -4,16 +4,20 @@ Features
 - Formats: ``csv`` (``.csv``; ``.tsv`` reads tab-separated), ``jsonl`` (``.jsonl``/``.ndjson``/``.json``: JSON
   lines, or one JSON array), ``parquet``, ``datasets`` (a ``save_to_disk`` directory) and ``hub`` (a hub id,
   ``datasets.load_dataset``; real code, tested only on local copies). ``format: auto`` picks by suffix.
-- Columns are mapped by config (``columns.id/premise/hypothesis/label``); an absent id column makes ids from
-  the 0-based row index, which is how the source project numbered its sample. ``id_prefix`` is prepended to
-  every id, given or made, so sets can be mixed without id clashes.
+- Columns are mapped by config (``columns.id/premise/hypothesis/label``); ``columns.id: null`` makes ids from
+  the 0-based row index, which is how the source project numbered its sample. ``missing_id: row_index`` uses
+  the id column when the file has one and the row index when it has none (``pairs=csv``); ``error`` (the
+  default) requires it. ``id_prefix`` is prepended to every id, given or made, so sets can be mixed without
+  id clashes.
 - Labels are normalised to 1 = entailment, 0 = no entailment by an explicit ``label_map`` (raw value, as a
   lower-cased string, -> 0/1), so 3-way sources (``entailment``/``neutral``/``contradiction``, or MNLI/SNLI
   integer codes) are mapped by config, never guessed. ``drop_labels`` (e.g. ``-1``, ``-``: no gold label) are
   skipped and counted, in strict mode too.
-- Validation: missing columns, empty premise/hypothesis, unknown labels, duplicate ids, bytes that are not
-  valid text in the configured encoding, malformed JSON lines. Errors name file, row and field (and the line
-  for text files): ``data.csv: row 3 (line 4): field 'label': unknown value 'maybe' (known: 0, 1)``.
+- Validation: empty files, missing columns, empty premise/hypothesis, text fields that are not text, ids that
+  are not a string or integer, unknown labels, duplicate ids, bytes that are not valid text in the configured
+  encoding, malformed CSV and JSON lines, and no valid pair at all (an error in lenient mode too). Errors are
+  one line naming file, row and field (and the line for text files):
+  ``data.csv: row 3 (line 4): field 'label': unknown value 'maybe' (known: 0, 1)``.
 - ``strict: true`` stops at the first bad row (``PairsError``); ``strict: false`` skips bad rows, counts them
   by reason and can write them to ``skip_report`` (JSONL); nothing is dropped silently.
 - ``extra_fields`` are carried on the pair (e.g. e-SNLI's ``explanations``, used by the SFT ``human`` strategy).
@@ -43,7 +47,19 @@ from omegaconf import MISSING, OmegaConf
 
 
 class PairsError(ValueError):
-    """Bad input data; the message names file, row and field."""
+    """Bad input data; the message names file, row and field. Always one printable line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_printable(message))
+
+
+def _printable(text: str) -> str:
+    """One line that any terminal can print: undecodable bytes and line breaks escaped."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return _LINE_BREAKS.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+_LINE_BREAKS = re.compile("[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")  # what str.splitlines splits on
 
 
 @dataclass
@@ -62,6 +78,7 @@ class PairsConfig:
     split: str | None = None  # for a DatasetDict or a hub dataset
     hub_name: str | None = None  # hub dataset configuration, e.g. "rte" for nyu-mll/glue
     columns: PairColumns = field(default_factory=PairColumns)
+    missing_id: str = "error"  # error | row_index: a file without columns.id gets ids from the row index
     label_map: dict[str, int] = field(default_factory=lambda: {"0": 0, "1": 1})
     drop_labels: list[str] = field(default_factory=list)  # raw labels meaning "no gold label": skip + count
     require_label: bool = True
@@ -135,10 +152,22 @@ def _format_of(cfg: PairsConfig) -> str:
     raise PairsError(f"{cfg.path}: cannot tell the format from the name; set pairs.format")
 
 
-def _decode(data: bytes, encoding: str) -> str:
-    # surrogateescape keeps undecodable bytes as lone surrogates, so the row and field they sit in can be named.
-    text = data.decode(encoding, errors="surrogateescape")
-    return text[1:] if text.startswith("\ufeff") else text
+def _read_text(cfg: PairsConfig) -> str:
+    try:
+        data = Path(cfg.path).read_bytes()
+    except OSError as err:
+        raise PairsError(f"{cfg.path}: cannot read ({err.strerror or err})") from None
+    if not data.strip():
+        raise PairsError(f"{cfg.path}: empty file (no header, no rows)")
+    try:
+        # surrogateescape keeps undecodable bytes as lone surrogates, so the row and field they sit in can be named.
+        text = data.decode(cfg.encoding, errors="surrogateescape")
+    except (LookupError, TypeError, ValueError) as err:
+        raise PairsError(f"pairs.encoding: cannot decode with {cfg.encoding!r} ({err})") from None
+    text = text[1:] if text.startswith("\ufeff") else text
+    if not text.strip():
+        raise PairsError(f"{cfg.path}: empty file (no header, no rows)")
+    return text
 
 
 _SURROGATE = re.compile("[\udc80-\udcff]")
@@ -151,16 +180,26 @@ def _bad_bytes(value: str) -> str | None:
 
 def _read_csv(cfg: PairsConfig, needed: list[str]) -> Iterator[_Raw]:
     path = Path(cfg.path)
-    text = _decode(path.read_bytes(), cfg.encoding)
+    text = _read_text(cfg)
     delimiter = cfg.delimiter or ("\t" if path.suffix.lower() == ".tsv" else ",")
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = reader.fieldnames or []
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+        header = reader.fieldnames or []
+    except (csv.Error, TypeError) as err:
+        raise PairsError(f"{cfg.path}: line 1: malformed CSV header ({err})") from None
     missing = [c for c in needed if c not in header]
     if missing:
         raise PairsError(
             f"{cfg.path}: line 1: missing column(s) {', '.join(map(repr, missing))} (have: {', '.join(header)})"
         )
-    for row_no, values in enumerate(reader, start=1):
+    rows = enumerate(reader, start=1)
+    while True:
+        try:
+            row_no, values = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as err:  # e.g. a quoted field that never closes: the rest of the file is unreadable
+            raise PairsError(f"{cfg.path}: line {reader.line_num}: malformed CSV ({err})") from None
         problem = None
         if None in values:
             problem = (
@@ -173,13 +212,14 @@ def _read_csv(cfg: PairsConfig, needed: list[str]) -> Iterator[_Raw]:
 
 
 def _read_jsonl(cfg: PairsConfig) -> Iterator[_Raw]:
-    data = Path(cfg.path).read_bytes()
-    text = _decode(data, cfg.encoding)
+    text = _read_text(cfg)
     if text.lstrip().startswith("["):  # a JSON array file
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as exc:
             raise PairsError(f"{cfg.path}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
+        except (RecursionError, ValueError) as exc:  # nested too deeply, an integer of > 4300 digits
+            raise PairsError(f"{cfg.path}: invalid JSON ({type(exc).__name__}: {exc})") from None
         for i, values in enumerate(rows, start=1):
             if isinstance(values, dict):
                 yield _Raw(i, None, values)
@@ -197,6 +237,9 @@ def _read_jsonl(cfg: PairsConfig) -> Iterator[_Raw]:
             yield _Raw(
                 row, line_no, None, ("-", "malformed", f"invalid JSON ({exc.msg}, column {exc.colno})")
             )
+            continue
+        except (RecursionError, ValueError) as exc:  # nested too deeply, an integer of > 4300 digits
+            yield _Raw(row, line_no, None, ("-", "malformed", f"invalid JSON ({type(exc).__name__}: {exc})"))
             continue
         if not isinstance(values, dict):
             yield _Raw(row, line_no, None, ("-", "malformed", "not a JSON object"))
@@ -252,6 +295,14 @@ class _Validator:
             raise PairsError(f"pairs.label_map: values must be 0 or 1, got {bad}")
         self.drop = {str(x).strip().lower() for x in cfg.drop_labels}
         self.seen: dict[str, int] = {}
+        self.id_col = cfg.columns.id  # None: ids from the row index (also when missing_id=row_index and absent)
+        self.id_decided = cfg.missing_id != "row_index" or not cfg.columns.id
+
+    def decide_id_column(self, values: dict[str, Any]) -> None:
+        """missing_id=row_index: the first row read (a CSV's header) says whether the file has the id column."""
+        if not self.id_decided:
+            self.id_col = self.cfg.columns.id if self.cfg.columns.id in values else None
+            self.id_decided = True
 
     def text(self, values: dict[str, Any], col: str) -> str:
         if col not in values or values[col] is None:
@@ -288,10 +339,14 @@ class _Validator:
             raise _RowProblem(*raw.problem)
         values = raw.values or {}
         cols = self.cfg.columns
-        if cols.id:
-            rid = values.get(cols.id)
-            if rid is None or not str(rid).strip():
-                raise _RowProblem(cols.id, "missing", "missing")
+        if self.id_col:
+            rid = values.get(self.id_col)
+            if rid is None or (isinstance(rid, str) and not rid.strip()):
+                raise _RowProblem(self.id_col, "missing", "missing")
+            if isinstance(rid, bool) or not isinstance(rid, (str, int)):
+                raise _RowProblem(self.id_col, "not_text", f"not a string or integer ({type(rid).__name__})")
+            if isinstance(rid, str) and _bad_bytes(rid):
+                raise _RowProblem(self.id_col, "encoding", f"not valid {self.cfg.encoding} ({_bad_bytes(rid)})")
             pair_id = self.cfg.id_prefix + str(rid).strip()
         else:
             pair_id = f"{self.cfg.id_prefix}{raw.row - 1}"
@@ -305,7 +360,7 @@ class _Validator:
             extra[name] = values[name]
         if pair_id in self.seen:
             raise _RowProblem(
-                cols.id or "id",
+                self.id_col or "id",
                 "duplicate_id",
                 f"duplicate id {pair_id!r} (first at row {self.seen[pair_id]})",
             )
@@ -319,9 +374,14 @@ class _RowProblem(Exception):
         self.field, self.kind, self.reason, self.droppable = field, kind, reason, droppable
 
 
-def _rows(cfg: PairsConfig, fmt: str) -> Iterator[_Raw]:
+def _needed(cfg: PairsConfig) -> list[str]:
     cols = cfg.columns
-    needed = [c for c in (cols.id, cols.premise, cols.hypothesis, cols.label) if c]
+    id_col = cols.id if cfg.missing_id != "row_index" else None
+    return [c for c in (id_col, cols.premise, cols.hypothesis, cols.label) if c]
+
+
+def _rows(cfg: PairsConfig, fmt: str) -> Iterator[_Raw]:
+    needed = _needed(cfg)
     if fmt == "csv":
         return _read_csv(cfg, needed)
     if fmt == "jsonl":
@@ -350,6 +410,10 @@ def load_pairs(cfg: PairsConfig | Any) -> PairsResult:
         raise PairsError(f"{cfg.path}: no such file or directory")
     if cfg.columns.label is None and cfg.require_label:
         raise PairsError("pairs.columns.label is null but pairs.require_label is true")
+    if cfg.missing_id not in ("error", "row_index"):
+        raise PairsError(f"pairs.missing_id: must be error or row_index, got {cfg.missing_id!r}")
+    if cfg.limit is not None and cfg.limit <= 0:
+        raise PairsError(f"pairs.limit must be > 0, got {cfg.limit}")
     validator = _Validator(cfg)
     pairs: list[Pair] = []
     skipped: list[Skip] = []
@@ -359,6 +423,8 @@ def load_pairs(cfg: PairsConfig | Any) -> PairsResult:
         rows_read += 1
         if tabular and rows_read == 1:
             _check_columns(cfg, raw.values or {})
+        if raw.values is not None:
+            validator.decide_id_column(raw.values)
         try:
             pairs.append(validator.pair(raw))
         except _RowProblem as prob:
@@ -367,20 +433,30 @@ def load_pairs(cfg: PairsConfig | Any) -> PairsResult:
                     f"{_where(cfg.path, raw.row, raw.line)}: field '{prob.field}': {prob.reason}"
                 ) from None
             rid = None
-            if raw.values and cfg.columns.id and raw.values.get(cfg.columns.id) is not None:
-                rid = str(raw.values[cfg.columns.id])
+            if raw.values and validator.id_col and raw.values.get(validator.id_col) is not None:
+                rid = _printable(str(raw.values[validator.id_col]))
             skipped.append(Skip(raw.row, raw.line, prob.field, prob.kind, prob.reason, rid))
         if cfg.limit is not None and len(pairs) >= cfg.limit:
             break
     result = PairsResult(pairs, skipped, cfg.path, rows_read)
     if skipped:
         _report_skips(cfg, result)
+    if not pairs:
+        raise PairsError(f"{cfg.path}: no valid pairs ({_no_pairs_reason(cfg, result)})")
     return result
 
 
+def _no_pairs_reason(cfg: PairsConfig, result: PairsResult) -> str:
+    if not result.rows_read:
+        return "no data rows"
+    counts = ", ".join(f"{k}: {v}" for k, v in sorted(result.skip_counts().items()))
+    first = result.skipped[0]
+    return (f"all {result.rows_read} rows skipped ({counts}); first: row {first.row}"
+            f"{f' (line {first.line})' if first.line is not None else ''}: field '{first.field}': {first.reason}")
+
+
 def _check_columns(cfg: PairsConfig, first: dict[str, Any]) -> None:
-    cols = cfg.columns
-    needed = [c for c in (cols.id, cols.premise, cols.hypothesis, cols.label) if c]
+    needed = _needed(cfg)
     missing = [c for c in needed if c not in first]
     if missing:
         raise PairsError(
@@ -392,13 +468,15 @@ def _report_skips(cfg: PairsConfig, result: PairsResult) -> None:
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(result.skip_counts().items()))
     first = result.skipped[0]
     print(
-        f"[pairs] {cfg.path}: skipped {len(result.skipped)} of {result.rows_read} rows ({counts}); "
-        f"first: {_where(cfg.path, first.row, first.line)}: field '{first.field}': {first.reason}",
+        _printable(
+            f"[pairs] {cfg.path}: skipped {len(result.skipped)} of {result.rows_read} rows ({counts}); "
+            f"first: {_where(cfg.path, first.row, first.line)}: field '{first.field}': {first.reason}"
+        ),
         file=sys.stderr,
     )
     if cfg.skip_report:
         out = Path(cfg.skip_report)
         out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w", encoding="utf-8") as fh:
+        with out.open("w", encoding="utf-8", errors="backslashreplace") as fh:
             for s in result.skipped:
                 fh.write(json.dumps({"file": cfg.path, **s.__dict__}, ensure_ascii=False) + "\n")

@@ -13,6 +13,8 @@ Rules, tried in this order; the first that yields a label 0/1 wins:
    - ``single_quotes``: a Python-style dict (``{'predicted_label': 1}``), incl. apostrophes that break it.
    - ``loose_json``: an object json.loads rejects (unescaped inner quotes, trailing commas, bare words).
    - ``truncated``: an object that never closes (max_new_tokens hit) but whose label was already written.
+   - ``typographic``: the object was written with typographic punctuation (curly or full-width quotes,
+     full-width braces, colons, commas or digits, non-breaking or zero-width spaces); see below.
    Label values are coerced: 0/1 (also 0.0/1.0) are clean; ``"1"`` fires ``label_string``; words such as
    ``"entailment"``, ``"not entailment"``, ``"contradiction"``, ``true`` fire ``label_word``.
 2. Free text:
@@ -26,6 +28,12 @@ Rules, tried in this order; the first that yields a label 0/1 wins:
 
 When several repairs were needed, ``rule`` is the least certain of them in ``RULES`` order (e.g. a fenced
 object whose label is the word "entailment" gives ``label_word``).
+
+Typographic text: an output is first parsed as written. Only when that is not strict ``json`` and the output
+contains typographic punctuation is it parsed again with that punctuation normalised to ASCII (``TYPOGRAPHIC``);
+the second reading wins when it is better (a label where there was none, or a more certain rule), and its rule
+is at least ``typographic``. So a clean output parses exactly as before, and a curly quote inside a valid JSON
+string is kept as written.
 
 Before parsing, special tokens such as ``</s>`` are removed and an echoed prompt is dropped: an output that
 starts with ``[INST]`` (or ChatML ``<|im_start|>``) is cut after the first ``[/INST]`` (the first
@@ -55,6 +63,7 @@ RULES: tuple[str, ...] = (
     "code_fence",
     "single_quotes",
     "loose_json",
+    "typographic",
     "label_string",
     "label_word",
     "truncated",
@@ -137,6 +146,31 @@ _POS = re.compile(
     r"|\b(?:there is|this is|is an?|indicates|shows|conclude)\s+(?:(?!no\b|not\b)\w+\s+)?entailment\b",
     re.IGNORECASE,
 )
+
+
+# Typographic punctuation -> ASCII (None: removed). Only applied when the output as written is not strict JSON.
+TYPOGRAPHIC: dict[int, str | None] = str.maketrans(
+    {
+        **dict.fromkeys("\u201c\u201d\u201e\u201f\u2033\u2036\uff02\u301d\u301e\u301f", '"'),
+        **dict.fromkeys("\u2018\u2019\u201a\u201b\u2032\u2035\uff07", "'"),
+        "\uff5b": "{",
+        "\uff5d": "}",
+        "\uff1a": ":",
+        "\ufe55": ":",
+        "\uff0c": ",",
+        "\u3001": ",",
+        "\uff3b": "[",
+        "\uff3d": "]",
+        **{chr(0xFF10 + d): str(d) for d in range(10)},  # full-width digits
+        **dict.fromkeys("\u00a0\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u202f\u205f\u3000", " "),
+        **dict.fromkeys("\u200b\u200c\u200d\u2060\ufeff\u00ad", None),  # zero-width, soft hyphen
+    }
+)
+
+
+def normalise_typography(text: str) -> str:
+    """Curly/full-width quotes, full-width braces/colons/commas/digits and odd spaces as ASCII."""
+    return text.translate(TYPOGRAPHIC)
 
 
 @dataclass(frozen=True)
@@ -361,6 +395,21 @@ def parse_output(text: str) -> ParseResult:
     """Read the label and thought from one raw model output; see the module docstring for the rules."""
     if not isinstance(text, str):
         return ParseResult(None, None, "unparseable", False)
+    first = _parse(text)
+    if first.rule == STRICT_RULE:
+        return first  # clean JSON: typographic characters inside its strings are content
+    normalised = normalise_typography(text)
+    if normalised == text:
+        return first
+    second = _parse(normalised)
+    better = second.ok and (not first.ok or RULES.index(second.rule) < RULES.index(first.rule))
+    if better or (not first.ok and not second.ok and second.thought and not first.thought):
+        return ParseResult(second.label, second.thought, _worse(second.rule, "typographic"), second.ok)
+    return first
+
+
+def _parse(text: str) -> ParseResult:
+    """parse_output without the typographic second reading."""
     cleaned = _clean(text)
     partials = _structured(cleaned) if "{" in cleaned else []
     for part in partials:

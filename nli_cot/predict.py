@@ -214,6 +214,9 @@ def make_record(
 
 def run(cfg: Any) -> dict[str, Any]:
     """Predict every pair of ``cfg.pairs`` not yet in ``cfg.output``; return this run's summary."""
+    from nli_cot.checks import check_config
+
+    check_config(cfg)  # unknown keys and numeric ranges, before any data or model is loaded
     dec = cfg.decoding
     if dec.self_consistency < 1:
         raise PredictError(f"decoding.self_consistency must be >= 1, got {dec.self_consistency}")
@@ -330,4 +333,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from nli_cot.cli import preflight
+
+    preflight("predict")
     main()

@@ -58,7 +58,7 @@ def _scan(path: Path, id_field: str | None) -> tuple[list[dict[str, Any]], int]:
                 rec = json.loads(raw.decode("utf-8"))
                 if not isinstance(rec, dict):
                     raise ValueError("not a JSON object")
-            except (ValueError, UnicodeDecodeError) as exc:
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
                 if is_last:
                     break  # a torn last line that happens to end in a newline
                 raise RecordFileError(f"{path}: line {line_no}: not a JSON object record ({exc})") from None

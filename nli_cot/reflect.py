@@ -34,6 +34,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
+from nli_cot.checks import check_config
 from nli_cot.parsing import OBJECT_RULES, parse_output
 from nli_cot.records import RecordWriter, read_records
 from nli_cot.teacher_prompts import ReflectPromptConfig, prompt_hash, reflection_messages
@@ -153,9 +154,12 @@ def reflections_file_stats(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run(cfg: Any) -> dict[str, Any]:
     """Run the reflection stage; return the summary (also printed and written next to the output)."""
+    check_config(cfg)  # unknown keys and numeric ranges, before any data is read or request sent
     if not Path(cfg.thoughts).exists():
         raise StageError(f"{cfg.thoughts}: no such thoughts file (run `python -m nli_cot.thoughts` first)")
     thoughts = read_records(cfg.thoughts)
+    if not thoughts:
+        raise StageError(f"{cfg.thoughts}: no records (the thoughts file is empty; run `python -m nli_cot.thoughts`)")
     for i, r in enumerate(thoughts, start=1):
         for name in ("id", "premise", "hypothesis"):
             if not r.get(name):
@@ -315,4 +319,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from nli_cot.cli import preflight
+
+    preflight("reflect")
     main()

@@ -47,6 +47,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from nli_cot.checks import ConfigCheckError, check_config
 from nli_cot.config import ModelConfig, PromptConfig
 from nli_cot.pairs import PairColumns, PairsConfig, PairsError, load_pairs
 from nli_cot.records import RecordFileError, read_records
@@ -277,7 +278,10 @@ def from_human(src: Any, strategy: Any) -> tuple[list[Candidate], SourceReport]:
 def from_sft(src: Any, strategy: Any) -> tuple[list[Candidate], SourceReport]:
     rep = SourceReport("sft", src.path)
     out = []
-    for i, r in enumerate(_load(src, "sft"), start=1):
+    records = _load(src, "sft")
+    if not records:
+        raise StageError(f"{src.path}: no records (sft source: an empty SFT file)")
+    for i, r in enumerate(records, start=1):
         rep.read += 1
         _require(src.path, i, r, ("id", "premise", "hypothesis"))
         thought = r.get("thought_process")
@@ -403,6 +407,7 @@ def run(cfg: Any, tokenizer: Any = None) -> dict[str, Any]:
     from nli_cot.prompts import completion_text, encode_example
 
     # Plain dataclasses: OmegaConf attribute access is ~0.1 ms, and these are read per example.
+    check_config(cfg)  # unknown keys and numeric ranges, before any data is read
     strategy = _plain(cfg.sft_strategy)
     prompt_cfg = _plain(cfg.prompt)
     if not strategy.sources:
@@ -543,7 +548,7 @@ _store()
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
-    except (PairsError, RecordFileError, StageError) as err:
+    except (PairsError, RecordFileError, StageError, ConfigCheckError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     except Exception as err:
@@ -556,4 +561,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from nli_cot.cli import preflight
+
+    preflight("sft")
     main()

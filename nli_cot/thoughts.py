@@ -39,6 +39,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
+from nli_cot.checks import ConfigCheckError, check_config
 from nli_cot.pairs import PairsConfig, PairsError, load_pairs
 from nli_cot.parsing import parse_output
 from nli_cot.records import RecordFileError, RecordWriter, read_records
@@ -239,6 +240,7 @@ def thoughts_file_stats(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 def run(cfg: Any) -> dict[str, Any]:
     """Run the thoughts stage; return the summary (also printed and written next to the output)."""
+    check_config(cfg)  # unknown keys and numeric ranges, before any data is read or request sent
     result = load_pairs(cfg.pairs)
     pairs = result.pairs  # pairs.limit caps them
     teacher_cfg = cfg.teacher
@@ -335,7 +337,7 @@ def guarded(fn: Callable[[Any], dict[str, Any]], cfg: Any) -> int:
     """Run a stage; turn the errors a user can fix into one line on stderr and an exit code."""
     try:
         return exit_code(fn(cfg))
-    except (PairsError, RecordFileError, StageError, TeacherFatalError) as err:
+    except (PairsError, RecordFileError, StageError, TeacherFatalError, ConfigCheckError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
@@ -433,4 +435,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from nli_cot.cli import preflight
+
+    preflight("thoughts")
     main()

@@ -67,19 +67,14 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
-    positive = ["lora.r", "trainer.per_device_batch_size", "trainer.grad_accum", "trainer.save_steps",
-                "trainer.eval_every_n_steps", "dataset.max_seq_length"]
-    for key in positive:
-        if OmegaConf.select(cfg, key) <= 0:
-            raise ConfigError(f"{key} must be > 0, got {OmegaConf.select(cfg, key)}")
+    from nli_cot.checks import ConfigCheckError, check_config
+
+    try:  # unknown keys (a `+key=` on a schema group) and numeric ranges (nli_cot.checks.RANGES)
+        check_config(cfg)
+    except ConfigCheckError as err:
+        raise ConfigError(str(err)) from None
     if cfg.trainer.fuse_grad_accum and cfg.trainer.loss_impl != "chunked":
         raise ConfigError("trainer.fuse_grad_accum=true needs trainer.loss_impl=chunked (it weights the loss tokens)")
-    if not 0 <= cfg.optimizer.warmup_ratio < 1:
-        raise ConfigError(f"optimizer.warmup_ratio must be in [0, 1), got {cfg.optimizer.warmup_ratio}")
-    if not 0 <= cfg.lora.dropout < 1:
-        raise ConfigError(f"lora.dropout must be in [0, 1), got {cfg.lora.dropout}")
-    if cfg.trainer.max_steps <= 0 and cfg.trainer.max_steps != -1:
-        raise ConfigError(f"trainer.max_steps must be -1 (use max_epochs) or > 0, got {cfg.trainer.max_steps}")
     for key in ("dataset.train_path", "dataset.eval_path"):
         path = OmegaConf.select(cfg, key)
         if path and not Path(path).is_file():
@@ -322,6 +317,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         recipe.setup()
         summary = recipe.train()
+    except BaseException as err:  # whatever ends the run after it started, status.json must not stay "running"
+        message = str(err).splitlines()[0] if str(err).strip() else type(err).__name__
+        if not isinstance(err, user_errors()):
+            message = f"{type(err).__name__}: {message}"
+        _write_status(recipe.run_dir, "failed", error=message, traceback=traceback.format_exc())
+        raise
     finally:
         recipe.cleanup()
     _write_status(recipe.run_dir, "finished", **summary)
