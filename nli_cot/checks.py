@@ -65,6 +65,7 @@ RANGES: dict[str, str] = {
     "trainer.save_steps": "> 0",
     "trainer.save_total_limit": "> 0",
     "trainer.early_stopping_patience": ">= 0",
+    "trainer.early_stopping_min_steps": ">= 0",
     "trainer.log_every_n_steps": "> 0",
     "trainer.num_workers": ">= 0",
     "trainer.ce_chunk_tokens": "> 0",

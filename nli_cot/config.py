@@ -123,6 +123,7 @@ class TrainerConfig:
     save_steps: int = 50
     save_total_limit: int | None = 3
     early_stopping_patience: int | None = 3  # evaluations without improvement; None disables
+    early_stopping_min_steps: int = 0  # no stop (and no patience counted) before this many optimiser steps
     early_stopping_metric: str = "eval/loss"
     early_stopping_mode: str = "min"
     log_every_n_steps: int = 10

@@ -216,6 +216,7 @@ class StudyGraph:
             f"trainer.eval_every_n_steps={t['eval_every_n_steps']}", f"trainer.save_steps={t['eval_every_n_steps']}",
             "trainer.save_total_limit=2", f"trainer.eval_batch_size={t['eval_batch_size']}",
             f"trainer.early_stopping_patience={patience if patience else 'null'}",
+            f"trainer.early_stopping_min_steps={t.get('early_stopping_min_steps') or 0}",
             f"trainer.precision={t['precision']}", f"trainer.log_every_n_steps={t['log_every_n_steps']}",
             "trainer.group_by_length=true",
         ]

@@ -392,6 +392,22 @@ def sft_stats(graph: Any) -> dict[str, Any]:
     return out
 
 
+def baseline_stats(graph: Any, conditions: list[str]) -> list[dict[str, Any]]:
+    """What each baseline chose on dev (nli_cot.baselines' summary files)."""
+    from nli_cot.study_graph import BASELINES
+
+    out = []
+    for cond in (c for c in conditions if c in BASELINES):
+        for sd in ([None] if cond in SEEDLESS else graph.seeds):
+            path = graph.predictions(model_id(cond, sd)).with_name(graph.predictions(model_id(cond, sd)).name
+                                                                    + ".summary.json")
+            if path.is_file():
+                sm = json.loads(path.read_text())
+                out.append({"model": model_id(cond, sd), "chosen": sm.get("chosen"), "dev": sm.get("dev"),
+                            "device": sm.get("device"), "fit_seconds": sm.get("fit_seconds")})
+    return out
+
+
 def stage_times(manifest: dict[str, Any]) -> dict[str, Any]:
     per: dict[str, dict[str, float]] = {}
     for entry in manifest.get("jobs", {}).values():
@@ -551,6 +567,7 @@ def build(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, Any]:
         "study": cfg["study_name"], "out_dir": str(out), "conditions": conditions, "seeds": seeds,
         "test_sets": list(TEST_SETS), "cells": cells, "mcnemar": tests, "contrasts": contrasts,
         "paired_contrasts": paired, "targets": targets(cells, all_evals, conditions),
+        "baselines": baseline_stats(graph, conditions),
         "data": json.loads(data_manifest.read_text()) if data_manifest.is_file() else None,
         "teachers": teacher_stats(graph), "sft_sets": sft_stats(graph),
         "lr_choice": json.loads(lr_choice.read_text()) if lr_choice.is_file() else {"lr": cfg["train"]["lr"],
@@ -588,6 +605,41 @@ def _ci(c: dict | None, metric: str) -> str:
     if not v:
         return "—"
     return f"{_pct(v['mean'])} [{_pct(v['ci'][0])}, {_pct(v['ci'][1])}]"
+
+
+def _lr_text(choice: dict | None, t: dict[str, Any]) -> str:
+    if not choice or choice.get("fixed"):
+        return f"{t['lr']} (fixed in the config)"
+    return f"{choice['lr']} (chosen on dev, below)"
+
+
+def _data_lines(r: dict[str, Any], d: dict[str, Any]) -> list[str]:
+    pct = r["settings"]["data"]["sft_dev_fraction"]
+    lines = [f"- Human-explanation pairs: {_get(d, 'train', 'n')} of e-SNLI dev ({_get(d, 'train', 'dropped_leak') or 0} "
+             "dropped because they share an id or a sentence with a test set); the SFT stage holds out "
+             f"{pct:.0%} by id hash as the dev split (early stopping, best checkpoint, lr choice). No choice was made "
+             "on a test set."]
+    if d.get("pool"):
+        ls = d.get("label_sets") or {}
+        lines.append(
+            f"- Pool without explanations: {d['pool']['n']} pairs ({', '.join(d['pool']['files'])}; "
+            f"{d['pool']['dropped_leak']} dropped by the leak check); the teacher's pairs: {_get(d, 'teacher', 'n')} "
+            "of them. Label-only sets: "
+            + ", ".join(f"`{k}` {v['train']['count']} train / {v['dev']['count']} dev" for k, v in ls.items())
+            + " (`label_all` = the human pairs + the pool: the same dev split for the e-SNLI pairs).")
+    sets = d.get("sets") or {}
+    lines.append(
+        "- Test pairs: generation conditions decode a fixed sample (the n smallest sha256 of "
+        f"`study-sample:<salt>:<id>`, salt {_get(d, 'salt')}): "
+        + ", ".join(f"{k} {v['n']} of {v.get('n_full', v['n'])} (gold 1: {_pct(v['share_label_1'])}%)"
+                    for k, v in sets.items())
+        + "; label-only conditions and baselines score every row"
+        + (f" ({', '.join(r['settings']['predict'].get('full_test') or [])})" if r["settings"]["predict"].get(
+            "full_test") else "") + ". Paired tests use the pairs both sides scored.")
+    if d.get("leak_check_passed"):
+        lines.append(f"- Leak check passed on {len(d['leak_check_passed'])} written train/dev files: no test id and no "
+                     "test premise or hypothesis (lower-cased letters and digits) in any of them.")
+    return lines
 
 
 def _headline(r: dict[str, Any]) -> list[str]:
@@ -667,20 +719,20 @@ def render(r: dict[str, Any], reading: str, plots: list[str]) -> str:
         + (" (the card's instruction through the chat template)" if r["settings"]["prompt_name"] == "chat" else "")
         + ", greedy decoding, stop at the JSON close, "
         f"max_new_tokens {r['settings']['predict']['max_new_tokens']}.",
-        f"- Train pairs: {_get(d, 'train', 'n')} e-SNLI dev pairs (the same for every condition); the SFT stage "
-        f"holds out {r['settings']['data']['sft_dev_fraction']:.0%} of them by id hash as the dev split (early "
-        "stopping, best checkpoint, lr choice). No choice was made on a test set.",
-        "- Test pairs (a fixed sample, the same for every condition and seed: the n smallest "
-        f"sha256 of `study-sample:<salt>:<id>`, salt {_get(d, 'salt')}): "
-        + ", ".join(f"{k} {v['n']} (gold 1: {_pct(v['share_label_1'])}%)" for k, v in (d.get("sets") or {}).items())
-        + ".",
-        f"- Training: {t['optimizer']} lr {r['lr_choice'].get('lr')}, batch {t['batch_size']} x {t['grad_accum']}, "
+        *_data_lines(r, d),
+        f"- Training: {t['optimizer']}, batch {t['batch_size']} x {t['grad_accum']}, "
         + (f"the same optimiser-step budget for every condition ({t['max_epochs']} epoch(s) of the human SFT set; "
            "small sets repeat epochs)" if t.get("equal_steps")
-           else f"{t['max_epochs']} epoch(s) (max_steps {t['max_steps']})")
+           else f"{t['max_epochs']} epoch(s) (max_steps {t['max_steps']})"
+           + (f"; own epochs: {t['epochs_by_condition']}" if t.get("epochs_by_condition") else ""))
         + f", warm-up {t['warmup_ratio']}, dev evaluation and "
-        f"checkpoint every {t['eval_every_n_steps']} steps, early-stopping patience {t['early_stopping_patience']}, "
-        f"precision {t['precision']}, seeds {r['seeds']}.",
+        f"checkpoint every {t['eval_every_n_steps']} steps, early-stopping patience {t['early_stopping_patience']}"
+        + (f" on dev {t.get('select_metric')} (decoded, {t['gen_eval']['max_examples']} dev pairs at most)"
+           if (t.get("gen_eval") or {}).get("enabled") else " on dev loss")
+        + f", precision {t['precision']}, seeds {r['seeds']}. Learning rate: "
+        + "; ".join(f"{fam} family {_lr_text(ch, t)}" for fam, ch in (("reasoning", r["lr_choice"]),
+                                                                     ("label-only", r.get("lr_choice_label"))))
+        + ".",
         "",
     ]
     for choice in (r["lr_choice"], r.get("lr_choice_label")):
@@ -769,6 +821,15 @@ def render(r: dict[str, Any], reading: str, plots: list[str]) -> str:
         if any((t["steps"] or 0) <= 1 for t in r["training"]):
             L += ["", "A run of one optimiser step leaves the adapter at its initialisation (B = 0): the warm-up "
                   "schedule gives the first step a learning rate of 0, so such a model is the base model."]
+        L.append("")
+    if r.get("baselines"):
+        L += ["## Baselines: what each chose on dev", "",
+              "| model | chosen on dev | dev balanced accuracy | dev AUC | fit s | device |",
+              "| --- | --- | ---: | ---: | ---: | --- |"]
+        for b in r["baselines"]:
+            dev = b["dev"] or {}
+            L.append(f"| {b['model']} | {b['chosen']} | {_pct(dev.get('balanced_accuracy'))} | "
+                     f"{'—' if dev.get('roc_auc') is None else format(dev['roc_auc'], '.3f')} | {_num(b['fit_seconds'])} | {b.get('device') or 'CPU'} |")
         L.append("")
     L += ["## Teachers and SFT sets", ""]
     if r["teachers"]:

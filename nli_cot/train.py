@@ -57,6 +57,7 @@ CHOICES = {
 BATCH_LAYOUT = ("per_device_batch_size", "grad_accum", "fuse_grad_accum")
 
 
+
 class ConfigError(ValueError):
     """A user mistake in the configuration; reported as one line, never a stack trace."""
 
@@ -163,7 +164,7 @@ class TrainRecipe:
     def setup(self) -> None:
         import pytorch_lightning as pl
         import torch
-        from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor
+        from pytorch_lightning.callbacks import LearningRateMonitor
 
         from nli_cot.checkpoints import PeftCheckpoint
         from nli_cot.data import NliDataModule
@@ -217,7 +218,10 @@ class TrainRecipe:
 
             callbacks.append(throughput_monitor(cfg.trainer.throughput_window))
         if cfg.trainer.early_stopping_patience:
-            callbacks.append(EarlyStopping(
+            from nli_cot.checkpoints import EarlyStoppingAfter
+
+            callbacks.append(EarlyStoppingAfter(
+                cfg.trainer.early_stopping_min_steps,
                 monitor=cfg.trainer.early_stopping_metric, mode=cfg.trainer.early_stopping_mode,
                 patience=cfg.trainer.early_stopping_patience, check_on_train_epoch_end=False,
             ))

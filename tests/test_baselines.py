@@ -123,7 +123,7 @@ def test_errors_are_one_line(splits: dict[str, Path], tmp_path: Path) -> None:
         ],
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and str(empty) in proc.stderr and "no pairs" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and str(empty) in proc.stderr and "empty file" in proc.stderr
     with pytest.raises(B.BaselineError, match="unknown baseline"):
         B.run(_cfg(splits, tmp_path / "y.jsonl", kind="svm"))
     with pytest.raises(B.BaselineError, match="no such file"):

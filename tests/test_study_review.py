@@ -204,3 +204,19 @@ def test_targets_report_met_and_unmet_with_numbers():
     assert t["human: balanced-accuracy CI above 50% on every test set"]["met"] is False
     diff = t["human vs label_only_all on esnli_test"]
     assert diff["value"] == pytest.approx(-0.5) and diff["met"] is False
+
+
+def test_early_stopping_waits_for_min_steps(monkeypatch):
+    """The plateau of a constant answer early in training must not count towards patience."""
+    from types import SimpleNamespace
+
+    from pytorch_lightning.callbacks import EarlyStopping
+
+    from nli_cot.checkpoints import EarlyStoppingAfter
+
+    seen = []
+    monkeypatch.setattr(EarlyStopping, "_run_early_stopping_check", lambda self, trainer: seen.append(trainer.global_step))
+    cb = EarlyStoppingAfter(200, monitor="eval/balanced_accuracy", mode="max", patience=4)
+    for step in (25, 125, 199, 200, 225):
+        cb._run_early_stopping_check(SimpleNamespace(global_step=step))
+    assert seen == [200, 225]
