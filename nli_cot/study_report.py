@@ -553,6 +553,17 @@ def build(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, Any]:
                              "best_metric": best.get("metric"),
                              "best_dev_loss": best.get("value") if best.get("metric") in (None, "eval/loss") else None,
                              "wall_s": round(st["wall_s"], 1) if st.get("wall_s") is not None else None})
+    # Failed training runs, by a dev-only rule: the selected checkpoint's decoded dev balanced accuracy is at or below
+    # report.failed_run_dev_max (a constant answer scores 0.5). The contrasts are repeated without them.
+    limit = rcfg.get("failed_run_dev_max")
+    failed_runs = [t["model"] for t in training if limit is not None and t.get("best_metric") == "eval/balanced_accuracy"
+                   and t.get("best_dev") is not None and t["best_dev"] <= float(limit)]
+    paired_ok = None
+    if failed_runs:
+        kept = {c: {s: {sd: ev for sd, ev in by.items() if model_id(c, sd) not in failed_runs}
+                    for s, by in per.items()} for c, per in all_evals.items()}
+        kept = {c: {s: by for s, by in per.items() if by} for c, per in kept.items()}
+        paired_ok = paired_contrasts(kept, [tuple(p) for p in rcfg.get("contrasts") or []], rcfg)
     status = {}
     for cond in conditions:  # why a condition has no numbers: the first unfinished job of its seed-0 chain
         mid = model_id(cond, None if cond in SEEDLESS else seeds[0])
@@ -568,6 +579,7 @@ def build(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, Any]:
         "test_sets": list(TEST_SETS), "cells": cells, "mcnemar": tests, "contrasts": contrasts,
         "paired_contrasts": paired, "targets": targets(cells, all_evals, conditions),
         "baselines": baseline_stats(graph, conditions),
+        "failed_runs": failed_runs, "paired_contrasts_without_failed_runs": paired_ok,
         "data": json.loads(data_manifest.read_text()) if data_manifest.is_file() else None,
         "teachers": teacher_stats(graph), "sft_sets": sft_stats(graph),
         "lr_choice": json.loads(lr_choice.read_text()) if lr_choice.is_file() else {"lr": cfg["train"]["lr"],
@@ -676,11 +688,22 @@ def _headline(r: dict[str, Any]) -> list[str]:
             L.append(f"| {cond} | {seeds_txt} | {c['n']} | {_ci(c, 'accuracy')} | {_ci(c, 'balanced_accuracy')} | "
                      f"{_ci(c, 'macro_f1')} | {_ci(c, 'mcc')} | {auc_txt} | {_pct(c['parse_rate'])} |")
         L.append("")
-    pc = r.get("paired_contrasts") or []
+    for key, heading in (("paired_contrasts", "## Design contrasts, paired"),
+                         ("paired_contrasts_without_failed_runs", "## Design contrasts without the failed runs")):
+        L += _contrast_table(r, r.get(key) or [], heading)
+    return L
+
+
+def _contrast_table(r: dict[str, Any], pc: list[dict[str, Any]], heading: str) -> list[str]:
+    L: list[str] = []
     if pc:
         m = r["settings"]["report"].get("tost_margin", 0.02)
-        L += ["## Design contrasts, paired", "",
-              "a − b on the test pairs both scored, every seed of each side. Δ balanced accuracy and Δ macro F1: "
+        intro = ("" if "without" not in heading else
+                 f"The same tests with the failed training runs left out ({', '.join(r.get('failed_runs') or [])}: "
+                 "their selected checkpoint's decoded dev balanced accuracy is at or below "
+                 f"{r['settings']['report'].get('failed_run_dev_max')}, a constant answer). ")
+        L += [heading, "",
+              intro + "a − b on the test pairs both scored, every seed of each side. Δ balanced accuracy and Δ macro F1: "
               "paired bootstrap (examples resampled jointly, seeds independently), 95% CI and two-sided p; TOST: "
               f"equivalence within ±{m:.0%} balanced accuracy (margin fixed in the config before the run), 90% CI; "
               "McNemar on accuracy (first common seed). Every p is Holm-adjusted over the whole family "
@@ -875,7 +898,7 @@ def write_report(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, str]:
     md_path, json_path, plot_dir = results / f"{name}.md", results / f"{name}.json", results / name
     r = build(cfg, graph, out)
     plots = []
-    order = [c for c in CONDITIONS if c in r["conditions"]]
+    order = [c for c in CONDITIONS if c in r["conditions"] and r["cells"].get(c)]  # no empty slots
     for metric, label in (("balanced_accuracy", "balanced accuracy"), ("accuracy", "accuracy"),
                           ("macro_f1", "macro F1"), ("parse_rate", "parse rate")):
         path = plot_dir / f"{metric}.png"
