@@ -34,7 +34,7 @@ format: install
 demo: install  ## the main job on the embedded default: SmolLM2-135M learns a synthetic NLI task on CPU
 	$(ENV) $(BIN)/python -m nli_cot.demo $(ARGS)
 
-study: install  ## the model card's ablations at small scale (issue #9): study=full on GPUs; ARGS="study=cpu" on CPU
+study: install  ## the model card's ablations at small scale: study=review on GPUs (resumable); ARGS="study=cpu" on CPU
 	$(ENV) $(BIN)/python -m nli_cot.study $(ARGS)
 
 train: install  ## e.g. make train ARGS="+experiment=abl1"

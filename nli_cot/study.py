@@ -1,9 +1,10 @@
-"""Recipe: the small-scale study of issue #9, ``python -m nli_cot.study [study=full|cpu] [stage=run|report|plan]``.
+"""Recipe: the small-scale study, ``python -m nli_cot.study [study=review|full|cpu] [stage=run|report|plan]``.
 
-The model card's ablation design measured for real on SmolLM2-135M-Instruct: zero-shot, label-only SFT, human-
-reasoning SFT and teacher-reasoning SFT (combined / correct-only, with the base model and then the condition-3
-model as teacher), each trained with several seeds on the same e-SNLI pairs and tested on the same e-SNLI test,
-MNLI dev matched and RTE dev pairs. ``make study`` runs ``study=full``; ``study=cpu`` is the reduced CPU version.
+The model card's ablation design measured for real on SmolLM2-135M-Instruct: zero-shot (plain and constrained),
+label-only SFT (on all pairs, on the human pairs, on the teacher's pairs), human-reasoning SFT and teacher-reasoning
+SFT (combined / correct-only), plus encoder and bag-of-words baselines, each trained with several seeds and tested on
+e-SNLI test, MNLI dev matched and RTE dev. ``make study`` runs ``study=review`` (the default); ``study=full`` is the
+2026-11 design, ``study=cpu`` a reduced CPU version.
 
 Features
 - Every stage is the project's own CLI (``nli_cot.sft|thoughts|reflect|train|predict``) run as a subprocess, so
@@ -15,9 +16,10 @@ Features
   (``deadline_s``: no job starts too close to it, running ones are stopped in time, the report is written, and
   the next invocation continues). The manifest (``<out_dir>/manifest.json``) logs every attempt's command, seed,
   times, GPU and exit code; a failed job skips its dependents only.
-- Hyper-parameters are fixed in ``conf/study/*.yaml`` with reasons; the learning rate may be chosen on the dev
-  split of the train pairs (``train.lr_grid``, condition ``human`` seed 0, best dev loss); early stopping and the
-  best checkpoint follow dev loss. The test sets are never used for a choice.
+- Hyper-parameters are fixed in ``conf/study/*.yaml`` with reasons; the learning rate may be chosen per family on
+  the dev split of the train pairs (``train.lr_grid`` on ``human`` seed 0, ``train.label_lr_grid`` on ``label_only``
+  seed 0); early stopping, the best checkpoint and the lr follow decoded dev balanced accuracy with
+  ``train.gen_eval.enabled`` (else dev loss). The test sets are never used for a choice.
 - The report (``nli_cot.study_report``): ``<results_dir>/<report_name>.md`` + ``.json`` + plots.
 - ``stage=plan`` prints the jobs in start order with their dependencies and what is already done;
   ``stage=export_data export_dir=.study-data`` writes the trimmed data copy that travels to the GPU machine.

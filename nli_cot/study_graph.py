@@ -1,11 +1,16 @@
 """The study's job graph: conditions x seeds -> stage commands (the project's own CLIs) with their dependencies.
 
-Conditions (issue #9), every one trained on the same train pairs and tested on the same test pairs:
-- ``zero_shot``: the base model, the card's prompt through its chat template.
+Conditions, every one tested on the same test pairs (generation conditions on the sample, label-probability
+conditions and baselines on every row):
+- ``zero_shot`` / ``zero_shot_constrained``: the base model, the card's prompt through its chat template (constrained:
+  always-valid JSON).
 - ``label_only``: SFT on ``{"predicted_label": y}`` (the human set with ``dataset.label_only=true``: same pairs,
-  same dev split), the control that says whether written reasoning helps.
+  same dev split), the control that says whether written reasoning helps; ``label_only_all`` on every pair (human
+  pairs + the pool), ``label_only_pool`` on the teacher's pairs (written by prep).
+- ``bow`` / ``hyp_bow`` / ``cross_encoder``: ``nli_cot.baselines`` on ``label_only_all``'s pairs and split.
 - ``human``: SFT on e-SNLI's human explanations as the thought process (``sft_strategy=human``).
-- ``teacher_base_combined`` / ``teacher_base_correct_only``: the base model writes thoughts for every train pair
+- ``teacher_base_combined`` / ``teacher_base_correct_only``: the base model writes thoughts for every teacher pair
+  (the pool sample ``data.n_teacher`` when ``data.pool_files`` is set, else the train pairs)
   (thoughts stage), reflects on the ones it got wrong (reflect stage); SFT sets ``combined`` (correct +
   reflections that reach the gold label) and ``correct_only`` (the card's Abl0.1/0.2 and Abl1 recipes).
 - ``teacher_human_*``: the same with the condition-3 model (seed 0, best checkpoint) as teacher: one round of
@@ -15,7 +20,7 @@ Jobs (``lane``): prep (local), sft (cpu), thoughts/reflect/train/predict (gpu), 
 (local). Priorities put every seed-0 job before seeds 1-2, and the teacher chains (the critical path) first.
 
 Limits
-- One learning rate for every condition: chosen on ``human`` seed 0's dev loss when ``train.lr_grid`` is set.
+- One learning rate per family (reasoning, label-only): chosen on the anchor's seed 0 when its grid is set.
 - A training run with an empty SFT set ends as ``no_data`` (with its predictions and evaluation), not a failure.
 """
 

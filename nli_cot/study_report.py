@@ -658,7 +658,7 @@ def _headline(r: dict[str, Any]) -> list[str]:
     """Targets, the per-set table of every metric, and the paired contrasts."""
     L: list[str] = []
     if r.get("targets"):
-        L += ["## Targets (issue #22)", "", "| target | value | met |", "| --- | --- | --- |"]
+        L += ["## Targets", "", "| target | value | met |", "| --- | --- | --- |"]
         for t in r["targets"]:
             v = t["value"]
             val = ("—" if v is None else f"{v:+.1%}" if "difference" in t["target"] else f"{v:.1%}"
