@@ -57,7 +57,7 @@ RANGES: dict[str, str] = {
     "optimizer.warmup_ratio": "[0, 1)",
     "trainer.per_device_batch_size": "> 0",
     "trainer.grad_accum": "> 0",
-    "trainer.max_epochs": "> 0",
+    "trainer.max_epochs": "-1 or > 0",  # -1: unbounded epochs (max_steps decides), as the study's equal_steps uses
     "trainer.max_steps": "-1 or > 0",
     "trainer.gradient_clip_val": ">= 0",
     "trainer.eval_every_n_steps": "> 0",
@@ -66,6 +66,7 @@ RANGES: dict[str, str] = {
     "trainer.save_total_limit": "> 0",
     "trainer.early_stopping_patience": ">= 0",
     "trainer.early_stopping_min_steps": ">= 0",
+    "trainer.progress_every_n_steps": ">= 0",
     "trainer.log_every_n_steps": "> 0",
     "trainer.num_workers": ">= 0",
     "trainer.ce_chunk_tokens": "> 0",

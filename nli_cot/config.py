@@ -144,6 +144,7 @@ class TrainerConfig:
     # Lightning's ThroughputMonitor over the last N micro-batches (train/items_per_sec = real tokens/s, all ranks):
     # null = off, since it synchronises the GPU after every micro-batch.
     throughput_window: int | None = None
+    progress_every_n_steps: int = 10  # a plain log line (step, loss, ex/s, ETA) every N steps; 0: none
     gen_eval: GenEvalConfig = field(default_factory=GenEvalConfig)
 
 

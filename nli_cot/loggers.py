@@ -8,13 +8,18 @@ instead, or the steps before the interruption vanish from the run's own record.
 from __future__ import annotations
 
 import csv
+import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
+
+log = logging.getLogger(__name__)
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -81,3 +86,61 @@ def throughput_monitor(window: int) -> Any:
     from nli_cot.module import count_real_tokens
 
     return ThroughputMonitor(batch_size_fn=_examples, length_fn=count_real_tokens, window_size=window)
+
+
+def _clock(seconds: float) -> str:
+    s = int(max(0.0, seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class ProgressLog(pl.Callback):
+    """One plain log line every ``every`` optimiser steps: step / total, loss, examples/s and ETA.
+
+    It goes through Python logging, so it reaches the terminal and the run's log file alike (a tqdm bar in a file is
+    one line of carriage returns, and a redirected run looked silent). Resumed runs count speed from the resume."""
+
+    def __init__(self, every: int) -> None:
+        self.every = int(every)
+        self._t0: float | None = None
+        self._step0 = 0
+        self._examples = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._t0, self._step0, self._examples = time.monotonic(), trainer.global_step, 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._examples += _examples_in(batch)
+        step = trainer.global_step
+        if self._t0 is None or self.every <= 0 or step == self._step0 or step % self.every:
+            return
+        if getattr(self, "_last", None) == step:  # several micro-batches end on the same optimiser step
+            return
+        self._last = step
+        line = progress_line(step, trainer.max_steps if trainer.max_steps and trainer.max_steps > 0
+                             else trainer.estimated_stepping_batches, step - self._step0, self._examples,
+                             time.monotonic() - self._t0, trainer.callback_metrics.get("train/loss"))
+        log.info(line)
+
+
+def _examples_in(batch: Any) -> int:
+    """Examples in a micro-batch: rows when padded; sequence starts when packed (position ids restart at 0)."""
+    if not isinstance(batch, dict) or batch.get("input_ids") is None:
+        return 0
+    pos = batch.get("position_ids")
+    if pos is not None and batch["input_ids"].shape[0] == 1:
+        return int((pos == 0).sum())
+    return int(batch["input_ids"].shape[0])
+
+
+def progress_line(step: int, total: float | None, steps_done: int, examples: int, seconds: float,
+                  loss: Any) -> str:
+    """``step 40/400 (10%) | loss 1.2345 | 12.3 ex/s | elapsed 1m02s | ETA 9m18s``."""
+    parts = [f"step {step}" + (f"/{int(total)} ({step / total:.0%})" if total and total < float("inf") else "")]
+    if loss is not None:
+        parts.append(f"loss {float(loss):.4f}")
+    rate = examples / seconds if seconds > 0 else 0.0
+    parts += [f"{rate:.1f} ex/s", f"elapsed {_clock(seconds)}"]
+    if total and total < float("inf") and steps_done > 0:
+        parts.append(f"ETA {_clock(seconds / steps_done * max(0, total - step))}")
+    return " | ".join(parts)

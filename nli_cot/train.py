@@ -213,6 +213,10 @@ class TrainRecipe:
             from nli_cot.gen_eval import GenerationEval
 
             callbacks.append(GenerationEval.from_config(cfg, tokenizer, self.datamodule))
+        if cfg.trainer.progress_every_n_steps:  # visible in a log file too, where a tqdm bar is not
+            from nli_cot.loggers import ProgressLog
+
+            callbacks.append(ProgressLog(cfg.trainer.progress_every_n_steps))
         if cfg.trainer.throughput_window:
             from nli_cot.loggers import throughput_monitor
 
@@ -245,6 +249,7 @@ class TrainRecipe:
             check_val_every_n_epoch=None,
             log_every_n_steps=cfg.trainer.log_every_n_steps,
             num_sanity_val_steps=0,
+            enable_progress_bar=sys.stderr.isatty(),  # redirected: ProgressLog's lines instead of carriage returns
             enable_checkpointing=False,  # PeftCheckpoint writes adapter folders instead of full model dumps
             logger=loggers,
             callbacks=callbacks,
