@@ -43,6 +43,9 @@ Limits
 - ``stop`` strings cut the returned text after decoding (the model still decodes up to its own stop); they are not
   supported with ``stream=true``. ``logprobs``, tools and function calling are not supported (400).
 - No authentication: the API key is ignored; bind to 127.0.0.1 (the default) unless behind a proxy.
+- A request whose client goes away is skipped if still queued; a batch already decoding runs to its end.
+- ``/metrics`` is JSON (not the Prometheus text format); latency percentiles cover the last ``metrics_window``
+  answered API requests, measured in the server (queue wait + decode + response).
 """
 
 from __future__ import annotations
