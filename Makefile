@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 ENV := HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} WANDB_MODE=$${WANDB_MODE:-offline} TOKENIZERS_PARALLELISM=false
 ARGS ?=
 
-.PHONY: install test test-fast lint format demo study train ablations sweep report thoughts reflect sft predict evaluate compare baselines pipeline-sample fake-teacher bench-train bench-infer clean
+.PHONY: install test test-fast lint format demo study train ablations sweep report thoughts reflect sft predict evaluate compare baselines serve pipeline-sample fake-teacher bench-train bench-infer clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -73,6 +73,9 @@ evaluate: install
 
 baselines: install  ## e.g. make baselines ARGS="kind=bow train=... dev=... test=... output=..."
 	$(ENV) $(BIN)/python -m nli_cot.baselines $(ARGS)
+
+serve: install  ## e.g. make serve ARGS="model=tiny_mistral adapters.abl1=outputs/runs/abl1/checkpoint-1250 port=8000"
+	$(ENV) $(BIN)/python -m nli_cot.serve $(ARGS)
 
 compare: install
 	$(ENV) $(BIN)/python -m nli_cot.compare $(ARGS)

@@ -485,11 +485,13 @@ def generate_batch(
     *,
     num_samples: int = 1,
     completion_prefix: str = "",
+    streamer: Any = None,
 ) -> BatchResult:
     """Generate ``num_samples`` answers for each prompt (token ids) under decoding config ``cfg``.
 
     ``cfg`` fields: max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty,
     stop_at_json_close, constrained, label_probs, and ``json_frame`` (open, middle, close) for the constraint.
+    ``streamer``: a transformers streamer handed to ``model.generate`` (one prompt, one sample; nli_cot.serve).
     """
     vocab = vocab_index(tokenizer, getattr(model.config, "vocab_size", None))
     rows = len(prompts) * num_samples
@@ -517,6 +519,7 @@ def generate_batch(
             generation_config=gen_cfg,
             logits_processor=processors,
             stopping_criteria=criteria,
+            streamer=streamer,
         )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
