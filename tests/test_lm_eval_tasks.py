@@ -73,16 +73,16 @@ def test_task_yamls_register() -> None:
 
 # ----------------------------------------------------------------- the harness end to end on the tiny model
 
-# A label-only adapter that learns the answer's form in ~100 CPU steps: LoRA on the embeddings and every
-# projection of the tiny random model, short e-SNLI pairs, constant lr (see _short_sft).
+# A label-only adapter that learns the answer's form in 40 CPU steps (measured: RTE parse rate 100% on 30 pairs):
+# LoRA on the output layer and the MLPs of the tiny random model, short e-SNLI pairs, constant lr.
+STEPS = 40
 ADAPTER_ARGS = [
     "+experiment=abl1", "model=tiny_mistral", "dataset=sample", "dataset.label_only=true", "logger=csv",
     "trainer.per_device_batch_size=8", "trainer.grad_accum=1", "trainer.fuse_grad_accum=false",
-    "trainer.eval_batch_size=16", "trainer.log_every_n_steps=10", "trainer.save_steps=1000",
-    "trainer.eval_every_n_steps=1000", "trainer.early_stopping_patience=null", "optimizer.name=adamw",
-    "optimizer.lr=1e-2", "optimizer.scheduler=constant", "lora.dropout=0",
-    "lora.target_modules=[embed_tokens,q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]",
-    "trainer.max_steps=120", "run_name=label_only",
+    "trainer.eval_batch_size=16", "trainer.log_every_n_steps=10", f"trainer.save_steps={STEPS}",
+    f"trainer.eval_every_n_steps={STEPS}", "trainer.early_stopping_patience=null", "optimizer.name=adamw",
+    "optimizer.lr=2e-2", "optimizer.scheduler=constant", "lora.dropout=0", "lora.r=32", "lora.alpha=64",
+    "lora.target_modules=[lm_head,gate_proj,up_proj,down_proj]", f"trainer.max_steps={STEPS}", "run_name=label_only",
 ]
 
 
@@ -103,7 +103,7 @@ def adapter(tmp_path_factory, shared_data: Path) -> Path:
     proc = run_module("nli_cot.train", ADAPTER_ARGS + [f"dataset.train_path={tmp / 'sft.jsonl'}",
                                                       f"hydra.run.dir={tmp / 'run'}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return tmp / "run" / "label_only" / "checkpoint-120"
+    return tmp / "run" / "label_only" / f"checkpoint-{STEPS}"
 
 
 def _harness(base: str, shared_data: Path, adapter: Path | None) -> dict:
