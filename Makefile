@@ -5,8 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 ENV := HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} WANDB_MODE=$${WANDB_MODE:-offline} TOKENIZERS_PARALLELISM=false
 ARGS ?=
+comma := ,
 
-.PHONY: install test test-fast lint format demo study train ablations sweep report thoughts reflect sft predict evaluate compare baselines pipeline-sample fake-teacher bench-train bench-infer clean
+.PHONY: install test test-fast lint format demo study train ablations sweep report thoughts reflect sft predict evaluate compare export lm-eval baselines pipeline-sample fake-teacher bench-train bench-infer clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -76,6 +77,23 @@ baselines: install  ## e.g. make baselines ARGS="kind=bow train=... dev=... test
 
 compare: install
 	$(ENV) $(BIN)/python -m nli_cot.compare $(ARGS)
+
+export: install  ## make export ARGS="<run dir or checkpoint> out=<folder> evals=[<eval dir>] [push=<repo_id>]"
+	$(ENV) $(BIN)/python -m nli_cot.export $(ARGS)
+
+# lm-evaluation-harness on our tasks: make lm-eval BASE=<hub id or dir> ADAPTER=<adapter folder> [TASKS=nli_cot_rte]
+# [LM_EVAL_ARGS="--limit 30 --batch_size 8"]; DATA_ROOT is where esnli/ mnli/ rte/ live (default ../shared/data).
+BASE ?= mistralai/Mistral-7B-v0.3
+ADAPTER ?=
+TASKS ?= nli_cot_esnli
+DATA_ROOT ?= ../shared/data
+LM_EVAL_ARGS ?=
+lm-eval: install  ## the harness with nli_cot/lm_eval_tasks (installs the `harness` extra once)
+	$(BIN)/python -c "import lm_eval" 2>/dev/null || $(BIN)/pip install -q -e '.[harness]'
+	$(ENV) $(BIN)/lm_eval --model hf \
+		--model_args pretrained=$(BASE),add_bos_token=True$(if $(ADAPTER),$(comma)peft=$(ADAPTER)) \
+		--include_path nli_cot/lm_eval_tasks --tasks $(TASKS) \
+		--metadata '{"data_root": "$(abspath $(DATA_ROOT))"}' $(LM_EVAL_ARGS)
 
 bench-train: install  ## on a GPU box: the card's stack vs nli_cot, one table
 	$(BIN)/python experiments/bench_train.py $(ARGS)
