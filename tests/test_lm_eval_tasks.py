@@ -71,6 +71,23 @@ def test_task_yamls_register() -> None:
     assert {"nli_cot_esnli", "nli_cot_mnli", "nli_cot_rte"} <= set(tm.all_tasks)
 
 
+def test_harness_prompt_ids_are_nli_cot_prompt_ids(tiny_model_cfg, mistral_tokenizer) -> None:
+    """With add_bos_token=True the harness feeds the model exactly nli_cot.prompts.encode_prompt's ids."""
+    from lm_eval.models.huggingface import HFLM
+
+    from nli_cot.modeling import resolve_model_path
+    from nli_cot.prompts import encode_prompt
+
+    utils = _utils()
+    lm = HFLM(pretrained=resolve_model_path(tiny_model_cfg, mistral_tokenizer), add_bos_token=True, device="cpu",
+              dtype="float32")
+    prompt = compose(["prompt=card"]).prompt
+    for doc in ({"premise": "A dog runs .", "hypothesis": "An animal moves ."},
+                {"premise": "Two men , one in a hat , sit on a bench .", "hypothesis": "Nobody is outside"}):
+        ids, _ = lm.tok_batch_encode([utils.doc_to_text(doc)])
+        assert ids[0].tolist() == encode_prompt(doc["premise"], doc["hypothesis"], prompt, mistral_tokenizer)
+
+
 # ----------------------------------------------------------------- the harness end to end on the tiny model
 
 # A label-only adapter that learns the answer's form in 40 CPU steps (measured: RTE parse rate 100% on 30 pairs):
