@@ -20,9 +20,11 @@ Features
   (``HF_HUB_OFFLINE=1``) or without a token it says so in one line and leaves the folder.
 - The folder is built under a temporary name and renamed into place: a killed export never leaves half a card.
 - Exit codes: 0 done (also when a push was skipped), 2 bad input or config (one line, no traceback).
+- ``python -m nli_cot.export <path> ...``: a first argument without ``=`` is ``source=<path>`` (Hydra takes
+  only ``key=value``); a path holding ``=`` or spaces must be given as ``source='<path>'``.
 
 Limits
-- The evaluation results are attributed to ``eval_checkpoint`` (default: the first exported adapter); the
+- The evaluation results are attributed to ``eval_checkpoint`` (default: the run's best, else the last exported); the
   metrics files do not record which adapter produced their predictions, so the card trusts the command line.
 - ``datasets`` in the front matter are free strings (hub ids where the data has one); they are not checked
   against the hub, and neither is ``base_model`` (a local path or the tiny test model is written as given).
@@ -76,7 +78,8 @@ class ExportConfig:
     evals: list[str] = field(default_factory=list)
     # An nli_cot.compare output dir (comparison.json): its table and McNemar tests go in the card.
     compare: str | None = None
-    # The checkpoint folder name the evals were made with (metrics files don't say); None: the first exported.
+    # The checkpoint folder the evals were made with (metrics files don't say) and the snippet loads;
+    # None: the run's best when exported, else the last exported one.
     eval_checkpoint: str | None = None
     # Hub repo id the folder is meant for: the usage snippet and model-index name; None: push, else the out name.
     repo_id: str | None = None
@@ -311,7 +314,7 @@ def _usage(repo: str, base: str, subfolder: str, prompt_cfg: dict[str, Any]) -> 
         "from peft import PeftModel",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "",
-        f'base = AutoModelForCausalLM.from_pretrained("{base}", torch_dtype=torch.bfloat16, device_map="auto")',
+        f'base = AutoModelForCausalLM.from_pretrained("{base}", dtype=torch.bfloat16, device_map="auto")',
         f'tokenizer = AutoTokenizer.from_pretrained("{repo}", subfolder="{subfolder}")',
         f'model = PeftModel.from_pretrained(base, "{repo}", subfolder="{subfolder}")',
         "",
@@ -341,8 +344,7 @@ def _usage(repo: str, base: str, subfolder: str, prompt_cfg: dict[str, Any]) -> 
 def render_body(cfg: Any, run: Run, evals: list[dict[str, Any]], comparison: dict[str, Any] | None,
                 repo: str, base: str, curves: list[str], eval_ckpt: str) -> str:
     c = run.config
-    first = run.checkpoints[0]
-    subfolder = f"{run.run_name}/{first.folder.name}"
+    subfolder = f"{run.run_name}/{eval_ckpt}"
     tr, opt, lora, model, data = (c.get(k, {}) for k in ("trainer", "optimizer", "lora", "model", "dataset"))
     stats = run.status.get("data") or {}
     eff_batch = (tr.get("per_device_batch_size") or 0) * (tr.get("grad_accum") or 0) * (
@@ -565,13 +567,17 @@ def run(cfg: Any) -> dict[str, Any]:
     """Write the export folder; return a summary (paths, checkpoints, push result)."""
     from nli_cot.checks import check_config
 
+    for key in ("source", "out"):
+        if OmegaConf.is_missing(cfg, key):
+            raise ExportError(f"{key}: missing (python -m nli_cot.export <run dir or checkpoint> out=<folder>)")
     check_config(cfg)
     run_ = load_run(cfg.source, cfg.checkpoints)
     evals = load_evals(list(cfg.evals))
     comparison = load_compare(cfg.compare)
     names = [ck.folder.name for ck in run_.checkpoints]
-    eval_ckpt = cfg.eval_checkpoint or names[0]
-    if evals and eval_ckpt not in names:
+    best = run_.checkpoints[-1].state.get("best_checkpoint")
+    eval_ckpt = cfg.eval_checkpoint or (best if best in names else names[-1])
+    if eval_ckpt not in names:
         raise ExportError(f"eval_checkpoint={eval_ckpt!r} is not among the exported adapters {names}")
     out = Path(cfg.out).expanduser()
     _prepare_out(out, cfg.overwrite, run_.run_dir)

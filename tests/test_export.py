@@ -128,7 +128,9 @@ def test_front_matter_parses_and_equals_the_metrics_files(exported) -> None:
     assert f"| rank r | {cfg['lora']['r']} |" in body and "4-bit NF4" in body
     assert "![training curves](training_curves.png)" in body
     assert "### Comparison" in body and "McNemar" in body
-    assert f'subfolder="{RUN}/checkpoint-2"' in body  # the usage snippet loads an exported adapter
+    # The usage snippet and the evaluation table name the run's best adapter (checkpoints=all exported both).
+    assert f'subfolder="{RUN}/{state["best_checkpoint"]}"' in body
+    assert f"Adapter `{RUN}/{state['best_checkpoint']}`" in body
     for section in ("## Base model", "## Data and SFT strategy", "## LoRA and quantisation",
                     "## Training hyper-parameters", "## Evaluation", "## Usage", "## Limitations"):
         assert section in body
@@ -162,6 +164,10 @@ def test_user_mistakes_are_one_line_exit_2(exported, tmp_path: Path) -> None:
     assert summary["subfolders"] == [f"{RUN}/{best}"]
     summary = export(compose([f"source={exported['run'] / 'checkpoint-2'}", f"out={tmp_path / 'e'}"], "export"))
     assert summary["subfolders"] == [f"{RUN}/checkpoint-2"] and summary["evals"] == []
+    with pytest.raises(ExportError, match="out: missing"):
+        export(cfg())
+    proc = run_module("nli_cot.export", [str(exported["run"]), "outt=x"])  # a typo in a key: Hydra's check
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "outt" in proc.stderr
 
 
 def test_positional_source() -> None:
