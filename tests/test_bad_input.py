@@ -129,7 +129,7 @@ TRAIN = ["model=tiny_mistral", "logger=none"]
 @pytest.mark.parametrize(("override", "expect"), [
     ("optimizer.lr=-1", "optimizer.lr must be > 0, got -1.0"),
     ("optimizer.betas=[0.9,1.5]", "optimizer.betas[1] must be in [0, 1), got 1.5"),
-    ("trainer.max_epochs=0", "trainer.max_epochs must be > 0, got 0"),
+    ("trainer.max_epochs=0", "trainer.max_epochs must be -1 or > 0, got 0"),
     ("+lora.rank=8", "lora.rank: unknown key in 'lora' (did you mean lora.r?)"),
     ("lora.rank=8", "lora.rank: unknown key in 'lora' (did you mean lora.r?)"),
     ("optimizer.learning_rate=1e-4", "did you mean optimizer.lr"),
