@@ -28,7 +28,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,11 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from nli_cot.serve import free_port, wait_healthy  # noqa: E402  (after the path: runs from a checkout)
 
 
 def make_adapter(out: Path) -> Path:
@@ -75,20 +70,6 @@ def start_server(adapter: Path, port: int, overrides: list[str], log: Path) -> s
     return subprocess.Popen(args, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
-def wait_healthy(base: str, proc: subprocess.Popen, seconds: float = 180) -> None:
-    import httpx
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server on {base} exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{base} not healthy after {seconds}s")
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -181,7 +162,7 @@ def main() -> None:
             bases[mode] = f"http://127.0.0.1:{port}"
             procs[mode] = start_server(adapter, port, overrides, tmp / f"{mode}.log")
         for mode in modes:
-            wait_healthy(bases[mode], procs[mode])
+            wait_healthy(bases[mode], 180, procs[mode], poll_s=0.5)
             asyncio.run(load(bases[mode], 8, 8, args.max_tokens, args.nli, args.timeout))  # warm-up
         for rep in range(args.repeats):
             for mode in modes:

@@ -928,3 +928,35 @@ if __name__ == "__main__":
 
     preflight("serve")
     main()
+
+
+# ----------------------------------------------------------------------------------------- client helpers
+# For scripts and tests that start a server process and call it (experiments/serve_load.py, tests/test_serve.py).
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(base: str, seconds: float, proc: Any = None, poll_s: float = 0.2) -> None:
+    """Wait until ``<base>/health`` answers 200; RuntimeError (with the server's stderr tail, when it was piped) if
+    the process exits first or the time runs out."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            err = proc.stderr.read()[-2000:] if getattr(proc, "stderr", None) else ""
+            raise RuntimeError(f"server on {base} exited with {proc.returncode}: {err}")
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(poll_s)
+    raise RuntimeError(f"{base} not healthy after {seconds}s")

@@ -10,16 +10,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from conftest import REPO, compose
+
+from nli_cot.serve import free_port, wait_healthy
 
 openai = pytest.importorskip("openai")
 
@@ -38,24 +38,6 @@ PAIR = {"premise": "A man is sleeping on a bench.", "hypothesis": "A man is rest
 MAX_TOKENS = 56  # the JSON frame alone needs 47 on the v3 tokenizer
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(base: str, seconds: float, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{base} not healthy after {seconds}s")
 
 
 def make_adapter(tiny_model_cfg, tokenizer, out: Path) -> Path:
