@@ -43,22 +43,16 @@ from nli_cot.serve import free_port, wait_healthy  # noqa: E402  (after the path
 
 def make_adapter(out: Path) -> Path:
     """A LoRA on the tiny Mistral with random B matrices (a fresh LoRA is a no-op), saved as a PEFT folder."""
-    import torch
     from hydra import compose, initialize_config_dir
 
     import nli_cot.config  # noqa: F401  (schemas)
-    from nli_cot.modeling import attach_lora, load_base_model, load_tokenizer
+    from nli_cot.modeling import attach_lora, load_base_model, load_tokenizer, randomise_lora_b
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["model=tiny_mistral", "lora=default"])
     tok = load_tokenizer(cfg.model)
     model = attach_lora(load_base_model(cfg.model, tok, for_training=False), cfg.lora)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
-    model.save_pretrained(str(out))
+    randomise_lora_b(model, seed=0, scale=0.5).save_pretrained(str(out))
     return out
 
 

@@ -302,3 +302,16 @@ def load_adapter(
     if merge:
         return peft_model.merge_and_unload()
     return peft_model
+
+
+def randomise_lora_b(model: Any, seed: int = 0, scale: float = 0.5) -> Any:
+    """Give a fresh LoRA random B matrices (a fresh LoRA has B = 0, so it would change nothing): adapters whose
+    effect tests and load tests can see without training."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * scale)
+    return model

@@ -42,18 +42,12 @@ MAX_TOKENS = 56  # the JSON frame alone needs 47 on the v3 tokenizer
 
 def make_adapter(tiny_model_cfg, tokenizer, out: Path) -> Path:
     """A LoRA adapter on the tiny model with random B matrices (a fresh LoRA is a no-op), saved as PEFT does."""
-    import torch
 
-    from nli_cot.modeling import attach_lora, load_base_model
+    from nli_cot.modeling import attach_lora, load_base_model, randomise_lora_b
 
     base = load_base_model(tiny_model_cfg, tokenizer, for_training=False)
     model = attach_lora(base, compose(["lora=default"]).lora)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
-    model.save_pretrained(str(out))
+    randomise_lora_b(model, seed=0, scale=0.5).save_pretrained(str(out))
     return out
 
 
