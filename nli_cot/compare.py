@@ -33,6 +33,7 @@ from omegaconf import OmegaConf
 from nli_cot.evaluate import atomic_savefig, atomic_write_text
 from nli_cot.metrics import mcnemar
 from nli_cot.records import RecordFileError, read_records
+from nli_cot.stats import holm  # the one Holm implementation (None and NaN pass through)
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "compare.yaml"
 
@@ -59,17 +60,6 @@ def load_run(path: str | Path) -> dict[str, Any]:
         "metrics": metrics,
         "correct": {r["id"]: bool(r["correct"]) for r in rows},
     }
-
-
-def holm(p_values: list[float | None]) -> list[float | None]:
-    """Holm-Bonferroni adjusted p-values (None stays None and does not count as a test)."""
-    tested = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
-    adjusted: list[float | None] = [None] * len(p_values)
-    running = 0.0
-    for rank, (p, i) in enumerate(tested):
-        running = max(running, min(1.0, (len(tested) - rank) * p))
-        adjusted[i] = running
-    return adjusted
 
 
 def pairwise(runs: list[dict[str, Any]], exact_below: int) -> list[dict[str, Any]]:

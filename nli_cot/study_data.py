@@ -91,21 +91,17 @@ def leaks(rows: list[dict[str, Any]], test_ids: set[str], sentences: set[str]) -
             or norm_sentence(r["hypothesis"]) in sentences]
 
 
-def in_dev_split(example_id: Any, fraction: float, salt: int) -> bool:
-    """The SFT stage's dev membership (``nli_cot.data.in_dev_split``: same hash), without importing torch."""
-    digest = hashlib.sha256(f"{salt}:{example_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
-
-
 def write_label_set(out_dir: Path, name: str, rows: list[dict[str, Any]], dev_fraction: float,
                     split_seed: int = 0) -> dict[str, Any]:
     """A label-only SFT set (``train.jsonl``, ``dev.jsonl``, ``stats.json`` as the SFT stage writes them) from pairs:
     training reads it with ``dataset.label_only=true``, so no thought is needed. The dev split uses the SFT stage's
     hash, so a pair of e-SNLI dev is in the same split here as in the human set."""
+    from nli_cot.sft import id_hash  # the SFT stage's split: an e-SNLI pair lands in the same split as there
+
     d = out_dir / name
     slim = [{"id": str(r["id"]), "premise": r["premise"], "hypothesis": r["hypothesis"], "label": int(r["label"]),
              "source": r.get("source", "esnli")} for r in rows]
-    dev = [r for r in slim if in_dev_split(r["id"], dev_fraction, split_seed)]
+    dev = [r for r in slim if id_hash(r["id"], split_seed) < dev_fraction]
     dev_ids = {r["id"] for r in dev}
     train = [r for r in slim if r["id"] not in dev_ids]
     _write(d / "train.jsonl", train)

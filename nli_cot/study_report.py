@@ -13,7 +13,7 @@ Features
   correction; ``nli_cot.metrics.mcnemar``) of every condition against ``label_only`` and against ``zero_shot``
   (and of the design pairs in ``report.contrasts``, a family of their own),
   per test set and seed on the shared ids, Holm-adjusted over the family of one test set and seed
-  (``nli_cot.compare.holm``). The table shows seed 0; the JSON has every seed.
+  (``nli_cot.stats.holm``). The table shows seed 0; the JSON has every seed.
 - Teacher statistics (accuracy on the train pairs, parse failures, #correct, #reflected, #reflections that
   reach the gold label), SFT set sizes, the learning-rate choice, every job's command, seed, GPU, exit code and
   wall time (from the manifest), wall time per stage, device and package versions.
@@ -184,6 +184,19 @@ def auc_cell(gold: np.ndarray, scores: list[list[float | None]], rcfg: dict[str,
             "per_seed": per_seed, "scored": scored}
 
 
+def _aligned(all_evals: dict[str, dict[str, dict]], a: str, b: str, s: str) -> tuple | None:
+    """(ids, gold, preds_a, preds_b, evals_a, evals_b) on the test ids every seed of a and of b scored; None when
+    either side has no evaluation of ``s`` or they share no id."""
+    ea, eb = all_evals.get(a, {}).get(s), all_evals.get(b, {}).get(s)
+    if not ea or not eb:
+        return None
+    ids = sorted(set.intersection(*(set(e["rows"]) for e in (*ea.values(), *eb.values()))), key=str)
+    if not ids:
+        return None
+    gold = np.array([next(iter(ea.values()))["rows"][i]["gold"] for i in ids])
+    return ids, gold, _preds_by_seed(ea, ids), _preds_by_seed(eb, ids), ea, eb
+
+
 def _preds_by_seed(evals: dict[int | None, dict], ids: list[Any]) -> np.ndarray:
     return np.array([[(-1 if evals[s]["rows"][i]["pred"] is None else evals[s]["rows"][i]["pred"]) for i in ids]
                      for s in sorted(evals, key=lambda s: -1 if s is None else s)])
@@ -203,15 +216,10 @@ def paired_contrasts(all_evals: dict[str, dict[str, dict]], pairs: list[tuple[st
     out: list[dict[str, Any]] = []
     for a, b in pairs:
         for s in TEST_SETS:
-            ea, eb = all_evals.get(a, {}).get(s), all_evals.get(b, {}).get(s)
-            if not ea or not eb:
+            got = _aligned(all_evals, a, b, s)
+            if got is None:
                 continue
-            ids = sorted(set.intersection(*(set(e["rows"]) for e in (*ea.values(), *eb.values()))), key=str)
-            if not ids:
-                continue
-            first = next(iter(ea.values()))
-            gold = np.array([first["rows"][i]["gold"] for i in ids])
-            pa, pb = _preds_by_seed(ea, ids), _preds_by_seed(eb, ids)
+            ids, gold, pa, pb, ea, eb = got
             common = [sd for sd in ea if sd in eb] or [None]
             ca = ea[common[0]] if common[0] in ea else next(iter(ea.values()))
             cb = eb[common[0]] if common[0] in eb else next(iter(eb.values()))
@@ -235,15 +243,11 @@ def paired_contrasts(all_evals: dict[str, dict[str, dict]], pairs: list[tuple[st
 
 def _paired_accuracy(all_evals: dict[str, dict[str, dict]], a: str, b: str, s: str) -> tuple[float, float, int] | None:
     """Seed-mean accuracy of a and of b on the test ids both scored (a sample vs a full set: the sample)."""
-    ea, eb = all_evals.get(a, {}).get(s), all_evals.get(b, {}).get(s)
-    if not ea or not eb:
+    got = _aligned(all_evals, a, b, s)
+    if got is None:
         return None
-    ids = sorted(set.intersection(*(set(e["rows"]) for e in (*ea.values(), *eb.values()))), key=str)
-    if not ids:
-        return None
-    gold = np.array([next(iter(ea.values()))["rows"][i]["gold"] for i in ids])
-    return (float(stats.accuracy(gold, _preds_by_seed(ea, ids)).mean()),
-            float(stats.accuracy(gold, _preds_by_seed(eb, ids)).mean()), len(ids))
+    ids, gold, pa, pb, _, _ = got
+    return float(stats.accuracy(gold, pa).mean()), float(stats.accuracy(gold, pb).mean()), len(ids)
 
 
 def targets(cells: dict[str, dict], all_evals: dict[str, dict[str, dict]], conditions: list[str]) -> list[dict]:
@@ -274,7 +278,6 @@ def targets(cells: dict[str, dict], all_evals: dict[str, dict[str, dict]], condi
 
 def mcnemar_pairs(runs: dict[str, dict], pairs: list[tuple[str, str]], exact_below: int) -> list[dict[str, Any]]:
     """McNemar of each (condition, reference) pair on their shared test ids, Holm-adjusted over the family."""
-    from nli_cot.compare import holm
     from nli_cot.metrics import mcnemar
 
     tests = []
@@ -289,7 +292,7 @@ def mcnemar_pairs(runs: dict[str, dict], pairs: list[tuple[str, str]], exact_bel
         t = mcnemar(a, b, exact_below)
         tests.append({"condition": cond, "vs": ref, "n": len(shared), "acc": sum(a) / len(a),
                       "acc_ref": sum(b) / len(b), **t})
-    for t, p in zip(tests, holm([t["p_value"] for t in tests]), strict=True):
+    for t, p in zip(tests, stats.holm([t["p_value"] for t in tests]), strict=True):
         t["p_holm"] = p
     return tests
 
