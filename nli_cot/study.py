@@ -184,7 +184,10 @@ def plan(jobs: list, sched: Scheduler) -> None:
 def main_run(cfg: dict[str, Any]) -> int:
     out = Path(cfg["out_dir"]).resolve()
     t0 = time.time()
-    graph = StudyGraph(cfg, out, cfg["python"])
+    try:
+        graph = StudyGraph(cfg, out, cfg["python"])
+    except ValueError as e:  # a config mistake: one line, no traceback
+        raise SystemExit(f"error: {e}") from None
     local = LocalJobs(cfg, graph)
     jobs = graph.jobs({"prep": local.prep, "prep_cmd": local.prep_cmd, "evaluate": local.evaluate,
                        "evaluate_cmd": local.evaluate_cmd, "select_lr": local.select_lr})

@@ -79,6 +79,10 @@ class StudyGraph:
             raise ValueError(f"conditions: unknown {bad}; known: {', '.join(CONDITIONS)}")
         self.conditions = [c for c in CONDITIONS if c in cfg["conditions"]]
         self.seeds = [int(s) for s in cfg["seeds"]]
+        unknown = set(cfg["train"].get("lr_by_family") or {}) - set(GRID_KEY)
+        if unknown:
+            raise ValueError(f"train.lr_by_family: unknown famil{'ies' if len(unknown) > 1 else 'y'} "
+                             f"{sorted(unknown)}; known: {', '.join(GRID_KEY)}")
 
     # ---------------------------------------------------------------------------------------- paths
 
@@ -113,7 +117,8 @@ class StudyGraph:
         path = self.choice_path(family)
         if self.grid(family) and path.is_file():
             return float(json.loads(path.read_text())["lr"])
-        return float(self.cfg["train"]["lr"])
+        fixed = (self.cfg["train"].get("lr_by_family") or {}).get(family)
+        return float(fixed if fixed is not None else self.cfg["train"]["lr"])
 
     def trained_run(self, mid: str) -> Path:
         """The run dir behind a trained model id; for a grid's anchor at seed 0, the chosen lr's run."""
@@ -205,7 +210,8 @@ class StudyGraph:
         sft = self.sft_dir(SFT_SET[condition])
         stats = json.loads((sft / "stats.json").read_text())
         eval_path = str(sft / "dev.jsonl") if stats["dev"]["count"] else "null"
-        patience = t["early_stopping_patience"]
+        own_patience = t.get("patience_by_condition") or {}
+        patience = own_patience[condition] if condition in own_patience else t["early_stopping_patience"]
         max_epochs, max_steps = self.step_budget(condition)
         args = [
             f"model={c['base_model']}", f"prompt={c['prompt_name']}", f"optimizer={t['optimizer']}", "logger=csv",

@@ -622,9 +622,10 @@ def _ci(c: dict | None, metric: str) -> str:
     return f"{_pct(v['mean'])} [{_pct(v['ci'][0])}, {_pct(v['ci'][1])}]"
 
 
-def _lr_text(choice: dict | None, t: dict[str, Any]) -> str:
+def _lr_text(choice: dict | None, t: dict[str, Any], family: str = "reasoning") -> str:
     if not choice or choice.get("fixed"):
-        return f"{t['lr']} (fixed in the config)"
+        fixed = (t.get("lr_by_family") or {}).get(family)
+        return f"{fixed if fixed is not None else t['lr']} (fixed in the config)"
     return f"{choice['lr']} (chosen on dev, below)"
 
 
@@ -756,8 +757,8 @@ def render(r: dict[str, Any], reading: str, plots: list[str]) -> str:
         + (f" on dev {t.get('select_metric')} (decoded, {t['gen_eval']['max_examples']} dev pairs at most)"
            if (t.get("gen_eval") or {}).get("enabled") else " on dev loss")
         + f", precision {t['precision']}, seeds {r['seeds']}. Learning rate: "
-        + "; ".join(f"{fam} family {_lr_text(ch, t)}" for fam, ch in (("reasoning", r["lr_choice"]),
-                                                                     ("label-only", r.get("lr_choice_label"))))
+        + "; ".join(f"{name} family {_lr_text(ch, t, fam)}" for name, fam, ch in (
+            ("reasoning", "reasoning", r["lr_choice"]), ("label-only", "label", r.get("lr_choice_label"))))
         + ".",
         "",
     ]

@@ -134,6 +134,7 @@ def test_review_graph_has_every_condition_with_its_data_and_scoring(tmp_path):
     train = " ".join(g.train_cmd("label_only_all", 1, "label_only_all_s1"))
     assert "sft/label_all/train.jsonl" in train and "dataset.label_only=true" in train
     assert "optimizer.lr=0.002" in train and "trainer.max_epochs=2" in train  # epochs_by_condition
+    assert "trainer.early_stopping_patience=null" in train  # patience_by_condition: the whole schedule trains
     assert "trainer.early_stopping_metric=eval/balanced_accuracy" in train and "trainer.gen_eval.enabled=true" in train
     human = " ".join(g.train_cmd("human", 1, "human_s1", lr=1e-3))
     assert "dataset.label_only=false" in human and "trainer.max_epochs=3" in human
@@ -220,3 +221,14 @@ def test_early_stopping_waits_for_min_steps(monkeypatch):
     for step in (25, 125, 199, 200, 225):
         cb._run_early_stopping_check(SimpleNamespace(global_step=step))
     assert seen == [200, 225]
+
+
+def test_lr_by_family_fixes_a_family_lr_without_its_grid(tmp_path):
+    cfg = _review_cfg(tmp_path)
+    cfg["train"].update(lr_grid=[], label_lr_grid=[], lr=5e-4, lr_by_family={"reasoning": 2e-3, "label": None})
+    g = StudyGraph(cfg, tmp_path)
+    assert g.chosen_lr("teacher_human_combined") == 2e-3 and g.chosen_lr("human") == 2e-3
+    assert g.chosen_lr("label_only_all") == 5e-4  # null: train.lr
+    cfg["train"]["lr_by_family"] = {"reasonin": 1e-3}
+    with pytest.raises(ValueError, match="unknown family"):
+        StudyGraph(cfg, tmp_path)
