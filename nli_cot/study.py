@@ -22,7 +22,9 @@ Features
   ``train.gen_eval.enabled`` (else dev loss). The test sets are never used for a choice.
 - The report (``nli_cot.study_report``): ``<results_dir>/<report_name>.md`` + ``.json`` + plots.
 - ``stage=plan`` prints the jobs in start order with their dependencies and what is already done;
-  ``stage=export_data export_dir=.study-data`` writes the trimmed data copy that travels to the GPU machine.
+  ``stage=export_data export_dir=.study-data`` writes the trimmed data copy that travels to the GPU machine;
+  ``stage=merge merge_from=<dir>`` folds another machine's out_dir of the same study (same data) into this one,
+  so that a study can span GPU sessions that each start bare.
 
 Limits
 - The method settings are fingerprinted in ``<out_dir>/study_settings.json``: reusing an out_dir with other
@@ -50,6 +52,7 @@ from nli_cot.study_scheduler import Scheduler, write_json_atomic
 FINGERPRINTED = ("base_model", "model_tokenizer", "prompt_name", "data", "train", "predict", "teachers", "evaluate",
                 "baselines")
 EXIT_FAILED, EXIT_UNFINISHED = 1, 3
+STAGES = ("run", "report", "plan", "export_data", "merge")
 
 
 def settings_fingerprint(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -72,6 +75,49 @@ def check_settings(out: Path, cfg: dict[str, Any], force: bool) -> None:
         if old["sha256"] == fp["sha256"]:
             return
     write_json_atomic(path, fp)
+
+
+MERGED_DIRS = ("eval", "runs", "sft", "teachers", "predictions", "jobs", "logs", "hydra")
+
+
+def merge_out_dir(src: Path, dst: Path) -> dict[str, list[str]]:
+    """Fold another invocation's out_dir (e.g. a GPU machine's, unpacked here) into ``dst``.
+
+    One study may span machines that do not share a disk: each GPU session starts bare. Entries that ``dst`` lacks
+    are copied (eval, runs, sft, teachers, predictions, job markers, logs); entries both have are kept as ``dst``
+    has them and listed; the manifest gets ``src``'s invocations and its jobs that ``dst`` has not finished. Refused
+    when the two were prepared from different data (``data/data_manifest.json`` differs): they are not one study.
+    """
+    import shutil
+
+    for d in (src, dst):
+        if not (d / "manifest.json").is_file():
+            raise SystemExit(f"error: {d}: no manifest.json (not a study out_dir)")
+    a, b = (d / "data" / "data_manifest.json" for d in (src, dst))
+    if not a.is_file() or not b.is_file() or json.loads(a.read_text()) != json.loads(b.read_text()):
+        raise SystemExit(f"error: {a} and {b} differ (or one is missing): the two out_dirs hold different data")
+    done: dict[str, list[str]] = {"copied": [], "kept": []}
+    for sub in MERGED_DIRS:
+        if not (src / sub).is_dir():
+            continue
+        (dst / sub).mkdir(parents=True, exist_ok=True)
+        for entry in sorted((src / sub).iterdir()):
+            target = dst / sub / entry.name
+            if target.exists():
+                done["kept"].append(f"{sub}/{entry.name}")
+                continue
+            (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, target)
+            done["copied"].append(f"{sub}/{entry.name}")
+    theirs, ours = (json.loads((d / "manifest.json").read_text()) for d in (src, dst))
+    seen = {(i.get("start"), i.get("pid")) for i in ours.get("invocations", [])}
+    ours.setdefault("invocations", []).extend(
+        i for i in theirs.get("invocations", []) if (i.get("start"), i.get("pid")) not in seen)
+    for name, job in theirs.get("jobs", {}).items():
+        if (ours.setdefault("jobs", {}).get(name) or {}).get("status") != "done":
+            ours["jobs"][name] = job
+            ours.setdefault("status", {})[name] = job.get("status")
+    write_json_atomic(dst / "manifest.json", ours)
+    return done
 
 
 def detect_gpus(setting: int | None) -> list[str]:
@@ -208,6 +254,13 @@ def main_run(cfg: dict[str, Any]) -> int:
     if cfg["stage"] == "plan":
         plan(jobs, sched)
         return 0
+    if cfg["stage"] == "merge":
+        if not cfg.get("merge_from"):
+            raise SystemExit("error: stage=merge needs merge_from=<another out_dir of this study>")
+        done = merge_out_dir(Path(cfg["merge_from"]).resolve(), out)
+        print(f"merged {cfg['merge_from']} into {out}: {len(done['copied'])} entries copied, "
+              f"{len(done['kept'])} kept as they were here" + (f" ({', '.join(done['kept'])})" if done["kept"] else ""))
+        return 0
     if cfg["stage"] == "export_data":
         from nli_cot.study_data import TEST_SETS, TRAIN_SOURCE, trim_copy
 
@@ -253,8 +306,8 @@ def print_summary(s: dict[str, Any]) -> None:
 @hydra.main(config_path="../conf", config_name="study", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     plain = OmegaConf.to_container(cfg, resolve=True)
-    if plain["stage"] not in ("run", "report", "plan", "export_data"):
-        raise SystemExit(f"error: stage must be run, report, plan or export_data, got {plain['stage']!r}")
+    if plain["stage"] not in STAGES:
+        raise SystemExit(f"error: stage must be one of {', '.join(STAGES)}, got {plain['stage']!r}")
     if importlib.util.find_spec("matplotlib") is None:  # the GPU machine may lack it: numbers still come out
         print("warning: matplotlib is not installed: no plots (SFT lengths, evaluation, report)", file=sys.stderr)
         plain["evaluate"]["plots"] = False

@@ -232,3 +232,32 @@ def test_lr_by_family_fixes_a_family_lr_without_its_grid(tmp_path):
     cfg["train"]["lr_by_family"] = {"reasonin": 1e-3}
     with pytest.raises(ValueError, match="unknown family"):
         StudyGraph(cfg, tmp_path)
+
+
+def test_merge_folds_another_machines_out_dir_and_refuses_other_data(tmp_path):
+    from nli_cot.study import merge_out_dir
+
+    def out_dir(name: str, data: dict, jobs: dict, evals: list[str]) -> Path:
+        d = tmp_path / name
+        (d / "data").mkdir(parents=True)
+        (d / "data" / "data_manifest.json").write_text(json.dumps(data))
+        (d / "manifest.json").write_text(json.dumps({"invocations": [{"start": name, "pid": 1}], "jobs": jobs,
+                                                     "status": {k: v["status"] for k, v in jobs.items()}}))
+        for e in evals:
+            (d / "eval" / e).mkdir(parents=True)
+            (d / "eval" / e / "m.json").write_text(name)
+        return d
+
+    here = out_dir("here", {"n": 1}, {"train:human_s0": {"status": "done"}}, ["human_s0"])
+    gpu = out_dir("gpu", {"n": 1}, {"train:human_s0": {"status": "done"}, "train:human_s2": {"status": "done"}},
+                  ["human_s0", "human_s2"])
+    done = merge_out_dir(gpu, here)
+    assert done == {"copied": ["eval/human_s2"], "kept": ["eval/human_s0"]}
+    assert (here / "eval" / "human_s0" / "m.json").read_text() == "here"  # ours is kept
+    m = json.loads((here / "manifest.json").read_text())
+    assert [i["start"] for i in m["invocations"]] == ["here", "gpu"] and m["status"]["train:human_s2"] == "done"
+    merge_out_dir(gpu, here)  # idempotent: no second copy of the invocation
+    assert len(json.loads((here / "manifest.json").read_text())["invocations"]) == 2
+    other = out_dir("other", {"n": 2}, {}, [])
+    with pytest.raises(SystemExit, match="different data"):
+        merge_out_dir(other, here)
