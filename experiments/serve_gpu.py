@@ -45,6 +45,7 @@ import math
 import os
 import platform
 import random
+import signal
 import statistics
 import sys
 import tempfile
@@ -310,6 +311,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--server-start-s", type=float, default=300.0)
     ap.add_argument("--timeout", type=float, default=300.0, help="per request")
     ap.add_argument("--out", default="experiments/results/serve_gpu")
+    ap.add_argument("--pid-file", default=None, help="write the server's pid here (for a driver's last-resort kill)")
     return ap.parse_args(argv)
 
 
@@ -320,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     t0 = time.monotonic()
+    # SIGTERM (e.g. from `timeout`) unwinds through the finally below: the server is stopped, the report written.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     deadline = t0 + args.budget_s - 5  # 5 s to write the report
 
     def left() -> float:
@@ -365,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args_serve = [*args.overrides, *([f"adapters.nli={adapter}"] if adapter else []), *serve_overrides]
         proc = start_server(port, args_serve, tmp / "server.log")  # loads while predict's models load here
+        if args.pid_file:
+            Path(args.pid_file).write_text(f"{proc.pid}\n")
         sides = {}
         for name in variants:
             cfg = predict_cfg(args.overrides, adapter, name == "merged", args, tmp / f"{name}.jsonl")
@@ -428,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"repeat {rep} {name:9s}: {r['examples_per_s']:.2f} examples/s, parse {r['parse_rate']:.3f}, "
                       f"wall {r['wall_s']:.1f}s; {left():.0f} s left", flush=True)
                 save()
-    except Exception as err:  # the report keeps what was measured; the error goes into it
+    except BaseException as err:  # the report keeps what was measured; the error goes into it
         note(f"stopped by {type(err).__name__}: {str(err)[:1500]}")
         raise
     finally:

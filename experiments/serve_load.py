@@ -14,6 +14,8 @@ Features
   ``--concurrency`` in flight; every request is accounted for (ok / failed / lost), latency percentiles and
   requests/s are recorded, plus the server's own /metrics (batch-size histogram).
 - Writes ``<out>.json`` (every run, the summary, machine and load average) and ``<out>.md`` (a table).
+- Its pieces (server start/stop, the client load, batch statistics, a random adapter) are shared with
+  ``experiments/serve_gpu.py`` (serve vs predict on a GPU).
 
 Limits
 - CPU numbers on a shared 2-core machine: the client runs on the same cores as the server; the ratio of the
