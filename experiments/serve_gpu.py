@@ -32,6 +32,8 @@ Limits
 - serve's batches hold at most ``--concurrency`` requests (the client's limit), predict's ``--predict-batch-size``
   rows: for a model this small the GPU is launch-bound and a wider batch is nearly free, so the ratio depends on
   both (the report states them).
+- On a shared CPU (smoke runs) set ``OMP_NUM_THREADS=1``: the server's and this process's torch threads otherwise
+  fight over the cores, and a run of a few pairs can take minutes.
 - Greedy outputs can differ between the two sides where batch composition (padding) changes the float rounding;
   the label agreement shows how often.
 """
@@ -389,9 +391,12 @@ def main(argv: list[str] | None = None) -> int:
                         min(args.timeout, timeout), pairs=batch, model=served_model, client=client, keep_answers=True)
             return asyncio.run(asyncio.wait_for(coro, timeout=timeout))
 
-        # warm-up (not recorded)
+        # warm-up (not timed; its failures are noted)
         if server_ok:
-            serve_run(warm, max(1.0, left()))
+            note(f"server {base} (pid {proc.pid}) up; warming up")
+            w = serve_run(warm, max(1.0, left()))
+            if w["failed"]:
+                note(f"serve warm-up: {w['failed']} of {len(warm)} failed, e.g. {w['failures'][:2]}")
         for side in sides.values():
             side.run(warm)
         note(f"warm-up done ({len(warm)} pairs a side); {left():.0f} s left")
@@ -418,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     after = httpx.get(f"{base}/metrics", timeout=10).json()
                     report["server_cuda"] = after.get("cuda")
+                    if r["failed"]:
+                        note(f"repeat {rep} serve: {r['failed']} failed, e.g. {r['failures'][:2]}; server queue "
+                             f"{after.get('queue_depth')}, batches {after.get('batches')}")
                     answers = serve_answers(r)
                     round_serve = answers
                     r |= batch_stats(before, after) | {"examples_per_s": r["requests_per_s"]}

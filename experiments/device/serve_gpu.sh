@@ -102,6 +102,7 @@ RC=$?
 if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
   log "server $(cat "$PIDFILE") still alive: killing it"; kill -9 "$(cat "$PIDFILE")" 2>/dev/null
 fi
+rm -f "$PIDFILE"
 log "bench exit $RC"
 grep -v "Loading weights\|FutureWarning\|warnings.warn\|UserWarning\|Plugin is incompatible\|Recommended to uninstall\|ModuleNotFoundError : No module named 'hydra_plugins\|Error importing 'hydra_plugins" \
   "$OUT/serve_gpu.log" | tail -n 40
