@@ -8,9 +8,10 @@
 # $SITE, SmolLM2 converted under .cache/models, its test sample and checkpoints under outputs/study/$PRESET. On a
 # cold machine the model is rebuilt if .gguf-parts (both) and .study-wheels are carried too (smollm2_env.sh).
 # Env:
-#   ADAPTER  a PEFT checkpoint folder; auto (default): the study's chosen human run's best checkpoint
-#            (lr_choice.json + status.json), else the base model; none: the base model
-#   PAIRS    JSONL (premise, hypothesis, id, label); default outputs/study/$PRESET/data/test.jsonl
+#   ADAPTER  a PEFT checkpoint folder; auto (default): the best checkpoint (status.json) of the study's chosen
+#            human run (lr_choice.json), else of human_s0, else of any run; the base model if none; none: the base
+#   PAIRS    JSONL (premise, hypothesis, id, label); default outputs/study/$PRESET/data/test.jsonl, or on a bare
+#            machine e-SNLI test from the carried study data (.study-data, or .study-dataxz unpacked)
 #   N (1024) pairs, CONC (256) requests in flight (= the server's max batch), REPEATS (3), MAX_TOKENS (160),
 #   PRED_BS (1024) predict's batch size, BUDGET (540) wall seconds for this script in all, EXTRA: more
 #   serve_gpu.py arguments (e.g. "--variants unmerged"), NLI_COT_COMMIT: the commit sent (for the report).
@@ -23,7 +24,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 REPO=$(cd "$(dirname "$0")/../.." && pwd); cd "$REPO"
 BUDGET=${BUDGET:-540}; PRESET=${PRESET:-review}; STUDY=outputs/study/$PRESET
 N=${N:-1024}; CONC=${CONC:-256}; REPEATS=${REPEATS:-3}; MAX_TOKENS=${MAX_TOKENS:-160}; PRED_BS=${PRED_BS:-1024}
-PAIRS=${PAIRS:-$STUDY/data/test.jsonl}; ADAPTER=${ADAPTER:-auto}
+PAIRS_GIVEN=${PAIRS:-}; PAIRS=${PAIRS:-$STUDY/data/test.jsonl}; ADAPTER=${ADAPTER:-auto}
 left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 log() { echo "[serve_gpu.sh $(( $(date +%s) - T0 ))s] $*"; }
 source "$REPO/experiments/device/smollm2_env.sh"   # $SITE, PYTHONPATH, .study-wheels, ready_model
@@ -69,14 +70,21 @@ if [ "$ADAPTER" = auto ]; then
   ADAPTER=$(timeout 30 python3 - "$STUDY" <<'PY'
 import json, pathlib, sys
 study = pathlib.Path(sys.argv[1])
-try:
-    run = json.loads((study / "lr_choice.json").read_text())["run"]
+def read(path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+runs = [read(study / "lr_choice.json").get("run"), "human_s0"] + sorted(p.name for p in study.glob("runs/*"))
+for run in [r for r in runs if r]:
     model = study / "runs" / run / "model"
-    best = json.loads((model / "status.json").read_text()).get("best", {}).get("checkpoint")
-    cands = [model / best] if best else []
-    cands += sorted(model.glob("checkpoint-*"), key=lambda p: -int(p.name.split("-")[-1]))
-    print(next(str(c) for c in cands if (c / "adapter_model.safetensors").is_file()))
-except (OSError, KeyError, ValueError, StopIteration, TypeError):
+    best = (read(model / "status.json").get("best") or {}).get("checkpoint")
+    cands = ([model / best] if best else []) + sorted(model.glob("checkpoint-*"), key=lambda p: -int(p.name.split("-")[-1]))
+    found = [c for c in cands if (c / "adapter_model.safetensors").is_file()]
+    if found:
+        print(found[0])
+        break
+else:
     print("none")
 PY
 )
@@ -86,6 +94,13 @@ ADAPTER_ARGS=()
 if [ -n "$ADAPTER" ] && [ "$ADAPTER" != none ]; then
   [ -f "$ADAPTER/adapter_model.safetensors" ] || { log "ERROR: no adapter_model.safetensors in $ADAPTER"; exit 2; }
   ADAPTER_ARGS=(--adapter "$ADAPTER")
+fi
+if [ ! -f "$PAIRS" ] && [ -z "${PAIRS_GIVEN:-}" ]; then  # a bare machine: the study's data copy, e-SNLI test
+  if [ ! -d .study-data ] && [ -f .study-dataxz/data.tar.xz ]; then
+    mkdir -p .study-data && timeout 120 sh -c 'xz -dc .study-dataxz/data.tar.xz | tar -C .study-data -xf -'
+  fi
+  [ -f .study-data/esnli/test.jsonl ] && log "no $PAIRS: using .study-data/esnli/test.jsonl" \
+    && PAIRS=.study-data/esnli/test.jsonl
 fi
 [ -f "$PAIRS" ] || { log "ERROR: no pairs file $PAIRS"; exit 2; }
 log "pairs $PAIRS ($(wc -l < "$PAIRS") rows), adapter ${ADAPTER:-none}"
