@@ -14,6 +14,8 @@ Features
   ``--concurrency`` in flight; every request is accounted for (ok / failed / lost), latency percentiles and
   requests/s are recorded, plus the server's own /metrics (batch-size histogram).
 - Writes ``<out>.json`` (every run, the summary, machine and load average) and ``<out>.md`` (a table).
+- Its pieces (server start/stop, the client load, batch statistics, a random adapter) are shared with
+  ``experiments/serve_gpu.py`` (serve vs predict on a GPU).
 
 Limits
 - CPU numbers on a shared 2-core machine: the client runs on the same cores as the server; the ratio of the
@@ -34,73 +36,126 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from nli_cot.serve import free_port, wait_healthy  # noqa: E402  (after the path: runs from a checkout)
+from nli_cot.serve import Metrics, free_port, wait_healthy  # noqa: E402  (after the path: runs from a checkout)
 
 
-def make_adapter(out: Path) -> Path:
-    """A LoRA on the tiny Mistral with random B matrices (a fresh LoRA is a no-op), saved as a PEFT folder."""
+def make_adapter(out: Path, model_overrides: list[str] | None = None) -> Path:
+    """A LoRA (``lora=default``) with random B matrices (a fresh LoRA is a no-op), saved as a PEFT folder; on the
+    tiny Mistral unless ``model_overrides`` (Hydra overrides, e.g. ``["model=smollm2_135m"]``) says otherwise."""
     from hydra import compose, initialize_config_dir
 
     import nli_cot.config  # noqa: F401  (schemas)
     from nli_cot.modeling import attach_lora, load_base_model, load_tokenizer, randomise_lora_b
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["model=tiny_mistral", "lora=default"])
+        cfg = compose(config_name="config", overrides=[*(model_overrides or ["model=tiny_mistral"]), "lora=default"])
     tok = load_tokenizer(cfg.model)
     model = attach_lora(load_base_model(cfg.model, tok, for_training=False), cfg.lora)
     randomise_lora_b(model, seed=0, scale=0.5).save_pretrained(str(out))
     return out
 
 
-def start_server(adapter: Path, port: int, overrides: list[str], log: Path) -> subprocess.Popen:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", PYTHONPATH=str(REPO),
-               TOKENIZERS_PARALLELISM="false")
-    args = [sys.executable, "-m", "nli_cot.serve", "model=tiny_mistral", f"adapters.nli={adapter}", f"port={port}",
-            "log_level=warning", *overrides]
+def start_server(port: int, overrides: list[str], log: Path) -> subprocess.Popen:
+    """``python -m nli_cot.serve <overrides> port=<port>`` in the background, its output into ``log``."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", PYTHONPATH=path, TOKENIZERS_PARALLELISM="false")
+    args = [sys.executable, "-m", "nli_cot.serve", *overrides, f"port={port}", "log_level=warning"]
     return subprocess.Popen(args, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
+def stop_servers(procs: list[subprocess.Popen], grace_s: float = 30) -> None:
+    """SIGTERM every server, then SIGKILL any still alive after ``grace_s``."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    pos = (len(s) - 1) * q / 100
-    lo, hi = int(pos), min(int(pos) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+percentile = Metrics.percentile
 
 
-async def load(base: str, n: int, concurrency: int, max_tokens: int, nli: bool, timeout: float) -> dict:
-    import openai
-
-    client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=timeout)
-    sem = asyncio.Semaphore(concurrency)
+def synthetic_pairs(n: int) -> list[dict]:
+    """``n`` short made-up NLI pairs (the CPU load test's requests)."""
     words = ["cat", "dog", "man", "woman", "child", "car", "tree", "house", "river", "city", "bench", "park"]
+    return [{"premise": f"A {words[i % 12]} is next to the {words[(i * 5 + 3) % 12]} number {i}.",
+             "hypothesis": f"There is a {words[(i * 7) % 12]}."} for i in range(n)]
+
+
+def chat_client(base: str, kind: str, timeout: float, concurrency: int) -> tuple[Any, Any]:
+    """``(call, close)``: ``await call(body)`` sends one /v1/chat/completions request and returns the first choice's
+    content and its ``nli`` field; ``kind`` is ``openai`` (the official AsyncOpenAI client) or ``httpx`` (a plain
+    POST of the same JSON body: no openai wheel needed)."""
+    if kind == "openai":
+        import openai
+
+        client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=timeout)
+
+        async def call(body: dict) -> tuple[str | None, dict | None]:
+            known = {k: body[k] for k in ("model", "messages", "max_tokens", "temperature")}
+            extra = {k: v for k, v in body.items() if k not in known}
+            r = await client.chat.completions.create(**known, extra_body=extra)
+            if not r.choices:
+                return None, None
+            return r.choices[0].message.content, (r.choices[0].model_extra or {}).get("nli")
+
+        return call, client.close
+    if kind != "httpx":
+        raise ValueError(f"client must be openai or httpx, got {kind!r}")
+    import httpx
+
+    client = httpx.AsyncClient(base_url=f"{base}/v1", timeout=timeout,
+                               limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency))
+
+    async def call(body: dict) -> tuple[str | None, dict | None]:
+        r = await client.post("/chat/completions", json=body)
+        if r.status_code >= 400:
+            raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
+        choices = r.json().get("choices") or [{}]
+        return (choices[0].get("message") or {}).get("content"), choices[0].get("nli")
+
+    return call, client.aclose
+
+
+async def load(base: str, n: int, concurrency: int, max_tokens: int, nli: bool, timeout: float, *,
+               pairs: list[dict] | None = None, model: str = "nli", client: str = "openai",
+               keep_answers: bool = False) -> dict:
+    """Send ``n`` NLI chat requests (``pairs``' premise/hypothesis, or made-up ones), at most ``concurrency`` in
+    flight, greedy; every request ends up ok, failed or lost. ``keep_answers``: the result's ``answers`` holds each
+    request's content and ``nli`` field (None when it failed)."""
+    pairs = pairs if pairs is not None else synthetic_pairs(n)
+    call, close = chat_client(base, client, timeout, concurrency)
+    sem = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
     failures: list[str] = []
+    answers: list[dict | None] = [None] * n
     parsed = 0
 
     async def one(i: int) -> None:
         nonlocal parsed
-        extra = {"premise": f"A {words[i % 12]} is next to the {words[(i * 5 + 3) % 12]} number {i}.",
-                 "hypothesis": f"There is a {words[(i * 7) % 12]}."}
+        body = {"model": model, "messages": [], "max_tokens": max_tokens, "temperature": 0,
+                "premise": pairs[i]["premise"], "hypothesis": pairs[i]["hypothesis"]}
         if nli:
-            extra["nli"] = True
+            body["nli"] = True
         async with sem:
             start = time.perf_counter()
             try:
-                r = await client.chat.completions.create(model="nli", messages=[], max_tokens=max_tokens,
-                                                         temperature=0, extra_body=extra)
+                content, nli_field = await call(body)
                 latencies.append(time.perf_counter() - start)
-                if not r.choices or r.choices[0].message.content is None:
+                answers[i] = {"content": content, "nli": nli_field}
+                if content is None:
                     failures.append(f"{i}: empty")
                 elif nli:
-                    json.loads(r.choices[0].message.content)
+                    json.loads(content)
                     parsed += 1
             except Exception as err:  # counted, never raised: the run must account for every request
                 failures.append(f"{i}: {type(err).__name__}: {str(err)[:200]}")
@@ -109,10 +164,10 @@ async def load(base: str, n: int, concurrency: int, max_tokens: int, nli: bool, 
     try:
         await asyncio.gather(*(one(i) for i in range(n)))
     finally:
-        await client.close()
+        await close()
     wall = time.perf_counter() - wall
     ok = len(latencies) - sum(1 for f in failures if f.endswith("empty"))
-    return {
+    result = {
         "requests": n,
         "ok": ok,
         "failed": len(failures),
@@ -124,6 +179,18 @@ async def load(base: str, n: int, concurrency: int, max_tokens: int, nli: bool, 
         "latency_s": {q: percentile(latencies, float(q[1:])) for q in ("p50", "p90", "p99")}
         | {"mean": statistics.fmean(latencies) if latencies else None, "max": max(latencies, default=None)},
     }
+    if keep_answers:
+        result["answers"] = answers
+    return result
+
+
+def batch_stats(before: dict, after: dict) -> dict:
+    """The server's batches between two /metrics snapshots: count, mean rows, rows histogram."""
+    hist = {k: v - before["batch_rows_histogram"].get(k, 0) for k, v in after["batch_rows_histogram"].items()}
+    batches = after["batches"] - before["batches"]
+    return {"server_batches": batches,
+            "server_mean_batch_rows": sum(int(k) * v for k, v in hist.items()) / max(batches, 1),
+            "server_batch_rows_histogram": {k: v for k, v in hist.items() if v}}
 
 
 def main() -> None:
@@ -154,7 +221,8 @@ def main() -> None:
         for mode, overrides in modes.items():
             port = free_port()
             bases[mode] = f"http://127.0.0.1:{port}"
-            procs[mode] = start_server(adapter, port, overrides, tmp / f"{mode}.log")
+            procs[mode] = start_server(port, ["model=tiny_mistral", f"adapters.nli={adapter}", *overrides],
+                                       tmp / f"{mode}.log")
         for mode in modes:
             wait_healthy(bases[mode], 180, procs[mode], poll_s=0.5)
             asyncio.run(load(bases[mode], 8, 8, args.max_tokens, args.nli, args.timeout))  # warm-up
@@ -165,26 +233,14 @@ def main() -> None:
                 result = asyncio.run(load(bases[mode], args.requests, args.concurrency, args.max_tokens, args.nli,
                                           args.timeout))
                 after = httpx.get(bases[mode] + "/metrics").json()
-                hist = {k: v - before["batch_rows_histogram"].get(k, 0)
-                        for k, v in after["batch_rows_histogram"].items()}
-                batches = after["batches"] - before["batches"]
-                result |= {"mode": mode, "repeat": rep, "load_avg_1m_at_start": load_avg,
-                           "server_batches": batches,
-                           "server_mean_batch_rows": sum(int(k) * v for k, v in hist.items()) / max(batches, 1),
-                           "server_batch_rows_histogram": {k: v for k, v in hist.items() if v}}
+                result |= {"mode": mode, "repeat": rep, "load_avg_1m_at_start": load_avg} | batch_stats(before, after)
                 runs.append(result)
                 print(f"{mode:8s} repeat {rep}: {result['requests_per_s']:.2f} req/s, p50 "
                       f"{result['latency_s']['p50']:.2f}s p99 {result['latency_s']['p99']:.2f}s, ok {result['ok']}"
                       f"/{args.requests}, failed {result['failed']}, lost {result['lost']}, mean batch "
                       f"{result['server_mean_batch_rows']:.1f}", flush=True)
     finally:
-        for proc in procs.values():
-            proc.terminate()
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_servers(list(procs.values()))
 
     ratios = [b["requests_per_s"] / s["requests_per_s"] for b, s in
               zip([r for r in runs if r["mode"] == "batched"], [r for r in runs if r["mode"] == "single"],

@@ -240,20 +240,26 @@ def run(cfg: Any) -> dict[str, Any]:
             log.info("all %d pairs already predicted in %s", len(pairs), cfg.output)
             return summary
         tokenizer, model = load_model(cfg)
-        from nli_cot.prompts import encode_prompt
-
-        encoded = [(p, encode_prompt(p.premise, p.hypothesis, cfg.prompt, tokenizer)) for p in todo]
-        if cfg.sort_by_length:
-            encoded.sort(key=lambda item: -len(item[1]))  # longest first: an OOM shows up at once
-        batches = [encoded[i : i + cfg.batch_size] for i in range(0, len(encoded), cfg.batch_size)]
-        if cfg.max_batches is not None:
-            batches = batches[: cfg.max_batches]
-        summary.update(_predict_batches(batches, model, tokenizer, writer, cfg, chash))
+        batches = plan_batches(todo, tokenizer, cfg)
+        summary.update(predict_batches(batches, model, tokenizer, writer, cfg, chash))
     _write_summary(cfg.output, summary)
     return summary
 
 
-def _predict_batches(
+def plan_batches(pairs: list[Pair], tokenizer: Any, cfg: Any) -> list[list[tuple[Pair, list[int]]]]:
+    """The pairs' prompts (token ids) in batches of ``cfg.batch_size``, longest first when ``sort_by_length``."""
+    from nli_cot.prompts import encode_prompt
+
+    encoded = [(p, encode_prompt(p.premise, p.hypothesis, cfg.prompt, tokenizer)) for p in pairs]
+    if cfg.sort_by_length:
+        encoded.sort(key=lambda item: -len(item[1]))  # longest first: an OOM shows up at once
+    batches = [encoded[i : i + cfg.batch_size] for i in range(0, len(encoded), cfg.batch_size)]
+    if cfg.max_batches is not None:
+        batches = batches[: cfg.max_batches]
+    return batches
+
+
+def predict_batches(
     batches: list, model: Any, tokenizer: Any, writer: RecordWriter, cfg: Any, chash: str
 ) -> dict:
     from tqdm import tqdm

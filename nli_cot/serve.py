@@ -11,7 +11,8 @@
 
 Features
 - Endpoints: ``/v1/models``, ``/v1/chat/completions``, ``/v1/completions`` (OpenAI request/response layout),
-  ``/health`` and ``/metrics`` (request counts by status, latency p50/p90/p99 over the last requests, batches).
+  ``/health`` and ``/metrics`` (request counts by status, latency p50/p90/p99 over the last requests, batches,
+  the GPU's peak memory).
 - Models: the base model (``base_name``, the model's name by default) and every ``adapters.<name>=<dir>`` (a PEFT
   folder, e.g. a ``checkpoint-<step>`` of a run), loaded once onto one base through ``nli_cot.modeling``; the
   request's ``model`` picks one (PEFT ``set_adapter``, or ``disable_adapter`` for the base).
@@ -460,7 +461,16 @@ class Metrics:
                 "batch_rows_histogram": {str(k): v for k, v in sorted(self.batch_rows.items())},
                 "generated_tokens": self.generated_tokens,
                 "queue_depth": queue_depth,
+                "cuda": cuda_memory(),
             }
+
+
+def cuda_memory() -> dict[str, Any] | None:
+    """This process's GPU and its peak memory (torch's allocator) since start; None without CUDA."""
+    if not torch.cuda.is_available():
+        return None
+    return {"device": torch.cuda.get_device_name(), "max_memory_reserved_bytes": torch.cuda.max_memory_reserved(),
+            "max_memory_allocated_bytes": torch.cuda.max_memory_allocated()}
 
 
 class MetricsMiddleware:
