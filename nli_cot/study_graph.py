@@ -244,9 +244,10 @@ class StudyGraph:
     def predict_cmd(self, mid: str, condition: str) -> list[str]:
         c, p = self.cfg, self.cfg["predict"]
         max_new = p.get("zero_shot_max_new_tokens") if condition in ZERO_SHOT else None
+        batch = (p.get("zero_shot_batch_size") if condition in ZERO_SHOT else None) or p["batch_size"]
         args = [f"model={c['base_model']}", f"prompt={c['prompt_name']}", "pairs=esnli", "pairs.name=study_test",
                 f"pairs.path={self.test_file(condition)}", "pairs.extra_fields=[]", f"output={self.predictions(mid)}",
-                f"run_name={mid}", f"batch_size={p['batch_size']}",
+                f"run_name={mid}", f"batch_size={batch}",
                 f"decoding.max_new_tokens={max_new or p['max_new_tokens']}",
                 f"decoding.label_probs={str(bool(p.get('label_probs'))).lower()}",
                 f"model.dtype={p['dtype']}", "progress=false", self._hydra_dir(f"predict_{mid}")]

@@ -141,6 +141,7 @@ def test_review_graph_has_every_condition_with_its_data_and_scoring(tmp_path):
     zs = " ".join(g.predict_cmd("zero_shot_constrained", "zero_shot_constrained"))
     assert "decoding.constrained=true" in zs and "decoding.max_new_tokens=512" in zs and "data/test.jsonl" in zs
     assert "decoding.label_probs=true" in zs
+    assert "batch_size=256" in zs and f"batch_size={cfg['predict']['batch_size']}" not in zs  # zero_shot_batch_size
     assert "data/test_full.jsonl" in " ".join(g.test_file("label_only_all").parts[-2:]).replace(" ", "/")
     assert g.pairs_for_teacher().name == "teacher_pairs.jsonl"
     ce = " ".join(g.baseline_cmd("cross_encoder", "cross_encoder_s0", 0))
