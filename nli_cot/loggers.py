@@ -21,6 +21,35 @@ from pytorch_lightning.loggers.logger import rank_zero_experiment
 
 log = logging.getLogger(__name__)
 
+# Third-party lines every run printed that say nothing about this run (each checked against what it hides):
+_QUIET_WARNINGS = (
+    r".*module\(s\) in eval mode.*",            # Lightning's mode check; NliCotModule.on_fit_start trains everything
+    r".*smaller than the logging interval.*",      # short runs log at their end anyway (ProgressLog, status.json)
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # Lightning's own use of torch's pytree API
+    r".*`is_gradient_checkpointing` is deprecated.*",         # PEFT's call into transformers
+)
+_QUIET_LOG_PREFIXES = ("\N{ELECTRIC LIGHT BULB} Tip:", "`weights_only` was not set")  # Lightning's ads; our own
+#                                                                        checkpoints are loaded with weights_only=False
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_QUIET_LOG_PREFIXES)
+
+
+def quiet_third_party() -> None:
+    """Silence the library lines listed above (idempotent); everything else, warnings included, still shows."""
+    import warnings
+
+    for pattern in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
+                 "pytorch_lightning.trainer.connectors.checkpoint_connector",
+                 "lightning.pytorch.trainer.connectors.checkpoint_connector"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
+
 
 class _AppendingWriter(ExperimentWriter):
     def __init__(self, log_dir: str) -> None:

@@ -73,6 +73,13 @@ class NliCotModule(pl.LightningModule):
         self._step_started: float | None = None
         self._step_loss_sum, self._step_batches = 0.0, 0
 
+    def on_fit_start(self) -> None:
+        # from_pretrained returns the base in eval mode and Lightning keeps each module's mode as it finds it; in eval
+        # mode transformers' decoder layers skip gradient checkpointing (they check `self.training`), silently, so
+        # `trainer.gradient_checkpointing=true` (Abl0.1) recomputed nothing. The card's HF Trainer puts the whole
+        # model in train mode; so do we. Nothing else changes: these bases have no dropout outside the LoRA layers.
+        self.model.train()
+
     def forward(self, **batch: torch.Tensor):
         return self.model(**batch)
 

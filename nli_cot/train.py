@@ -251,6 +251,8 @@ class TrainRecipe:
             num_sanity_val_steps=0,
             enable_progress_bar=sys.stderr.isatty(),  # redirected: ProgressLog's lines instead of carriage returns
             enable_checkpointing=False,  # PeftCheckpoint writes adapter folders instead of full model dumps
+            enable_model_summary=False,  # the trainable-parameter count is logged above; the table's per-module
+            #                              modes are read before on_fit_start sets them
             logger=loggers,
             callbacks=callbacks,
             default_root_dir=str(self.run_dir),
@@ -319,8 +321,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Validate, set up, train, clean up; returns the final summary (also written to status.json)."""
+    from nli_cot.loggers import quiet_third_party
+
     _absolute_paths(cfg)
     validate(cfg)
+    quiet_third_party()
     recipe = TrainRecipe(cfg)
     _write_status(recipe.run_dir, "running")
     try:

@@ -6,12 +6,22 @@ loaded only when the sweeper is used.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
-from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+# Without hydra-optuna-sweeper (e.g. the GPU machine's bare python) there is nothing to register: define no plugin
+# rather than make Hydra print an import warning at every start-up of every app.
+if importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None:
+    from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+else:  # pragma: no cover - exercised only where the plugin is missing
+    OptunaSweeper = None
 
 
-class ResumableOptunaSweeper(OptunaSweeper):
+class _Unavailable:
+    """Stands in for OptunaSweeper when it is not installed (never registered: not a Hydra Plugin)."""
+
+
+class ResumableOptunaSweeper(OptunaSweeper or _Unavailable):  # type: ignore[misc]
     """Hydra's OptunaSweeper (same config) that continues a stored study up to ``n_trials``."""
 
     def __init__(self, sampler: Any, direction: Any, storage: Any, study_name: str | None, n_trials: int,
