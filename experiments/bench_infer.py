@@ -103,7 +103,7 @@ def load_rows(tok, n: int):
 def decoding_cfg(**over):
     from omegaconf import OmegaConf
 
-    from nli_cot.predict import DecodingConfig
+    from nli_cot.generation import DecodingConfig
 
     cfg = OmegaConf.structured(DecodingConfig)
     for k, v in over.items():

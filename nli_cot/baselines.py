@@ -57,9 +57,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from nli_cot import metrics as M
-from nli_cot.evaluate import _nan_to_none, atomic_write_text
 from nli_cot.pairs import Pair, PairsConfig, PairsError, load_pairs
-from nli_cot.records import RecordFileError
+from nli_cot.records import RecordFileError, atomic_write_text, nan_to_none
 
 log = logging.getLogger(__name__)
 EXIT_BAD_INPUT = 2
@@ -656,7 +655,7 @@ def _run(cfg: Any, output: Path) -> dict[str, Any]:
         "predict_seconds": predict_seconds,
         "config": OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else None,
     }
-    atomic_write_text(Path(f"{output}.summary.json"), json.dumps(_nan_to_none(summary), indent=2) + "\n")
+    atomic_write_text(Path(f"{output}.summary.json"), json.dumps(nan_to_none(summary), indent=2) + "\n")
     for name, m in test_metrics.items():
         log.info(
             "test %s (n=%d): accuracy %.4f, balanced accuracy %.4f, AUC %.4f",

@@ -15,7 +15,6 @@ Rotation keeps the newest ``save_total_limit`` folders and always the best one.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -25,16 +24,12 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping
 
+from nli_cot.records import write_json_atomic
+
 STATE_FILE = "training_state.ckpt"
 TRAINER_STATE = "trainer_state.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def is_complete(folder: Path) -> bool:

@@ -30,9 +30,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from nli_cot.evaluate import atomic_savefig, atomic_write_text
 from nli_cot.metrics import mcnemar
-from nli_cot.records import RecordFileError, read_records
+from nli_cot.records import RecordFileError, atomic_savefig, atomic_write_text, read_records
 from nli_cot.stats import holm  # the one Holm implementation (None and NaN pass through)
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "compare.yaml"

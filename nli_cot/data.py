@@ -17,7 +17,6 @@ Features
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -33,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from nli_cot.fastpath import fused_grad_scale, loss_positions, micro_batch_loss_weights, packed_boundaries
 from nli_cot.loss_weights import completion_token_weights, loss_position_weights, weighting_on
+from nli_cot.pairs import id_hash
 from nli_cot.prompts import completion_text, encode_example
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,7 @@ def read_sft_records(path: str) -> list[dict]:
 
 def in_dev_split(example_id: Any, fraction: float, salt: int) -> bool:
     """Deterministic dev membership from a hash of the id: independent of file order and size."""
-    digest = hashlib.sha256(f"{salt}:{example_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+    return id_hash(example_id, salt) < fraction
 
 
 @dataclass

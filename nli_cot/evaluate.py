@@ -39,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nli_cot import metrics as M
 from nli_cot.parsing import STRICT_RULE, parse_output
-from nli_cot.records import RecordFileError, read_records
+from nli_cot.records import RecordFileError, atomic_savefig, atomic_write_text, nan_to_none, read_records
 
 log = logging.getLogger(__name__)
 
@@ -114,17 +114,6 @@ def make_tokenizer(name: str | None, cache_dir: str) -> tuple[Tokenize, str]:
 
 
 # ---------------------------------------------------------------- metrics
-
-
-def _nan_to_none(value: Any) -> Any:
-    """JSON has no NaN: write null."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_nan_to_none(v) for v in value]
-    return value
 
 
 def _quartiles_of(records: Sequence[dict], field: str) -> dict[str, float] | None:
@@ -241,18 +230,6 @@ def compute_metrics(
 
 
 # ---------------------------------------------------------------- outputs
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def atomic_savefig(fig: Any, path: Path, dpi: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    os.replace(tmp, path)
 
 
 def _pct(x: float | None) -> str:
@@ -476,7 +453,7 @@ def run(cfg: Any) -> dict[str, Any]:
         **metrics,
         "config": OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg),
     }
-    metrics = _nan_to_none(metrics)
+    metrics = nan_to_none(metrics)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(

@@ -50,7 +50,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from nli_cot.checkpoints import STATE_FILE, TRAINER_STATE, is_complete, list_checkpoints
-from nli_cot.evaluate import atomic_savefig, atomic_write_text
+from nli_cot.records import atomic_savefig, atomic_write_text
 
 log = logging.getLogger(__name__)
 EXIT_BAD_INPUT = 2

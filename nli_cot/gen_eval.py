@@ -21,7 +21,6 @@ Limits
 from __future__ import annotations
 
 import logging
-from types import SimpleNamespace
 from typing import Any
 
 import pytorch_lightning as pl
@@ -109,18 +108,10 @@ class GenerationEval(pl.Callback):
         self.batch_size = batch_size
         self.prompts = [encode_prompt(r["premise"], r["hypothesis"], prompt_cfg, tokenizer) for r in records]
         self.gold = [int(r["label"]) for r in records]
-        # generation.generate_batch reads its decoding settings from a config-like object: greedy, unconstrained.
-        self.decoding = SimpleNamespace(
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            temperature=1.0,
-            top_p=1.0,
-            top_k=0,
-            repetition_penalty=1.0,
-            stop_at_json_close=stop_at_json_close,
-            constrained=False,
-            label_probs=False,
-        )
+        # greedy, unconstrained: DecodingConfig's defaults
+        from nli_cot.generation import DecodingConfig
+
+        self.decoding = DecodingConfig(max_new_tokens=max_new_tokens, stop_at_json_close=stop_at_json_close)
         self.last: dict[str, float] = {}
         self.last_texts: list[str] = []
 

@@ -47,6 +47,30 @@ from nli_cot.parsing import ParseResult
 # --------------------------------------------------------------------------------------------- vocabulary
 
 
+# The decoding settings every decoder reads (predict, serve, gen_eval): one schema, the `decoding` node of
+# predict.yaml and serve.yaml.
+@dataclass
+class JsonFrameConfig:
+    open: str = '{"thought_process": "'
+    middle: str = '", "predicted_label": '
+    close: str = "}"
+
+
+@dataclass
+class DecodingConfig:
+    max_new_tokens: int = 512
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    stop_at_json_close: bool = True
+    constrained: bool = False
+    label_probs: bool = False
+    self_consistency: int = 1  # k > 1: k sampled answers per pair and a majority vote
+    json_frame: JsonFrameConfig = field(default_factory=JsonFrameConfig)
+
+
 class VocabIndex:
     """The text every token id contributes to a decoded string, and indexes over it (built once per tokenizer).
 

@@ -36,7 +36,7 @@ _SQLITE = "sqlite:///"
 
 
 def _mark_job_interrupted(sweep_dir: Path, number: int) -> None:
-    from nli_cot.checkpoints import write_json_atomic
+    from nli_cot.records import write_json_atomic
 
     for status_file in (sweep_dir / str(number)).glob("*/status.json"):
         try:

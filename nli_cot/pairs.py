@@ -33,6 +33,7 @@ Limits
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import re
@@ -44,6 +45,13 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING, OmegaConf
+
+
+def id_hash(example_id: Any, salt: int) -> float:
+    """Uniform [0, 1) from a salted SHA-256 of a pair id: the train/dev split of every stage (sft's sets,
+    training's ``dataset.eval_fraction``) depends on the id alone, not on file order or size."""
+    digest = hashlib.sha256(f"{salt}:{example_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 class PairsError(ValueError):

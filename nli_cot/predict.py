@@ -47,11 +47,16 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from nli_cot.config import ModelConfig, PromptConfig
 from nli_cot.config import register_configs as register_model_configs
-from nli_cot.evaluate import atomic_write_text
-from nli_cot.generation import Generation, frame_grammar, generate_batch, majority_vote
+from nli_cot.generation import (
+    DecodingConfig,
+    Generation,
+    frame_grammar,
+    generate_batch,
+    majority_vote,
+)
 from nli_cot.pairs import Pair, PairsConfig, PairsError, load_pairs
 from nli_cot.parsing import parse_output
-from nli_cot.records import RecordFileError, RecordWriter, read_records
+from nli_cot.records import RecordFileError, RecordWriter, read_records, write_json_atomic
 
 log = logging.getLogger(__name__)
 EXIT_BAD_INPUT = 2
@@ -66,28 +71,6 @@ class AdapterConfig:
     path: str | None = None  # PEFT folder or hub repo; None: the base model alone
     subfolder: str | None = None  # e.g. Mistral_Thinking_Abl1/checkpoint-1250 (the card's layout)
     merge: bool = False
-
-
-@dataclass
-class JsonFrameConfig:
-    open: str = '{"thought_process": "'
-    middle: str = '", "predicted_label": '
-    close: str = "}"
-
-
-@dataclass
-class DecodingConfig:
-    max_new_tokens: int = 512
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    stop_at_json_close: bool = True
-    constrained: bool = False
-    label_probs: bool = False
-    self_consistency: int = 1  # k > 1: k sampled answers per pair and a majority vote
-    json_frame: JsonFrameConfig = field(default_factory=JsonFrameConfig)
 
 
 @dataclass
@@ -311,8 +294,7 @@ def predict_batches(
 
 def _write_summary(output: str, summary: dict[str, Any]) -> None:
     path = Path(f"{output}.summary.json")
-    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}
-    atomic_write_text(path, json.dumps(clean, indent=2) + "\n")
+    write_json_atomic(path, summary)
     log.info(
         "%d predicted (%d already done): %.2f examples/s, %.0f generated tokens/s, parse failures %.1f%% -> %s",
         summary["done"],

@@ -16,15 +16,60 @@ Limits
 - ids are compared as stored (a record with id ``1`` and one with ``"1"`` are different ids); stages in this
   project always write string ids.
 - The lock is advisory and POSIX-only; it guards against a second run, not against other writers.
+
+Whole-file writes live here too (``atomic_write_text``, ``write_json_atomic``, ``atomic_savefig``): a temporary
+sibling, fsynced, then renamed over the target, so a reader sees the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 from pathlib import Path
 from typing import Any
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` through a fsynced temporary sibling and a rename (the parent folder is created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def nan_to_none(value: Any) -> Any:
+    """JSON has no NaN: null instead, in nested dicts and lists too."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [nan_to_none(v) for v in value]
+    return value
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
+    """``data`` as indented JSON (NaN as null, unknown types as strings), written atomically."""
+    atomic_write_text(path, json.dumps(nan_to_none(data), indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def write_jsonl_atomic(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> None:
+    """A whole JSON-lines file (one object per line), written atomically; for appends use ``RecordWriter``."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def atomic_savefig(fig: Any, path: str | os.PathLike[str], dpi: int | None = None) -> None:
+    """A matplotlib figure saved as PNG through a temporary sibling and a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    os.replace(tmp, path)
 
 
 class RecordFileError(ValueError):

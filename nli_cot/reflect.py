@@ -37,9 +37,7 @@ from omegaconf import MISSING, DictConfig
 from nli_cot.checks import check_config
 from nli_cot.parsing import OBJECT_RULES, parse_output
 from nli_cot.records import RecordWriter, read_records
-from nli_cot.teacher_prompts import ReflectPromptConfig, prompt_hash, reflection_messages
-from nli_cot.teachers import Reply, TeacherConfig, make_teacher, provenance, teacher_id
-from nli_cot.thoughts import (
+from nli_cot.stage_runner import (
     RunCounts,
     StageError,
     check_not_mixed,
@@ -47,10 +45,12 @@ from nli_cot.thoughts import (
     guarded,
     pct,
     print_table,
-    register_configs,
+    register_shared_configs,
     run_teacher,
     write_summary,
 )
+from nli_cot.teacher_prompts import ReflectPromptConfig, prompt_hash, reflection_messages
+from nli_cot.teachers import Reply, TeacherConfig, make_teacher, provenance, teacher_id
 
 SELECT_MODES = ("wrong", "unparsed", "wrong_or_unparsed")
 
@@ -265,7 +265,7 @@ def import_source_reflections(path: str, id_prefix: str = "original-sample-") ->
     In those files ``predicted_label`` is the reflected label and ``thought_process`` the first attempt;
     the first attempt's label is not stored there (it is in the thoughts file), so ``initial_label`` is None.
     """
-    from nli_cot.thoughts import source_lines
+    from nli_cot.stage_runner import source_lines
 
     out = []
     for line_no, src in source_lines(
@@ -304,7 +304,7 @@ def import_source_reflections(path: str, id_prefix: str = "original-sample-") ->
 
 
 def _store() -> None:
-    register_configs()
+    register_shared_configs()
     ConfigStore.instance().store(name="reflect_schema", node=ReflectConfig)
 
 

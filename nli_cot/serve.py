@@ -78,9 +78,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nli_cot.config import ModelConfig, PromptConfig
 from nli_cot.config import register_configs as register_model_configs
-from nli_cot.generation import BatchResult, Generation, frame_grammar, generate_batch
+from nli_cot.generation import BatchResult, DecodingConfig, Generation, frame_grammar, generate_batch
 from nli_cot.parsing import parse_output
-from nli_cot.predict import DecodingConfig
 
 log = logging.getLogger(__name__)
 EXIT_BAD_INPUT = 2

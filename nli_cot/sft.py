@@ -17,7 +17,7 @@ Features
 - Token budget: every example is rendered with ``nli_cot.prompts.encode_example`` (the training renderer) and
   the real tokenizer (``nli_cot.modeling.load_tokenizer``); longer than ``max_tokens`` -> dropped and
   counted, never truncated. Dropped examples are listed in ``dropped.jsonl`` with the reason.
-- Deterministic train/dev split by a salted hash of the id (the same function as training's ``in_dev_split``).
+- Deterministic train/dev split by a salted hash of the id (``nli_cot.pairs.id_hash``, as training's split).
 - Writes ``train.jsonl``, ``dev.jsonl``, ``dropped.jsonl``, ``stats.json`` (counts per source and split, label
   balance, token-length quartiles) and ``lengths.png`` (token-length histogram, matplotlib Agg), each
   atomically (temp file + rename): the stage is a pure function of its inputs, so a killed run leaves the
@@ -32,9 +32,7 @@ Limits
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import statistics
 import sys
@@ -49,9 +47,15 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from nli_cot.checks import ConfigCheckError, check_config
 from nli_cot.config import ModelConfig, PromptConfig
-from nli_cot.pairs import PairColumns, PairsConfig, PairsError, load_pairs
-from nli_cot.records import RecordFileError, read_records
-from nli_cot.thoughts import StageError, print_table, register_configs
+from nli_cot.pairs import PairColumns, PairsConfig, PairsError, id_hash, load_pairs
+from nli_cot.records import (
+    RecordFileError,
+    atomic_savefig,
+    atomic_write_text,
+    read_records,
+    write_jsonl_atomic,
+)
+from nli_cot.stage_runner import StageError, print_table, register_shared_configs
 
 EXIT_BAD_INPUT = 2
 SOURCE_KINDS = ("correct", "reflected", "human", "sft")
@@ -129,12 +133,6 @@ class SourceReport:
     read: int = 0
     kept: int = 0
     rejected: Counter = field(default_factory=Counter)
-
-
-def id_hash(example_id: Any, salt: int) -> float:
-    """Uniform [0, 1) from a salted SHA-256 of the id; the same function as nli_cot.data.in_dev_split."""
-    digest = hashlib.sha256(f"{salt}:{example_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def _require(path: str, i: int, rec: dict[str, Any], names: tuple[str, ...]) -> None:
@@ -352,19 +350,6 @@ def quartiles(values: list[int]) -> dict[str, float]:
     }
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _jsonl(records: list[dict[str, Any]]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-
-
 def plot_lengths(path: Path, lengths: dict[str, list[int]], budget: int, title: str) -> None:
     """Histogram of token lengths per source with the budget marked."""
     import matplotlib
@@ -386,10 +371,8 @@ def plot_lengths(path: Path, lengths: dict[str, list[int]], budget: int, title: 
     ax.set_ylabel("examples")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
+    atomic_savefig(fig, path)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _plain(node: Any) -> Any:
@@ -446,9 +429,9 @@ def run(cfg: Any, tokenizer: Any = None) -> dict[str, Any]:
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "train.jsonl", _jsonl([c.record() for c, _ in train]))
-    _atomic_write(out / "dev.jsonl", _jsonl([c.record() for c, _ in dev]))
-    _atomic_write(out / "dropped.jsonl", _jsonl(dropped))
+    write_jsonl_atomic(out / "train.jsonl", [c.record() for c, _ in train])
+    write_jsonl_atomic(out / "dev.jsonl", [c.record() for c, _ in dev])
+    write_jsonl_atomic(out / "dropped.jsonl", dropped)
 
     def split_stats(rows: list[tuple[Candidate, int]]) -> dict[str, Any]:
         labels = Counter(c.label for c, _ in rows)
@@ -494,7 +477,7 @@ def run(cfg: Any, tokenizer: Any = None) -> dict[str, Any]:
         "tokens_per_source": {k: quartiles(v) for k, v in sorted(by_source.items())},
         "thought_words": quartiles([len((c.thought_process or "").split()) for c, _ in kept]),
     }
-    _atomic_write(out / "stats.json", json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out / "stats.json", json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
     if cfg.plot:
         plot_lengths(
             out / "lengths.png",
@@ -535,7 +518,7 @@ def print_sft_summary(s: dict[str, Any]) -> None:
 
 
 def _store() -> None:
-    register_configs()
+    register_shared_configs()
     cs = ConfigStore.instance()
     cs.store(name="sft_schema", node=SftConfig)
     cs.store(group="sft_strategy", name="sft_strategy_schema", node=SftStrategyConfig)

@@ -46,8 +46,9 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from nli_cot.records import write_json_atomic
 from nli_cot.study_graph import StudyGraph
-from nli_cot.study_scheduler import Scheduler, write_json_atomic
+from nli_cot.study_scheduler import Scheduler
 
 FINGERPRINTED = ("base_model", "model_tokenizer", "prompt_name", "data", "train", "predict", "teachers", "evaluate",
                 "baselines")

@@ -24,6 +24,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from nli_cot.records import write_jsonl_atomic
+
 # set name -> (file under data_root, id prefix the predictions keep)
 TEST_SETS: dict[str, str] = {
     "esnli_test": "esnli/test.jsonl",
@@ -62,13 +64,6 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _write(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(path)
-
-
 def norm_sentence(text: str) -> str:
     """The form two sentences are compared in by the leak check: lower-cased letters and digits only."""
     return _NON_ALNUM.sub("", str(text).lower())
@@ -96,16 +91,18 @@ def write_label_set(out_dir: Path, name: str, rows: list[dict[str, Any]], dev_fr
     """A label-only SFT set (``train.jsonl``, ``dev.jsonl``, ``stats.json`` as the SFT stage writes them) from pairs:
     training reads it with ``dataset.label_only=true``, so no thought is needed. The dev split uses the SFT stage's
     hash, so a pair of e-SNLI dev is in the same split here as in the human set."""
-    from nli_cot.sft import id_hash  # the SFT stage's split: an e-SNLI pair lands in the same split as there
+    from nli_cot.pairs import (
+        id_hash as split_hash,  # sft's split: an e-SNLI pair lands in the same split as there
+    )
 
     d = out_dir / name
     slim = [{"id": str(r["id"]), "premise": r["premise"], "hypothesis": r["hypothesis"], "label": int(r["label"]),
              "source": r.get("source", "esnli")} for r in rows]
-    dev = [r for r in slim if id_hash(r["id"], split_seed) < dev_fraction]
+    dev = [r for r in slim if split_hash(r["id"], split_seed) < dev_fraction]
     dev_ids = {r["id"] for r in dev}
     train = [r for r in slim if r["id"] not in dev_ids]
-    _write(d / "train.jsonl", train)
-    _write(d / "dev.jsonl", dev)
+    write_jsonl_atomic(d / "train.jsonl", train)
+    write_jsonl_atomic(d / "dev.jsonl", dev)
     stats = {"name": name, "label_only": True, "dev_fraction": dev_fraction, "split_seed": split_seed,
              "train": {"count": len(train), "share_label_1": round(sum(r["label"] for r in train) / max(1, len(train)), 4)},
              "dev": {"count": len(dev), "share_label_1": round(sum(r["label"] for r in dev) / max(1, len(dev)), 4)},
@@ -156,7 +153,7 @@ def prepare(data_root: str, out_dir: Path, n_train: int | None, n_test: dict[str
 
     src = root / TRAIN_SOURCE
     train = select(keep("train", _labelled(_read(src))), n_train, salt)
-    _write(out_dir / "train_pairs.jsonl", train)
+    write_jsonl_atomic(out_dir / "train_pairs.jsonl", train)
     manifest["sources"][TRAIN_SOURCE] = _sha(src)
     manifest["train"].update({"file": "train_pairs.jsonl", "n": len(train),
                               "share_label_1": round(sum(r["label"] for r in train) / max(1, len(train)), 4),
@@ -167,8 +164,8 @@ def prepare(data_root: str, out_dir: Path, n_train: int | None, n_test: dict[str
         for rel in pool_files:
             manifest["sources"][rel] = _sha(root / rel)
         teacher = select(pool, n_teacher, salt)
-        _write(out_dir / "pool_pairs.jsonl", pool)
-        _write(out_dir / "teacher_pairs.jsonl", teacher)
+        write_jsonl_atomic(out_dir / "pool_pairs.jsonl", pool)
+        write_jsonl_atomic(out_dir / "teacher_pairs.jsonl", teacher)
         manifest["pool"].update({"file": "pool_pairs.jsonl", "n": len(pool), "files": list(pool_files)})
         manifest["teacher"] = {"file": "teacher_pairs.jsonl", "n": len(teacher),
                                "share_label_1": round(sum(r["label"] for r in teacher) / max(1, len(teacher)), 4)}
@@ -178,14 +175,14 @@ def prepare(data_root: str, out_dir: Path, n_train: int | None, n_test: dict[str
     for name in TEST_SETS:
         rows = [r for r in full if r["set"] == name]
         picked = select(rows, n_test.get(name), salt)
-        _write(out_dir / f"test_{name}.jsonl", picked)
+        write_jsonl_atomic(out_dir / f"test_{name}.jsonl", picked)
         sample += picked
         manifest["sets"][name] = {"file": f"test_{name}.jsonl", "source": TEST_SETS[name], "n": len(picked),
                                   "n_full": len(rows),
                                   "share_label_1": round(sum(r["label"] for r in picked) / max(1, len(picked)), 4),
                                   "sha256": _sha(out_dir / f"test_{name}.jsonl")}
-    _write(out_dir / "test.jsonl", sample)
-    _write(out_dir / "test_full.jsonl", full)
+    write_jsonl_atomic(out_dir / "test.jsonl", sample)
+    write_jsonl_atomic(out_dir / "test_full.jsonl", full)
     manifest["test_file"] = {"file": "test.jsonl", "n": len(sample), "sha256": _sha(out_dir / "test.jsonl")}
     manifest["test_full_file"] = {"file": "test_full.jsonl", "n": len(full), "sha256": _sha(out_dir / "test_full.jsonl")}
     parts = {"train": train, "pool": pool, "teacher": teacher}

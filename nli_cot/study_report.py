@@ -895,7 +895,7 @@ def render(r: dict[str, Any], reading: str, plots: list[str]) -> str:
 
 def write_report(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, str]:
     """Write ``<results_dir>/<report_name>.md``, ``.json`` and ``<report_name>/*.png``; return their paths."""
-    from nli_cot.study_scheduler import write_json_atomic
+    from nli_cot.records import write_json_atomic
 
     results = Path(cfg["results_dir"])
     name = cfg["report_name"]

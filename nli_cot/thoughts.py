@@ -27,36 +27,39 @@ Limits
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from nli_cot.checks import ConfigCheckError, check_config
-from nli_cot.pairs import PairsConfig, PairsError, load_pairs
+from nli_cot.checks import check_config
+from nli_cot.pairs import PairsConfig, load_pairs
 from nli_cot.parsing import parse_output
-from nli_cot.records import RecordFileError, RecordWriter, read_records
+from nli_cot.records import RecordWriter, read_records
+from nli_cot.stage_runner import (
+    RunCounts,
+    StageError,
+    check_not_mixed,
+    cost,
+    fmt_int,
+    guarded,
+    pct,
+    print_table,
+    register_shared_configs,
+    run_teacher,
+    source_lines,
+    write_summary,
+)
 from nli_cot.teacher_prompts import (
-    ReflectPromptConfig,
     TeacherPromptConfig,
     prompt_hash,
     teacher_messages,
 )
-from nli_cot.teachers import Messages, Reply, TeacherConfig, TeacherFatalError, make_teacher, provenance
-
-EXIT_BAD_INPUT = 2
-EXIT_INCOMPLETE = 3
-
-
-class StageError(RuntimeError):
-    """A user-facing problem with a stage's inputs or outputs (one line, no traceback)."""
+from nli_cot.teachers import Reply, TeacherConfig, make_teacher, provenance
 
 
 @dataclass
@@ -71,123 +74,9 @@ class ThoughtsConfig:
 
 
 def register_configs() -> None:
-    """Schemas of this stage and the groups it shares with reflect (idempotent)."""
-    from nli_cot.config import register_configs as register_training_configs
-
-    register_training_configs()  # the `model` and `prompt` groups that teachers and sft reuse
-    cs = ConfigStore.instance()
-    cs.store(name="thoughts_schema", node=ThoughtsConfig)
-    cs.store(group="pairs", name="pairs_schema", node=PairsConfig)
-    cs.store(group="teacher", name="teacher_schema", node=TeacherConfig)
-    cs.store(group="teacher_prompt", name="teacher_prompt_schema", node=TeacherPromptConfig)
-    cs.store(group="reflect_prompt", name="reflect_prompt_schema", node=ReflectPromptConfig)
-
-
-# --------------------------------------------------------------------------------------------- shared runner
-
-
-@dataclass
-class RunCounts:
-    """What one run of a teacher stage did (the file totals are computed from the records)."""
-
-    input: int = 0
-    already_done: int = 0
-    done: int = 0
-    failed: int = 0
-    budget_skipped: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    failures: list[str] = field(default_factory=list)
-
-
-def check_not_mixed(existing: list[dict[str, Any]], teacher: str, phash: str, path: str, allow: bool) -> None:
-    """Refuse to append records of one teacher/prompt to a file made by another, unless allowed."""
-    if allow:
-        return
-
-    def model_of(tid: Any) -> str:  # the endpoint's host:port may change between runs; the model may not
-        return str(tid).split("@", 1)[0]
-
-    for rec in existing:
-        if model_of(rec.get("teacher")) != model_of(teacher) or rec.get("prompt_hash") != phash:
-            raise StageError(
-                f"{path}: record {rec.get('id')!r} was made by teacher {rec.get('teacher')!r} with prompt "
-                f"{rec.get('prompt_hash')!r}, this run uses {teacher!r} with {phash!r}; write to a new output "
-                "or pass allow_mixed=true"
-            )
-
-
-def run_teacher(
-    jobs: list[tuple[str, Messages]],
-    teacher: Any,
-    writer: RecordWriter,
-    make_record: Callable[[str, Reply], dict[str, Any]],
-    counts: RunCounts,
-    desc: str,
-    progress: bool,
-    postfix: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-) -> None:
-    """Send every job to the teacher and append one record per successful reply as it arrives."""
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=len(jobs), desc=desc, unit="pair", disable=not progress, dynamic_ncols=True, file=sys.stderr
-    )
-    try:
-        for key, reply in teacher.stream(jobs):
-            bar.update(1)
-            if reply.status == "budget":
-                counts.budget_skipped += 1
-                continue
-            if reply.status != "ok":
-                counts.failed += 1
-                if len(counts.failures) < 20:
-                    counts.failures.append(f"{key}: {reply.error}")
-                continue
-            record = make_record(key, reply)
-            writer.append(record)
-            counts.done += 1
-            counts.prompt_tokens += reply.prompt_tokens
-            counts.completion_tokens += reply.completion_tokens
-            if postfix:
-                bar.set_postfix(postfix(record), refresh=False)
-    finally:
-        bar.close()
-
-
-def _fmt_int(n: int) -> str:
-    return f"{n:,}"
-
-
-def print_table(title: str, rows: list[tuple[str, str]], file: Any = None) -> None:
-    """A two-column summary table on stdout."""
-    width = max(len(k) for k, _ in rows)
-    out = file or sys.stdout
-    print(title, file=out)
-    print("-" * (width + 2 + max(len(v) for _, v in rows)), file=out)
-    for k, v in rows:
-        print(f"{k.ljust(width)}  {v}", file=out)
-
-
-def write_summary(output: str, summary: dict[str, Any]) -> Path:
-    """Write ``<output stem>.summary.json`` atomically (a partial summary is never left behind)."""
-    out = Path(output)
-    path = out.with_name(out.stem + ".summary.json")
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def pct(a: int, b: int) -> str:
-    return f"{a}/{b} = {100 * a / b:.1f}%" if b else "n/a"
-
-
-def cost(prompt_tokens: int, completion_tokens: int, teacher_cfg: Any) -> float:
-    return (
-        prompt_tokens * teacher_cfg.price_prompt_per_m
-        + completion_tokens * teacher_cfg.price_completion_per_m
-    ) / 1e6
+    """Schemas of this stage and the groups it shares with reflect and sft (idempotent)."""
+    register_shared_configs()
+    ConfigStore.instance().store(name="thoughts_schema", node=ThoughtsConfig)
 
 
 # ----------------------------------------------------------------------------------------------- this stage
@@ -316,11 +205,11 @@ def print_thoughts_summary(s: dict[str, Any]) -> None:
         ("confusion tp/fp/tn/fn/unparsed", f"{c['tp']}/{c['fp']}/{c['tn']}/{c['fn']}/{c['unparsed']}"),
         (
             "tokens this run (prompt/compl.)",
-            f"{_fmt_int(run_c['prompt_tokens'])} / {_fmt_int(run_c['completion_tokens'])}",
+            f"{fmt_int(run_c['prompt_tokens'])} / {fmt_int(run_c['completion_tokens'])}",
         ),
         (
             "tokens in file (prompt/compl.)",
-            f"{_fmt_int(f['prompt_tokens'])} / {_fmt_int(f['completion_tokens'])}",
+            f"{fmt_int(f['prompt_tokens'])} / {fmt_int(f['completion_tokens'])}",
         ),
         ("cost this run / file (USD)", f"{s['cost_usd_run']:.4f} / {s['cost_usd_file']:.4f}"),
     ]
@@ -329,53 +218,8 @@ def print_thoughts_summary(s: dict[str, Any]) -> None:
         print(f"  failed: {line}")
 
 
-def exit_code(summary: dict[str, Any]) -> int:
-    return EXIT_INCOMPLETE if summary["run"]["failed"] else 0
 
 
-def guarded(fn: Callable[[Any], dict[str, Any]], cfg: Any) -> int:
-    """Run a stage; turn the errors a user can fix into one line on stderr and an exit code."""
-    try:
-        return exit_code(fn(cfg))
-    except (PairsError, RecordFileError, StageError, TeacherFatalError, ConfigCheckError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted: finished records are saved; re-run the same command to resume", file=sys.stderr)
-        return 130
-    except Exception as err:
-        # A local teacher's model setup error; modeling (and torch) is only imported by a local teacher.
-        modeling = sys.modules.get("nli_cot.modeling")
-        if modeling is None or not isinstance(err, modeling.ModelSetupError):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-
-
-# ------------------------------------------------------------------------------------- source-project import
-
-
-def source_lines(path: str, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each JSON line of a source-project file; blank lines skipped."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise StageError(f"{path}: cannot read ({err.strerror})") from None
-    for line_no, raw in enumerate(data.split(b"\n"), start=1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as err:
-            raise StageError(f"{path}: line {line_no}: not valid utf-8 (byte {err.start})") from None
-        except json.JSONDecodeError as err:
-            raise StageError(f"{path}: line {line_no}: invalid JSON ({err.msg})") from None
-        if not isinstance(obj, dict):
-            raise StageError(f"{path}: line {line_no}: not a JSON object")
-        for name in required:
-            if obj.get(name) is None or obj.get(name) == "":
-                raise StageError(f"{path}: line {line_no}: field '{name}': missing or empty")
-        yield line_no, obj
 
 
 def import_source_thoughts(path: str, id_prefix: str = "original-sample-") -> list[dict[str, Any]]:

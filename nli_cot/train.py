@@ -296,7 +296,7 @@ class TrainRecipe:
 
 
 def _write_status(run_dir: Path, status: str, **extra: Any) -> None:
-    from nli_cot.checkpoints import write_json_atomic
+    from nli_cot.records import write_json_atomic
     from nli_cot.sweep import job_overrides
 
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,8 @@ from fake_openai_server import FakeOpenAIServer
 
 from nli_cot.parsing import parse_output
 from nli_cot.records import read_records
-from nli_cot.thoughts import EXIT_INCOMPLETE, guarded, import_source_thoughts, run
+from nli_cot.stage_runner import EXIT_INCOMPLETE, guarded
+from nli_cot.thoughts import import_source_thoughts, run
 
 FIX = REPO / "tests" / "fixtures" / "data"
 
@@ -257,7 +258,7 @@ def test_import_errors_name_file_line_field(tmp_path):
     p.write_text(
         '{"id": 0, "premise": "p", "hypothesis": "h", "true_label": 1}\n\n{"id": 1, "premise": "p", "true_label": 0}\n'
     )
-    from nli_cot.thoughts import StageError
+    from nli_cot.stage_runner import StageError
 
     with pytest.raises(StageError, match=r"t\.json: line 3: field 'hypothesis': missing or empty"):
         import_source_thoughts(str(p))
