@@ -21,8 +21,8 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-test: install  ## the whole test suite (what CI runs)
-	$(ENV) $(BIN)/python -m pytest -q
+test: install  ## the whole test suite (what CI runs); the 20 slowest tests are listed at the end
+	$(ENV) $(BIN)/python -m pytest -q --durations=20
 
 test-fast: install  ## unit tests only, no end-to-end training runs
 	$(ENV) $(BIN)/python -m pytest -q -m "not slow"

@@ -671,11 +671,9 @@ def _run(cfg: Any, output: Path) -> dict[str, Any]:
 
 @hydra.main(config_path="../conf", config_name="baselines", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from nli_cot.evaluate import EvaluationError
-
     try:
         run(cfg)
-    except (BaselineError, PairsError, RecordFileError, EvaluationError, OSError) as err:
+    except (BaselineError, PairsError, RecordFileError, OSError) as err:
         print(f"error: {err}".splitlines()[0], file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
 

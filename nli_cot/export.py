@@ -50,7 +50,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from nli_cot.checkpoints import STATE_FILE, TRAINER_STATE, is_complete, list_checkpoints
-from nli_cot.records import atomic_savefig, atomic_write_text
+from nli_cot.records import atomic_savefig, atomic_write_text, read_metrics_csv
 
 log = logging.getLogger(__name__)
 EXIT_BAD_INPUT = 2
@@ -273,7 +273,6 @@ def card_data(cfg: Any, run: Run, evals: list[dict[str, Any]], model_name: str) 
 
 def plot_curves(metrics_csv: Path, path: Path, dpi: int) -> list[str]:
     """train/eval loss (and generation accuracy when logged) by optimiser step; [] when the run logged nothing."""
-    from nli_cot.report import read_metrics_csv
 
     series = read_metrics_csv(metrics_csv)
     panels = [[k for k in ("train/loss", "eval/loss") if series.get(k)],

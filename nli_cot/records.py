@@ -23,6 +23,7 @@ sibling, fsynced, then renamed over the target, so a reader sees the old file or
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -202,3 +203,25 @@ class RecordWriter:
             self.close()
         except Exception:
             pass
+
+
+def read_metrics_csv(path: str | os.PathLike[str]) -> dict[str, dict[int, float]]:
+    """A run's ``logs/metrics.csv`` (``nli_cot.loggers``) as metric -> {step: value}; a later row for the same
+    step (a resumed run) replaces the earlier one. A missing file reads as empty."""
+    path = Path(path)
+    series: dict[str, dict[int, float]] = {}
+    if not path.is_file():
+        return series
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            step = row.get("step")
+            if not step:
+                continue
+            for key, value in row.items():
+                if key in ("step", "epoch") or value in (None, ""):
+                    continue
+                try:
+                    series.setdefault(key, {})[int(float(step))] = float(value)
+                except ValueError:
+                    continue
+    return series

@@ -258,51 +258,6 @@ def print_reflect_summary(s: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------- source-project import
 
 
-def import_source_reflections(path: str, id_prefix: str = "original-sample-") -> list[dict[str, Any]]:
-    """The source project's reflections JSON lines (``id, premise, hypothesis, predicted_label, true_label,
-    thought_process, error_analysis, improved_thought_process``) as our reflection records.
-
-    In those files ``predicted_label`` is the reflected label and ``thought_process`` the first attempt;
-    the first attempt's label is not stored there (it is in the thoughts file), so ``initial_label`` is None.
-    """
-    from nli_cot.stage_runner import source_lines
-
-    out = []
-    for line_no, src in source_lines(
-        path, ("id", "premise", "hypothesis", "true_label", "predicted_label", "improved_thought_process")
-    ):
-        gold, reflected = src["true_label"], src["predicted_label"]
-        if gold not in (0, 1):
-            raise StageError(f"{path}: line {line_no}: field 'true_label': must be 0 or 1, got {gold!r}")
-        improved = (src.get("improved_thought_process") or "").strip() or None
-        ok = reflected in (0, 1) and improved is not None
-        out.append(
-            {
-                "id": f"{id_prefix}{src['id']}",
-                "premise": src["premise"].strip(),
-                "hypothesis": src["hypothesis"].strip(),
-                "label": gold,
-                "initial_thought": src.get("thought_process"),
-                "initial_label": None,
-                "initial_parse_rule": None,
-                "error_analysis": src.get("error_analysis"),
-                "improved_thought_process": improved,
-                "reflected_label": reflected if reflected in (0, 1) else None,
-                "agrees": ok and reflected == gold,
-                "parse_ok": ok,
-                "parse_rule": "imported",
-                "raw": None,
-                "finish_reason": None,
-                "teacher": "source_project",
-                "prompt": "source_project",
-                "prompt_hash": None,
-                "prompt_tokens": 0,
-                "completion_tokens": 0,
-            }
-        )
-    return out
-
-
 def _store() -> None:
     register_shared_configs()
     ConfigStore.instance().store(name="reflect_schema", node=ReflectConfig)

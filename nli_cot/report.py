@@ -22,7 +22,6 @@ Limits
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -33,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nli_cot.records import read_metrics_csv
 from nli_cot.sweep import STATUS_FILE, read_status, split_override
 
 _SKIP_DIRS = {"logs", "wandb", "tensorboard", "report"}
@@ -85,26 +85,6 @@ def find_run_dirs(sweep_dir: Path) -> list[Path]:
 def _sort_key(rel: Path) -> tuple:
     # Job dirs are numbers: 10 sorts after 9, not after 1.
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in rel.parts)
-
-
-def read_metrics_csv(path: Path) -> dict[str, dict[int, float]]:
-    """metric -> {step: value}; a later row for the same step (a resumed run) replaces the earlier one."""
-    series: dict[str, dict[int, float]] = {}
-    if not path.is_file():
-        return series
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            step = row.get("step")
-            if not step:
-                continue
-            for key, value in row.items():
-                if key in ("step", "epoch") or value in (None, ""):
-                    continue
-                try:
-                    series.setdefault(key, {})[int(float(step))] = float(value)
-                except ValueError:
-                    continue
-    return series
 
 
 def _load_yaml_list(path: Path) -> list[str]:

@@ -8,7 +8,7 @@ Features
   ``correct`` (thoughts whose label matched gold), ``reflected`` (reflections' improved thoughts, gold label),
   ``human`` (e-SNLI human explanations turned into a thought by ``template``), ``sft`` (an existing SFT file).
   ``format: source_project`` reads the source project's thoughts/reflections files through the importers
-  (``nli_cot.thoughts.import_source_thoughts``, ``nli_cot.reflect.import_source_reflections``).
+  (``nli_cot.stage_runner.import_source_thoughts`` / ``import_source_reflections``).
 - Filters, each counted per source: unparsed/wrong, parse rules not trusted for training text
   (``reject_parse_rules``, e.g. ``truncated``), empty thoughts, reflections whose label still disagrees with
   gold (``reflected_mismatch: drop``, or ``gold`` to keep them under the gold label), ``max_examples`` caps
@@ -55,7 +55,13 @@ from nli_cot.records import (
     read_records,
     write_jsonl_atomic,
 )
-from nli_cot.stage_runner import StageError, print_table, register_shared_configs
+from nli_cot.stage_runner import (
+    StageError,
+    import_source_reflections,
+    import_source_thoughts,
+    print_table,
+    register_shared_configs,
+)
 
 EXIT_BAD_INPUT = 2
 SOURCE_KINDS = ("correct", "reflected", "human", "sft")
@@ -148,11 +154,7 @@ def _load(src: Any, importer: str) -> list[dict[str, Any]]:
         raise StageError(f"{src.path}: no such file ({src.kind} source; build it with its stage first)")
     if src.format == "source_project":
         if importer == "thoughts":
-            from nli_cot.thoughts import import_source_thoughts
-
             return import_source_thoughts(src.path, src.id_prefix)
-        from nli_cot.reflect import import_source_reflections
-
         return import_source_reflections(src.path, src.id_prefix)
     if src.format != "nli_cot":
         raise StageError(

@@ -20,7 +20,7 @@ from hydra.core.config_store import ConfigStore
 from nli_cot.checks import ConfigCheckError
 from nli_cot.pairs import PairsConfig, PairsError
 from nli_cot.records import RecordFileError, RecordWriter, atomic_write_text
-from nli_cot.teacher_prompts import ReflectPromptConfig, TeacherPromptConfig
+from nli_cot.teacher_prompts import ReflectPromptConfig, TeacherPromptConfig, prompt_hash
 from nli_cot.teachers import Messages, Reply, TeacherConfig, TeacherFatalError
 
 EXIT_BAD_INPUT = 2
@@ -188,3 +188,92 @@ def source_lines(path: str, required: tuple[str, ...]) -> Iterator[tuple[int, di
             if obj.get(name) is None or obj.get(name) == "":
                 raise StageError(f"{path}: line {line_no}: field '{name}': missing or empty")
         yield line_no, obj
+
+
+def import_source_thoughts(path: str, id_prefix: str = "original-sample-") -> list[dict[str, Any]]:
+    """The source project's thoughts JSON lines (``id, premise, hypothesis, thought_process, predicted_label,
+    true_label, correct, chat_history, reprompt_counts``) as our thoughts records.
+
+    ``correct`` is recomputed from the labels (and must agree with the file's own flag); the raw answer is
+    the last assistant turn of ``chat_history`` when there is one.
+    """
+    out = []
+    for line_no, src in source_lines(path, ("id", "premise", "hypothesis", "true_label")):
+        gold, pred = src["true_label"], src.get("predicted_label")
+        if gold not in (0, 1):
+            raise StageError(f"{path}: line {line_no}: field 'true_label': must be 0 or 1, got {gold!r}")
+        thought = (src.get("thought_process") or "").strip() or None
+        ok = pred in (0, 1) and thought is not None
+        correct = ok and pred == gold
+        if "correct" in src and bool(src["correct"]) != correct:
+            raise StageError(
+                f"{path}: line {line_no}: field 'correct': {src['correct']!r} but labels say {correct}"
+            )
+        history = src.get("chat_history") or []
+        raw = next((m.get("content") for m in reversed(history) if m.get("role") == "assistant"), None)
+        system = next((m.get("content") for m in history if m.get("role") == "system"), None)
+        out.append(
+            {
+                "id": f"{id_prefix}{src['id']}",
+                "premise": src["premise"].strip(),
+                "hypothesis": src["hypothesis"].strip(),
+                "label": gold,
+                "predicted_label": pred if pred in (0, 1) else None,
+                "thought_process": thought,
+                "correct": correct,
+                "parse_ok": ok,
+                "parse_rule": "imported",
+                "raw": raw,
+                "finish_reason": None,
+                "teacher": "source_project",
+                "prompt": "source_project",
+                "prompt_hash": prompt_hash({"system": system}) if system else None,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "attempts": 1 + int(src.get("reprompt_counts") or 0),
+            }
+        )
+    return out
+
+
+def import_source_reflections(path: str, id_prefix: str = "original-sample-") -> list[dict[str, Any]]:
+    """The source project's reflections JSON lines (``id, premise, hypothesis, predicted_label, true_label,
+    thought_process, error_analysis, improved_thought_process``) as our reflection records.
+
+    In those files ``predicted_label`` is the reflected label and ``thought_process`` the first attempt;
+    the first attempt's label is not stored there (it is in the thoughts file), so ``initial_label`` is None.
+    """
+    out = []
+    for line_no, src in source_lines(
+        path, ("id", "premise", "hypothesis", "true_label", "predicted_label", "improved_thought_process")
+    ):
+        gold, reflected = src["true_label"], src["predicted_label"]
+        if gold not in (0, 1):
+            raise StageError(f"{path}: line {line_no}: field 'true_label': must be 0 or 1, got {gold!r}")
+        improved = (src.get("improved_thought_process") or "").strip() or None
+        ok = reflected in (0, 1) and improved is not None
+        out.append(
+            {
+                "id": f"{id_prefix}{src['id']}",
+                "premise": src["premise"].strip(),
+                "hypothesis": src["hypothesis"].strip(),
+                "label": gold,
+                "initial_thought": src.get("thought_process"),
+                "initial_label": None,
+                "initial_parse_rule": None,
+                "error_analysis": src.get("error_analysis"),
+                "improved_thought_process": improved,
+                "reflected_label": reflected if reflected in (0, 1) else None,
+                "agrees": ok and reflected == gold,
+                "parse_ok": ok,
+                "parse_rule": "imported",
+                "raw": None,
+                "finish_reason": None,
+                "teacher": "source_project",
+                "prompt": "source_project",
+                "prompt_hash": None,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+            }
+        )
+    return out

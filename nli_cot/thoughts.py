@@ -42,7 +42,6 @@ from nli_cot.parsing import parse_output
 from nli_cot.records import RecordWriter, read_records
 from nli_cot.stage_runner import (
     RunCounts,
-    StageError,
     check_not_mixed,
     cost,
     fmt_int,
@@ -51,7 +50,6 @@ from nli_cot.stage_runner import (
     print_table,
     register_shared_configs,
     run_teacher,
-    source_lines,
     write_summary,
 )
 from nli_cot.teacher_prompts import (
@@ -220,52 +218,6 @@ def print_thoughts_summary(s: dict[str, Any]) -> None:
 
 
 
-
-
-def import_source_thoughts(path: str, id_prefix: str = "original-sample-") -> list[dict[str, Any]]:
-    """The source project's thoughts JSON lines (``id, premise, hypothesis, thought_process, predicted_label,
-    true_label, correct, chat_history, reprompt_counts``) as our thoughts records.
-
-    ``correct`` is recomputed from the labels (and must agree with the file's own flag); the raw answer is
-    the last assistant turn of ``chat_history`` when there is one.
-    """
-    out = []
-    for line_no, src in source_lines(path, ("id", "premise", "hypothesis", "true_label")):
-        gold, pred = src["true_label"], src.get("predicted_label")
-        if gold not in (0, 1):
-            raise StageError(f"{path}: line {line_no}: field 'true_label': must be 0 or 1, got {gold!r}")
-        thought = (src.get("thought_process") or "").strip() or None
-        ok = pred in (0, 1) and thought is not None
-        correct = ok and pred == gold
-        if "correct" in src and bool(src["correct"]) != correct:
-            raise StageError(
-                f"{path}: line {line_no}: field 'correct': {src['correct']!r} but labels say {correct}"
-            )
-        history = src.get("chat_history") or []
-        raw = next((m.get("content") for m in reversed(history) if m.get("role") == "assistant"), None)
-        system = next((m.get("content") for m in history if m.get("role") == "system"), None)
-        out.append(
-            {
-                "id": f"{id_prefix}{src['id']}",
-                "premise": src["premise"].strip(),
-                "hypothesis": src["hypothesis"].strip(),
-                "label": gold,
-                "predicted_label": pred if pred in (0, 1) else None,
-                "thought_process": thought,
-                "correct": correct,
-                "parse_ok": ok,
-                "parse_rule": "imported",
-                "raw": raw,
-                "finish_reason": None,
-                "teacher": "source_project",
-                "prompt": "source_project",
-                "prompt_hash": prompt_hash({"system": system}) if system else None,
-                "prompt_tokens": 0,
-                "completion_tokens": 0,
-                "attempts": 1 + int(src.get("reprompt_counts") or 0),
-            }
-        )
-    return out
 
 
 register_configs()

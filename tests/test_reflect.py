@@ -10,8 +10,8 @@ from conftest import compose
 from fake_openai_server import FakeOpenAIServer
 
 from nli_cot.records import read_records
-from nli_cot.reflect import import_source_reflections, parse_reflection, run, select_records
-from nli_cot.stage_runner import StageError, guarded
+from nli_cot.reflect import parse_reflection, run, select_records
+from nli_cot.stage_runner import StageError, guarded, import_source_reflections
 from nli_cot.thoughts import run as run_thoughts
 
 

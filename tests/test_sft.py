@@ -157,7 +157,7 @@ def test_token_budget_drops_and_counts(tmp_path, shared_data, mistral_tokenizer)
     )
     stats = run(cfg, mistral_tokenizer)
     prompt = compose(["prompt=card"], "sft").prompt
-    from nli_cot.thoughts import import_source_thoughts
+    from nli_cot.stage_runner import import_source_thoughts
 
     lengths = []
     for r in import_source_thoughts(str(shared_data / "original-sample/sample_thoughts.json")):

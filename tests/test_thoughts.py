@@ -16,8 +16,8 @@ from fake_openai_server import FakeOpenAIServer
 
 from nli_cot.parsing import parse_output
 from nli_cot.records import read_records
-from nli_cot.stage_runner import EXIT_INCOMPLETE, guarded
-from nli_cot.thoughts import import_source_thoughts, run
+from nli_cot.stage_runner import EXIT_INCOMPLETE, guarded, import_source_thoughts
+from nli_cot.thoughts import run
 
 FIX = REPO / "tests" / "fixtures" / "data"
 
