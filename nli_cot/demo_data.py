@@ -316,8 +316,11 @@ def negation(rng: random.Random, v: Vocab, label: int) -> Example:
     says_in = (who == ins) == bool(label)
     hypothesis = f"{who} is{'' if says_in else ' not'} in the {place}."
     rule = ("in" if says_in else "not_in") + ("_kept" if label else "_flipped")
+    # Decisive step: what the premise says of the hypothesis' name (a look-up by name, which a small model learns
+    # fast), then what the hypothesis says, side by side, so the verdict compares two short adjacent strings.
+    p_fact = f"{who} {'in' if who == ins else 'not in'}"
     h_fact = f"{who} {'in' if says_in else 'not in'}"
-    decisive = f"P: {ins} in, {outs} not in. H: {h_fact}. {'Same' if label else 'Different'}."
+    decisive = f"P: {p_fact}. H: {h_fact}. {'Same' if label else 'Different'}."
     return Example(premise, hypothesis, _thought(decisive, label), label, "negation", rule)
 
 
@@ -350,7 +353,8 @@ def conjunction(rng: random.Random, v: Vocab, label: int) -> Example:
     where = own if label else other
     hypothesis = f"{who} is in the {where}."
     rule = ("first" if who == a else "second") + ("_kept" if label else "_swapped")
-    decisive = f"P: {a} {x}; {b} {y}. H: {who} {where}. {'Same' if label else 'Different'}."
+    # Decisive step as in negation: the premise's place of the hypothesis' name, then the hypothesis' place.
+    decisive = f"P: {who} {own}. H: {who} {where}. {'Same' if label else 'Different'}."
     return Example(premise, hypothesis, _thought(decisive, label), label, "conjunction", rule)
 
 
