@@ -3,14 +3,19 @@
 A real pretrained instruct model (SmolLM2-135M-Instruct, shipped offline on PyPI) learns a synthetic NLI task on
 CPU in minutes, through the same commands a researcher runs on a GPU box:
 
-    demo_data -> predict (zero-shot) -> evaluate -> train (+experiment=demo) -> predict (adapter) -> evaluate
-    -> compare, then a before/after table.
+    demo_data -> surface baselines -> predict (zero-shot) -> evaluate -> train (+experiment=demo)
+    -> predict (adapter) -> evaluate -> compare, then a before/after table beside the surface baselines.
+
+``split=test`` (the default) scores the test pairs, for final numbers only; ``split=dev`` scores the dev pairs
+(drawn alike, from another unseen vocabulary), for every recipe choice (experiments/demo_sweep.py uses it).
 
 Each stage is the project's own CLI, run as a subprocess exactly as a user would type it, so the demo proves the
 commands rather than a private code path. Every stage resumes: re-running the demo skips finished stages
 (predictions resume by id, training with ``resume=auto``, data is kept).
 
-It ends with the before/after table (accuracy, macro F1, parseable JSON), accuracy per rule family, the
+It ends with the before/after table (accuracy with a bootstrap CI, macro F1, parseable JSON) for zero-shot,
+fine-tuned and four surface-cue baselines fit on the training pairs (``nli_cot.demo_baselines``), the paired
+margin of fine-tuned over the strongest of them, accuracy per rule family, the
 learning curve from the training's CSV log, and the wall time of every stage with the load average beside it
 (the CPU is often shared, and a timing means little without the load it ran under).
 

@@ -3,28 +3,25 @@
     python -m nli_cot.demo_data out_dir=data/demo n_train=1000 n_dev=100 n_test=200 seed=0
 
 Features
-- Six rule families (``source: demo/<family>``), each producing both labels:
+- Six rule families (``source: demo/<family>``), each producing both labels with the same frames, function words,
+  lengths and word/bigram overlap on both (issue #15: no surface cue decides a label; ``nli_cot.demo_baselines``):
+  ``conjunction``  "Ivan is in the bakery and Hannah is in the stadium." -> "Hannah is in the stadium." (1) /
+                   "Hannah is in the bakery." (0): who is where.
+  ``negation``     "Olga is in the bakery and Mason is not in the bakery." -> "Olga is in the bakery." (1) /
+                   "Olga is not in the bakery." (0): whose negation.
+  ``hans``         active <-> passive read right (1) or with the roles swapped (0); every premise word reused.
   ``hypernym``     "A poodle sleeps." -> "A dog sleeps." (1); the reversal and sibling swaps (0).
-  ``negation``     double negation and paraphrased negation (1); a statement against its (paraphrased) negation
-                   (0); every surface form occurs on both labels.
-  ``quantifier``   all -> some, monotonicity of all/no/some under hyponyms (1); some -> all, no -> some,
-                   the wrong monotonicity direction (0).
-  ``conjunction``  dropping or reordering conjuncts (1); adding a conjunct, or dropping a disjunct (0).
-  ``hans``         HANS-style traps: the hypothesis is a subsequence of the premise or reuses every word yet
-                   is not entailed (swapped roles, "the friend of X", passive or relative clause read
-                   backwards) (0); passive paraphrase, dropped modifier, relative clause read right (1).
-  ``number``       "has 7 apples" -> more than / fewer than / at least / at most / exactly m apples.
-- Every thought is the rule's one decisive step, then ``So entailed.`` or ``So not entailed.`` (e.g.
-  "cobra -> snake: every cobra is a snake. So entailed.", "P: Zack met Nora. H: Nora met Zack. Different. So not
-  entailed.", "13 vs at least 20: 13 is fewer than 20. So not entailed."): ~36 answer tokens with the JSON, so
-  a CPU decodes it quickly, and a 135M model learns a step it can take on unseen words (copy the words, state
-  the is-a fact it already knows, compare) rather than a paraphrase.
+  ``quantifier``   the same quantifier on both sides: all/no to a narrower group, some to a wider one (1); the
+                   other direction (0).
+  ``number``       "X has n ... and Y has m ..." -> "X has more/fewer ... than Y" (which count is whose decides).
+- Every thought is the rule's one decisive step, then ``So entailed.`` or ``So not entailed.``; for conjunction
+  and negation a look-up: what the premise says of the hypothesis' name, then what the hypothesis says ("P: Hannah
+  stadium. H: Hannah bakery. Different. So not entailed."), so the verdict compares two short adjacent strings.
 - Labels are exactly balanced (even n) and balanced within each family; families take turns.
-- Surface cues stay weak: thresholds on lengths or word overlap and a hypothesis-only bag of words score 52-58% on
-  the held-out split (``experiments/demo_baselines.py``).
-- Vocabulary split: names, verbs, animal categories, places and counted objects of ``test`` are disjoint from
-  those of ``train``; ``dev`` uses the train vocabulary with pairs not in ``train`` (an in-distribution dev set
-  for early stopping), ``test`` is the unseen-vocabulary held-out set.
+- Vocabulary split: ``train``, ``dev`` and ``test`` each draw names, verbs, animal categories, places and counted
+  objects from their own vocabulary (disjoint content words), so no pair is shared between splits whatever the
+  seeds. ``dev`` (the issue-8 held-out vocabulary, which the issue-8 sweeps scored) is drawn like ``test`` and is
+  for every choice; ``test`` (a fresh vocabulary) is for final numbers only.
 - Deterministic: the same seed and sizes give byte-identical files (``random.Random`` seeded per split).
 - Writes ``train.jsonl``, ``dev.jsonl``, ``test.jsonl`` in the SFT record schema
   ``{"id", "premise", "hypothesis", "thought_process", "label", "source"}``, each file atomically.
@@ -32,10 +29,10 @@ Features
 Limits
 - Templated English, a closed vocabulary: good for watching a model learn the format and a few rules in
   minutes on a CPU, not a benchmark. Function words and frame verbs ("has", "does not", "was ... by") are
-  shared between splits; only content words are split.
-- Pairs are unique within a split (and dev vs train); the vocabulary caps how many exist: asking for more
-  than a family can make raises ``DemoDataError`` naming the family. Measured caps (seed 0, test vocabulary):
-  quantifier ~1,300, negation ~3,400, the others >14,000; so up to ~7,800 examples per split with all six.
+  shared between splits; only content words are split ("an" occurs only where a vowel-initial animal needs it).
+- Pairs are unique within a split; the vocabulary caps how many exist: asking for more
+  than a family can make raises ``DemoDataError`` naming the family. Measured (seed 0, test vocabulary, one
+  family alone): quantifier makes 500 but not 1,000, negation 4,000 but not 8,000, the others 8,000 or more.
 - "All X ..." is read with existential import ("all dogs" implies some dogs exist).
 """
 
