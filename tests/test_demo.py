@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import compose, run_module
 
-SHORT_FAMILIES = ["conjunction", "negation"]  # the two the CPU budget teaches fastest (dev: experiments/results/demo.md)
+SHORT_FAMILIES = ["conjunction", "negation"]  # the demo's own families (chosen on dev: experiments/results/demo.md)
 SHORT_STEPS = 32
 
 
@@ -49,7 +49,9 @@ def test_comparison_table_names_the_strongest_surface_baseline_and_the_paired_ma
 def test_short_demo_learns(tmp_path: Path) -> None:
     out, data = tmp_path / "demo", tmp_path / "data"
     # Shortened: SHORT_FAMILIES, SHORT_STEPS steps of 8, 48 dev pairs (the test split is for the demo's final numbers
-    # only), gpu=null so a GPU machine runs the same budget.
+    # only), gpu=null so a GPU machine runs the same budget. Measured (2 shared cores, load ~3, OMP_NUM_THREADS=1,
+    # 11.7 min): fine-tuned 77.1% (CI 64.6-87.5%), strongest surface baseline hypothesis-only BoW 58.3%, paired
+    # margin +18.8 points (CI +4.2 to +33.3), zero-shot 12.5%, parseable 35.4% -> 100%: passed.
     args = [f"out_dir={out}", f"data_dir={data}", f"families=[{','.join(SHORT_FAMILIES)}]", "n_held_out=48",
             "split=dev", f"train_steps={SHORT_STEPS}", f"eval_every={SHORT_STEPS // 2}", "predict_batch_size=48",
             "gpu=null"]
