@@ -29,6 +29,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -41,6 +42,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from nli_cot import stats
+from nli_cot.records import write_json_atomic
 
 # (stage, seconds, 1-minute load average at its end) of every stage this invocation ran
 TIMINGS: list[tuple[str, float, float]] = []
@@ -50,10 +52,20 @@ def _run(args: list[str], what: str) -> None:
     """One stage as a user would run it; its output streams to the console."""
     print(f"\n== {what}\n$ python -m {' '.join(args)}", flush=True)
     started = time.time()
-    proc = subprocess.run([sys.executable, "-m", *args])
-    if proc.returncode != 0:
-        print(f"error: stage '{what}' failed (exit {proc.returncode}); re-run `make demo` to resume", file=sys.stderr)
-        sys.exit(proc.returncode)
+    proc = subprocess.Popen([sys.executable, "-m", *args])
+    try:
+        code = proc.wait()
+    except BaseException:  # Ctrl-C, or SIGTERM (raised as SystemExit below): stop the stage too, never orphan it
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        print(f"interrupted during '{what}': finished work is kept; re-run `make demo` to resume", file=sys.stderr)
+        raise
+    if code != 0:
+        print(f"error: stage '{what}' failed (exit {code}); re-run `make demo` to resume", file=sys.stderr)
+        sys.exit(code)
     seconds, load = time.time() - started, os.getloadavg()[0]
     TIMINGS.append((what, seconds, load))
     print(f"== {what}: done in {seconds:.0f} s (load average {load:.1f})", flush=True)
@@ -274,7 +286,7 @@ def main(cfg: DictConfig) -> None:
                               for f, (r, t) in fam_after.items()},
                "curve": curve, "timings": [{"stage": w, "seconds": round(t, 1), "load": round(ld, 2)}
                                            for w, t, ld in TIMINGS]}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(out / "summary.json", summary)
     print(f"\nreports: {out / 'eval_zero_shot' / 'report.md'}, {out / 'eval_fine_tuned' / 'report.md'}, "
           f"{out / 'compare'}; all numbers: {out / 'summary.json'}")
     print(f"training log: {run_dir / 'logs' / 'metrics.csv'}; adapter: {ckpt}")
@@ -282,4 +294,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill <pid>` stops the running stage as Ctrl-C does
     main()

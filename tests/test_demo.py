@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import compose, run_module
+from conftest import REPO, compose, run_module
 
 SHORT_FAMILIES = ["conjunction", "negation"]  # the demo's own families (chosen on dev: experiments/results/demo.md)
 SHORT_STEPS = 32
@@ -72,3 +72,43 @@ def test_short_demo_learns(tmp_path: Path) -> None:
     tuned, strongest = rows["fine-tuned"]["accuracy"], rows[summary["strongest_surface"]]["accuracy"]
     assert summary["margin"]["ci"][0] > 0, (tuned, summary["strongest_surface"], strongest, summary["margin"])
     assert tuned >= rows["zero-shot"]["accuracy"] + 10 / 48, (rows["zero-shot"]["accuracy"], tuned)
+
+
+def test_a_killed_demo_stops_its_running_stage(tmp_path):
+    # `kill <demo pid>` used to leave the stage's subprocess (e.g. a training run) running on its own.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import signal, sys\n"
+        "from nli_cot import demo\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))\n"
+        "demo._run(['http.server', '0', '--bind', '127.0.0.1'], 'stage')\n"  # any stage that runs until stopped
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 60
+        child = None
+        while time.time() < deadline and child is None:
+            out = subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True).stdout.split()
+            child = int(out[0]) if out else None
+            time.sleep(0.2)
+        assert child is not None, "the stage never started"
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=60) == 143
+        for _ in range(100):
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"stage process {child} still running after the demo was killed")
+        assert b"interrupted during 'stage'" in parent.stderr.read()
+    finally:
+        if parent.poll() is None:
+            parent.kill()
