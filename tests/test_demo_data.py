@@ -44,35 +44,60 @@ def test_every_family_and_template_present(splits):
     for examples in splits.values():
         assert {e.family for e in examples} == set(dd.FAMILIES)
     rules = {(e.family, e.rule) for e in splits["train"]}
-    assert len(rules) >= 30  # all templates, not one per family
-    assert len({r for f, r in rules if f == "negation"}) == 7
+    assert len(rules) == 23  # all templates, not one per family
+    assert {r for f, r in rules if f == "negation"} == {"in_kept", "in_flipped", "not_in_kept", "not_in_flipped"}
     assert {r for f, r in rules if f == "hans"} == {
-        "passive",
-        "drop_modifier",
-        "relative_clause",
-        "swap_roles",
-        "subsequence",
-        "passive_backwards",
-        "relative_backwards",
+        "active_to_passive",
+        "passive_to_active",
+        "active_to_passive_swapped",
+        "passive_to_active_swapped",
     }
 
 
-def test_pairs_unique_and_dev_disjoint_from_train(splits):
+def test_pairs_unique_and_splits_disjoint(splits):
     pairs = {k: [(e.premise, e.hypothesis) for e in v] for k, v in splits.items()}
     for v in pairs.values():
         assert len(set(v)) == len(v)
     assert not set(pairs["train"]) & set(pairs["dev"])
+    assert not set(pairs["test"]) & (set(pairs["train"]) | set(pairs["dev"]))
 
 
 def test_vocabulary_split_is_disjoint(splits):
-    train_vocab, test_vocab = dd.VOCAB["train"].content_words(), dd.VOCAB["test"].content_words()
-    assert not train_vocab & test_vocab
-    test_words = set().union(*(dd.words(e.premise + " " + e.hypothesis) for e in splits["test"]))
-    train_words = set().union(*(dd.words(e.premise + " " + e.hypothesis) for e in splits["train"]))
-    assert not test_words & train_vocab
-    assert not train_words & test_vocab
-    # Every word of a pair is either content of its own split or a shared function/frame word.
-    assert test_words - test_vocab == train_words - train_vocab
+    vocab = {k: dd.VOCAB[k].content_words() for k in ("train", "dev", "test")}
+    assert not vocab["train"] & vocab["dev"] and not vocab["train"] & vocab["test"] and not vocab["dev"] & vocab["test"]
+    used = {k: set().union(*(dd.words(e.premise + " " + e.hypothesis) for e in v)) for k, v in splits.items()}
+    for split in used:
+        for other in vocab:
+            if other != split:
+                assert not used[split] & vocab[other], (split, other)
+    # Every word of a pair is either content of its own split or a shared function/frame word ("an" only where a
+    # vowel-initial animal needs it: the test animals have none).
+    frame = {k: used[k] - vocab[k] - {"an"} for k in used}
+    assert frame["test"] == frame["train"] == frame["dev"]
+
+
+def test_sweep_sets_dev_and_test_are_disjoint():
+    # Whatever seeds and sizes a sweep or a recipe choice uses, the pairs it can score (dev, or the issue-8 held-out
+    # vocabulary, which is dev's now) share no pair and no content word with any test draw.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import yaml
+    from demo_sweep import SWEEP_DEFAULTS
+
+    assert SWEEP_DEFAULTS["split"] == "dev"  # a sweep scores dev unless a variant says otherwise
+    rounds = sorted((Path(__file__).resolve().parents[1] / "experiments" / "demo_sweep").glob("round*.yaml"))
+    for path in rounds:
+        spec = yaml.safe_load(path.read_text())
+        for variant in spec["variants"]:
+            assert {**spec.get("common", {}), **variant}.get("split", "dev") == "dev", (path.name, variant["name"])
+    test_vocab = dd.VOCAB["test"].content_words()
+    seen: set[tuple[str, str]] = set()
+    for seed in range(4):
+        s = dd.build_splits(60, 60, 0, seed)
+        seen |= {(e.premise, e.hypothesis) for e in s["train"] + s["dev"]}
+        assert not set().union(*(dd.words(e.premise + " " + e.hypothesis) for e in s["dev"])) & test_vocab
+    for seed in range(4):
+        test = dd.build_splits(0, 0, 60, seed)["test"]
+        assert not {(e.premise, e.hypothesis) for e in test} & seen
 
 
 def test_thoughts_are_one_decisive_step_then_the_matching_conclusion(splits):
@@ -86,17 +111,20 @@ def test_thoughts_are_one_decisive_step_then_the_matching_conclusion(splits):
             assert len(t.split()) <= 30, t
 
 
-def test_surface_baselines_stay_far_from_solving_the_task():
-    # The label must not leak through length or the hypothesis alone (experiments/demo_baselines.py).
+@pytest.mark.parametrize("split", ["dev", "test"])
+def test_no_surface_baseline_solves_the_held_out_pairs(split):
+    # Issue #15: hypothesis-only and premise + hypothesis bag of words, length and per-family keyword rules, each
+    # fit on the training pairs, stay <= 60% on held-out vocabulary (seed 1 here; the demo reports its own draw).
     pytest.importorskip("sklearn")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-    from demo_baselines import run
+    from nli_cot.demo_baselines import surface_baselines
 
-    results = run(600, 300, seed=1)
-    assert results["bag of words, hypothesis only"][0] < 0.65
-    for name, (acc, _) in results.items():
-        if name.startswith("threshold"):
-            assert acc < 0.65, (name, acc)
+    s = dd.build_splits(2000, 300, 300, seed=1)
+    recs = {k: [dd.to_record(e, k, i) for i, e in enumerate(v)] for k, v in s.items()}
+    preds = surface_baselines(recs["train"], recs["dev"], recs[split])
+    assert set(preds) == {"hypothesis-only BoW", "premise + hypothesis BoW", "length", "keyword rules, per family"}
+    for name, pred in preds.items():
+        acc = sum(int(p == r["label"]) for p, r in zip(pred, recs[split], strict=True)) / len(pred)
+        assert acc <= 0.60, (name, acc)
 
 
 # ---- the independent oracle -------------------------------------------------------------------------------
@@ -121,11 +149,17 @@ def _oracle_hypernym(p: str, h: str, isa: dict[str, str]) -> int:
     return int(a != b and isa[a] == b)  # only "kind -> its own category" is entailed
 
 
-def _oracle_negation(p: str, h: str) -> int:
-    def polarity(s: str) -> int:
-        return s.count(" not ") % 2
+def _places(s: str) -> set[tuple[str, bool, str]]:
+    """(name, negated, place) facts of "<name> is [not] in the <place>" clauses joined by "and"."""
+    facts = set()
+    for clause in s.rstrip(".").split(" and "):
+        m = re.fullmatch(r"(\w+) is( not)? in the (\w+)", clause)
+        facts.add((m[1], bool(m[2]), m[3]))
+    return facts
 
-    return int(polarity(" " + p) == polarity(" " + h))
+
+def _oracle_places(p: str, h: str) -> int:
+    return int(_places(h) <= _places(p))
 
 
 def _oracle_quantifier(p: str, h: str, isa: dict[str, str]) -> int:
@@ -148,30 +182,10 @@ def _oracle_quantifier(p: str, h: str, isa: dict[str, str]) -> int:
     return int((qp, qh, rel) in entailed)
 
 
-def _facts(s: str) -> set[tuple[str, str]]:
-    s = s.rstrip(".")
-    if " or " in s:
-        return set()  # a disjunction asserts neither disjunct
-    facts = set()
-    subject = None
-    for part in s.split(" and "):
-        words = part.split()
-        if len(words) == 2:
-            subject, verb = words
-        else:
-            (verb,) = words
-        facts.add((subject, verb))
-    return facts
-
-
-def _oracle_conjunction(p: str, h: str) -> int:
-    return int(_facts(h) <= _facts(p))
-
-
 def _relations(s: str, past: dict[str, str]) -> set[tuple[str, str, str]]:
     """(agent, verb, patient) triples a sentence asserts."""
     s = s.rstrip(".")
-    if m := re.fullmatch(r"(\w+) was (\w+) by (\w+)", s):
+    if m := re.fullmatch(r"(\w+) was (\w+) by (\w+)(?: in the \w+)?", s):
         return {(m[3], past[m[2]], m[1])}
     if m := re.fullmatch(r"(\w+), who (\w+) (\w+), \w+", s):
         if m[2] in past.values():
@@ -189,18 +203,19 @@ def _oracle_hans(p: str, h: str, vocab: dd.Vocab) -> int:
 
 
 def _oracle_number(p: str, h: str) -> int:
-    n = int(re.search(r"has (\d+) ", p)[1])
-    m = re.search(r"has (more than|fewer than|at least|at most|exactly) (\d+) ", h)
-    return int(dd.COMPARATORS[m[1]][1](n, int(m[2])))
+    counts = {m[1]: int(m[2]) for m in re.finditer(r"(\w+) has (\d+) ", p)}
+    m = re.fullmatch(r"(\w+) has (more|fewer) \w+ than (\w+)\.", h)
+    x, y = counts[m[1]], counts[m[3]]
+    return int(x > y if m[2] == "more" else x < y)
 
 
 def oracle(e: dd.Example, vocab: dd.Vocab) -> int:
     isa = _isa(vocab)
     return {
         "hypernym": lambda: _oracle_hypernym(e.premise, e.hypothesis, isa),
-        "negation": lambda: _oracle_negation(e.premise, e.hypothesis),
+        "negation": lambda: _oracle_places(e.premise, e.hypothesis),
         "quantifier": lambda: _oracle_quantifier(e.premise, e.hypothesis, isa),
-        "conjunction": lambda: _oracle_conjunction(e.premise, e.hypothesis),
+        "conjunction": lambda: _oracle_places(e.premise, e.hypothesis),
         "hans": lambda: _oracle_hans(e.premise, e.hypothesis, vocab),
         "number": lambda: _oracle_number(e.premise, e.hypothesis),
     }[e.family]()
@@ -208,18 +223,19 @@ def oracle(e: dd.Example, vocab: dd.Vocab) -> int:
 
 def test_labels_agree_with_an_independent_oracle(splits):
     for split, examples in splits.items():
-        vocab = dd.VOCAB["test" if split == "test" else "train"]
+        vocab = dd.VOCAB[split]
         wrong = [e for e in examples if oracle(e, vocab) != e.label]
         assert not wrong, wrong[:3]
 
 
 def test_hans_negatives_are_real_traps(splits):
-    # The point of the family: a non-entailed hypothesis built only from the premise's own words (a verb's
-    # participle counts as the verb: "was seen by" -> "saw").
+    # The point of the family: a non-entailed hypothesis built only from the premise's own words plus the frame
+    # of the passive (a verb's participle counts as the verb: "was seen by" -> "saw").
     past = {part: pst for pst, part in dd.VOCAB["train"].transitive_verbs}
     for e in splits["train"]:
         if e.family == "hans" and e.label == 0:
-            assert dd.words(e.hypothesis) <= {past.get(w, w) for w in dd.words(e.premise)}
+            premise_words = {past.get(w, w) for w in dd.words(e.premise)} | {"was", "by"}
+            assert {past.get(w, w) for w in dd.words(e.hypothesis)} <= premise_words
 
 
 def test_unknown_family_and_exhaustion_are_clear_errors():
