@@ -24,7 +24,8 @@ LAYERS: dict[str, list[str]] = {
     "stages": ["thoughts", "reflect", "sft", "train", "predict", "evaluate", "compare", "report", "baselines",
                "export", "serve", "demo_data"],
     # recipes that run stages in order: the study, the card's ablation chain, the demo, the resumable sweeper
-    "orchestration": ["study", "study_data", "study_graph", "study_report", "ablations", "demo", "optuna_sweeper"],
+    "orchestration": ["study", "study_data", "study_graph", "study_report", "ablations", "demo", "demo_baselines",
+                      "optuna_sweeper"],
 }
 RANK = {layer: i for i, layer in enumerate(LAYERS)}
 LAYER_OF = {m: layer for layer, mods in LAYERS.items() for m in mods}
