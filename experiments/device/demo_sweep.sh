@@ -4,6 +4,7 @@
 #   bash experiments/device/demo_sweep.sh stash                          call 1: carries .gguf-parts/a .study-wheels
 #   bash experiments/device/demo_sweep.sh run experiments/demo_sweep/round1.yaml   call 2: .gguf-parts/b .study-wheels
 #   DEMO=1 bash experiments/device/demo_sweep.sh run <variants.yaml>   then `python -m nli_cot.demo` as a user runs it
+#   CHOOSE=1 (with DEMO=1): the demo's gpu.train_steps/eval_every := the best variant on dev (ties: fewer steps)
 #
 # The model setup is study.sh's (experiments/device/smollm2_env.sh). Results go to outputs/demo_sweep/<round> (kept
 # on a warm machine, so a later `run` of the same file skips finished variants) and are packed into $OUT:
@@ -34,9 +35,22 @@ log "sweep $VARIANTS -> $ROUND, jobs $JOBS, start deadline ${DEADLINE}s"
 timeout $(( $(left) - PACK_S )) python3 experiments/demo_sweep.py "$VARIANTS" --out "$ROUND" --jobs "$JOBS" \
   --deadline-s "$DEADLINE" 2>&1 | tee "$OUT/sweep.log" | grep -v '^\s*$' | tail -n 40
 if [ "${DEMO:-0}" = 1 ]; then  # the demo with its defaults (on a GPU: conf/demo.yaml gpu.*), exactly as typed
-  log "python -m nli_cot.demo (defaults)"
+  CHOSEN=()
+  if [ "${CHOOSE:-0}" = 1 ]; then  # gpu.train_steps := the variant with the best dev accuracy (ties: fewer steps)
+    STEPS=$(python3 - "$ROUND/summary.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+ok = [r for r in rows if r.get("rc") == 0]
+best = max(ok, key=lambda r: (r["fine_tuned"]["accuracy"], -r["settings"]["train_steps"]))
+print(best["settings"]["train_steps"], best["settings"]["eval_every"])
+PY
+)
+    read -r S E <<< "$STEPS"; CHOSEN=("gpu.train_steps=$S" "gpu.eval_every=$E")
+    log "chosen on dev: ${CHOSEN[*]}"; echo "${CHOSEN[*]}" > "$OUT/chosen_on_dev.txt"
+  fi
+  log "python -m nli_cot.demo (defaults) ${CHOSEN[*]}"
   timeout $(( $(left) - PACK_S )) python3 -m nli_cot.demo out_dir=outputs/demo_gpu/out data_dir=outputs/demo_gpu/data \
-    > "$OUT/demo_gpu.log" 2>&1; log "demo exit $?"
+    "${CHOSEN[@]}" > "$OUT/demo_gpu.log" 2>&1; log "demo exit $?"
   grep -v 'it/s\]' "$OUT/demo_gpu.log" | tail -n 40
   tar czf "$OUT/demo_gpu.tgz" --exclude='*.safetensors' --exclude='*/checkpoint-*' --exclude='*/data/train.jsonl' \
     outputs/demo_gpu 2>/dev/null
