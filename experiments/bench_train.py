@@ -159,6 +159,19 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 }
 
 
+# The product's defaults as a user gets them: `+experiment=<name>` (its trainer=fast levers, fp32 norms), only the
+# model/data paths and logging pointed at the bench. name -> (description, experiment preset)
+EXPERIMENT_VARIANTS: dict[str, tuple[str, str]] = {
+    "abl0_1_default": ("`+experiment=abl0_1` as shipped (trainer=fast, fp32 norms, bs16 x2, grad-ckpt)", "abl0_1"),
+    "abl1_default": ("`+experiment=abl1` as shipped (trainer=fast, fp32 norms, bs8 x2, no grad-ckpt)", "abl1"),
+}
+# The card's stack at each ablation's batch: name -> (description, per-device batch, gradient checkpointing)
+BASELINE_VARIANTS: dict[str, tuple[str, int, bool]] = {
+    "card": ("card stack (Abl0.1): TRL SFTTrainer, padded bs16 x2, grad-ckpt", 16, True),
+    "card_abl1": ("card stack (Abl0.2/Abl1): TRL SFTTrainer, padded bs8 x2, no grad-ckpt", 8, False),
+}
+
+
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -253,7 +266,12 @@ def run_nli_cot(a, rec: dict) -> None:
 
     from nli_cot.train import TrainRecipe, validate
 
-    overrides = base_overrides(a) + VARIANTS[a.variant][1] + list(a.override)
+    if a.variant in EXPERIMENT_VARIANTS:  # the preset's own batch, accumulation and levers; paths from the bench
+        keep = ("trainer.per_device_batch_size=", "trainer.grad_accum=", "lora=", "optimizer=", "model=")
+        overrides = [f"+experiment={EXPERIMENT_VARIANTS[a.variant][1]}"]
+        overrides += [o for o in base_overrides(a) if not o.startswith(keep)] + list(a.override)
+    else:
+        overrides = base_overrides(a) + VARIANTS[a.variant][1] + list(a.override)
     rec["overrides"] = overrides
     cfg = compose(overrides)
     validate(cfg)
@@ -412,7 +430,7 @@ def run_baseline(a, rec: dict) -> None:
     n_steps = a.warmup + a.steps
     args = SFTConfig(
         output_dir=str(Path(a.workdir) / "baseline"),
-        per_device_train_batch_size=16,
+        per_device_train_batch_size=BASELINE_VARIANTS[a.variant][1],
         gradient_accumulation_steps=a.ga,
         max_steps=n_steps,
         learning_rate=2e-4,
@@ -421,7 +439,7 @@ def run_baseline(a, rec: dict) -> None:
         weight_decay=0.01,
         optim="paged_adamw_8bit" if quant else "adamw_torch",
         bf16=quant,
-        gradient_checkpointing=True,
+        gradient_checkpointing=BASELINE_VARIANTS[a.variant][2],
         gradient_checkpointing_kwargs={"use_reentrant": False},
         logging_steps=1,
         save_strategy="no",
@@ -483,9 +501,10 @@ def cmd_run(a) -> None:
         "stage": "train",
         "side": a.side,
         "variant": a.variant,
-        "description": "card stack: TRL SFTTrainer, padded bs16, grad-ckpt"
+        "description": BASELINE_VARIANTS[a.variant][0]
         if a.side == "baseline"
-        else VARIANTS[a.variant][0],
+        else {**VARIANTS, **EXPERIMENT_VARIANTS}[a.variant][0],
+        "repeat": a.repeat,
         "warmup": a.warmup,
         "steps": a.steps,
     }
@@ -561,6 +580,68 @@ def cmd_report(a) -> None:
     write_report(a.out, text, {"env": env, "runs": trains})
 
 
+# The card configuration each product default is compared with (the same ablation's batch and checkpointing).
+SPEED_PAIRS = {"abl0_1_default": "card", "abl1_default": "card_abl1"}
+
+
+def _spread(xs: list[float]) -> dict:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)} if xs else {}
+
+
+def speed_summary(recs: list[dict], commit: str | None = None) -> dict:
+    """Per configuration: real tok/s from the median step and over the whole measured run, each repeat's ratio to
+    its card run of the same repeat index (interleaved in one call), their median and range, and memory."""
+    env = next((r for r in recs if r.get("stage") == "env"), {})
+    runs: dict[str, dict[int, dict]] = {}
+    for r in recs:
+        if r.get("stage") == "train" and r.get("status") == "ok" and r.get("median_step_s"):
+            runs.setdefault(r["variant"], {})[int(r.get("repeat", 0))] = r
+
+    def med_tok(r: dict) -> float:
+        return r["real_tok_per_step"] / r["median_step_s"]
+
+    configs: dict[str, dict] = {}
+    for name, by_rep in runs.items():
+        rs = [by_rep[k] for k in sorted(by_rep)]
+        mem = [r.get("mem", {}) for r in rs]
+        c = {
+            "description": rs[0].get("description"),
+            "repeats": len(rs),
+            "median_step_tok_s": _spread([med_tok(r) for r in rs]),
+            "whole_run_tok_s": _spread([r["real_tok_per_s"] for r in rs]),
+            "max_alloc_GiB": max((m.get("max_alloc_GiB", 0) for m in mem), default=None),
+            "max_reserved_GiB": max((m.get("max_reserved_GiB", 0) for m in mem), default=None),
+            "probe_loss": rs[0].get("probe_loss"),
+        }
+        card = runs.get(SPEED_PAIRS.get(name, ""), {})
+        both = [k for k in sorted(by_rep) if k in card]
+        if both:
+            c["card"] = SPEED_PAIRS[name]
+            c["ratio_median_step"] = _spread([med_tok(by_rep[k]) / med_tok(card[k]) for k in both])
+            c["ratio_whole_run"] = _spread([by_rep[k]["real_tok_per_s"] / card[k]["real_tok_per_s"] for k in both])
+            card_res = max(card[k].get("mem", {}).get("max_reserved_GiB", 0) for k in both)
+            c["card_max_reserved_GiB"] = card_res
+            c["reserved_vs_card"] = (c["max_reserved_GiB"] or 0) / card_res if card_res else None
+            cp = card[both[0]].get("probe_loss")
+            if cp and c["probe_loss"]:
+                c["probe_loss_rel_diff"] = abs(c["probe_loss"] - cp) / cp
+        configs[name] = c
+    return {"device": env.get("gpu"), "date": env.get("date"), "versions": env.get("versions"), "commit": commit,
+            "configs": configs}
+
+
+def cmd_speed(a) -> None:
+    out = speed_summary(read(a.results), commit=a.commit)
+    Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
+    for name, c in out["configs"].items():
+        r1, r2 = c.get("ratio_median_step", {}), c.get("ratio_whole_run", {})
+        print(f"{name:16s} n={c['repeats']} median-step {c['median_step_tok_s'].get('median', 0):8.0f} tok/s "
+              f"whole-run {c['whole_run_tok_s'].get('median', 0):8.0f} tok/s "
+              + (f"x card {r1['median']:.2f} [{r1['min']:.2f}-{r1['max']:.2f}] / {r2['median']:.2f} "
+                 f"[{r2['min']:.2f}-{r2['max']:.2f}] " if r1 else "")
+              + f"reserved {c['max_reserved_GiB'] or 0:.1f} GiB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -574,6 +655,7 @@ def main() -> None:
     r.add_argument("--warmup", type=int, default=2)
     r.add_argument("--steps", type=int, default=8)
     r.add_argument("--ga", type=int, default=2, help="micro-batches of 16 per optimiser step (the card: 2)")
+    r.add_argument("--repeat", type=int, default=0, help="which repeat of this configuration (speed summary)")
     r.add_argument("--profile_steps", type=int, default=0)
     r.add_argument("--profile_out", default=None)
     r.add_argument(
@@ -584,10 +666,17 @@ def main() -> None:
     p = sub.add_parser("report")
     p.add_argument("--results", required=True)
     p.add_argument("--out", default=None, help="write <out>.md and <out>.json")
+    sp = sub.add_parser("speed", help="speed_summary.json from interleaved repeats")
+    sp.add_argument("--results", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--commit", default=os.environ.get("NLI_COT_COMMIT"))
     a = ap.parse_args()
-    if a.cmd == "run":
-        if a.side == "nli_cot" and a.variant not in VARIANTS:
-            ap.error(f"unknown variant {a.variant!r}; one of {', '.join(VARIANTS)}")
+    if a.cmd == "speed":
+        cmd_speed(a)
+    elif a.cmd == "run":
+        known = BASELINE_VARIANTS if a.side == "baseline" else {**VARIANTS, **EXPERIMENT_VARIANTS}
+        if a.variant not in known:
+            ap.error(f"unknown {a.side} variant {a.variant!r}; one of {', '.join(known)}")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         cmd_run(a)

@@ -3,9 +3,11 @@
 #
 #   bash experiments/device/run_bench.sh STAGE...        (from the repo root)
 #
-# Stages: env, model, base (card stack training), any nli_cot training variant name of
+# Stages: env, model, base (card stack training; base:card_abl1 at Abl1's batch), any nli_cot training variant name of
 # experiments/bench_train.py (e.g. pf_varlen_ckpt_ce_bf16), prof:<variant> (same, plus a 2-step profile),
-# infer:<mode,...> (experiments/bench_infer.py modes), report (prints and writes the tables).
+# infer:<mode,...> (experiments/bench_infer.py modes), report (prints and writes the tables), speed (writes
+# $OUT/speed_summary.json from the repeats). A training stage may end in @N: repeat N (its own fresh work folder);
+# interleave repeats (base@0 abl0_1_default@0 base@1 ...) so drift in the machine hits both sides alike.
 # Needs, carried with the call: .device-wheels/ (bitsandbytes, hydra-core, omegaconf, antlr4, datasets, dill,
 # multiprocess, trl; see ../shared/tools/device-wheels.sh) and .bench/ (the v3 tokenizer file + bench data made
 # by `python experiments/bench_common.py data`).
@@ -31,21 +33,25 @@ for st in "$@"; do
     echo "{\"stage\":\"skipped\",\"name\":\"$st\",\"left_s\":$(left)}" >> "$TR"; echo "SKIP $st"; continue
   fi
   echo "=== $st at $(( $(date +%s) - T0 ))s"; s0=$(date +%s)
+  REP=0; case $st in *@*) REP=${st##*@}; st=${st%@*} ;; esac
+  W=(--repeat "$REP" --workdir "/tmp/bench_runs/${st//[:\/]/_}_${REP}_$s0")   # a fresh folder per run
   case $st in
     env) nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv,noheader
          timeout 90 python3 experiments/bench_common.py env --results "$TR"; cp "$TR" "$IR" ;;
     model) timeout "$(cap 200)" python3 experiments/bench_common.py model --out "$MODEL" --results "$TR" ;;
-    base) timeout "$(cap 240)" python3 experiments/bench_train.py run --side baseline --variant card --model "$MODEL" \
-            --results "$TR" ;;
+    base|base:*) V=card; [ "$st" != base ] && V=${st#base:}
+            timeout "$(cap 240)" python3 experiments/bench_train.py run --side baseline --variant "$V" --model "$MODEL" \
+            --results "$TR" "${W[@]}" ;;
     prof:*) timeout "$(cap 240)" python3 experiments/bench_train.py run --side nli_cot --variant "${st#prof:}" \
-            --model "$MODEL" --results "$TR" --profile_steps 2 --profile_out "$OUT/profile.txt" ;;
+            --model "$MODEL" --results "$TR" --profile_steps 2 --profile_out "$OUT/profile.txt" "${W[@]}" ;;
     infer:*) timeout "$(cap ${INFER_CAP:-400})" python3 experiments/bench_infer.py run --modes "${st#infer:}" \
             --model "$MODEL" --results "$IR" ;;
     report) python3 experiments/bench_train.py report --results "$TR" --out "$OUT/train_report" | tail -n 40
             [ -f "$IR" ] && python3 experiments/bench_infer.py report --results "$IR" --out "$OUT/infer_report" \
               | tail -n 30 ;;
+    speed) python3 experiments/bench_train.py speed --results "$TR" --out "$OUT/speed_summary.json" ;;
     *) timeout "$(cap ${VARIANT_CAP:-200})" python3 experiments/bench_train.py run --side nli_cot --variant "$st" \
-            --model "$MODEL" --results "$TR" ;;
+            --model "$MODEL" --results "$TR" "${W[@]}" ;;
   esac
   echo "=== $st rc=$? took $(( $(date +%s) - s0 ))s"
 done
