@@ -1,4 +1,4 @@
-"""Surface-cue baselines of the demo task: can the label be guessed without reasoning? (issue #15)
+"""Surface-cue baselines of the demo task: can the label be guessed without reasoning?
 
     python -m nli_cot.demo_baselines [--n-train 4000] [--n-eval 600] [--split dev|test] [--seed 0] [--families ...]
 

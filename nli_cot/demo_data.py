@@ -4,7 +4,7 @@
 
 Features
 - Six rule families (``source: demo/<family>``), each producing both labels with the same frames, function words,
-  lengths and word/bigram overlap on both (issue #15: no surface cue decides a label; ``nli_cot.demo_baselines``):
+  lengths and word/bigram overlap on both (no surface cue decides a label; ``nli_cot.demo_baselines``):
   ``conjunction``  "Ivan is in the bakery and Hannah is in the stadium." -> "Hannah is in the stadium." (1) /
                    "Hannah is in the bakery." (0): who is where.
   ``negation``     "Olga is in the bakery and Mason is not in the bakery." -> "Olga is in the bakery." (1) /
@@ -20,8 +20,8 @@ Features
 - Labels are exactly balanced (even n) and balanced within each family; families take turns.
 - Vocabulary split: ``train``, ``dev`` and ``test`` each draw names, verbs, animal categories, places and counted
   objects from their own vocabulary (disjoint content words), so no pair is shared between splits whatever the
-  seeds. ``dev`` (the issue-8 held-out vocabulary, which the issue-8 sweeps scored) is drawn like ``test`` and is
-  for every choice; ``test`` (a fresh vocabulary) is for final numbers only.
+  seeds. ``dev`` (the held-out vocabulary that the earlier GPU sweeps scored) is drawn like ``test`` and
+  is for every choice; ``test`` (a fresh vocabulary) is for final numbers only.
 - Deterministic: the same seed and sizes give byte-identical files (``random.Random`` seeded per split).
 - Writes ``train.jsonl``, ``dev.jsonl``, ``test.jsonl`` in the SFT record schema
   ``{"id", "premise", "hypothesis", "thought_process", "label", "source"}``, each file atomically.
@@ -155,7 +155,7 @@ VOCAB: dict[str, Vocab] = {
         places=("park", "kitchen", "library", "garden", "office"),
         objects=("apples", "books", "coins", "pencils", "marbles"),
     ),
-    # The dev vocabulary is the held-out vocabulary of issue #8, on which the GPU sweeps of that issue chose
+    # The dev vocabulary is the held-out vocabulary on which the GPU sweeps (experiments/demo_sweep/) chose
     # their recipe: it is for choices (dev eval loss, sweeps, `split=dev`), never for the final numbers.
     "dev": Vocab(
         names=tuple("Nora Oscar Paula Quentin Rosa Simon Tara Victor Wendy Xavier Yara Zack".split()),
@@ -200,7 +200,7 @@ VOCAB: dict[str, Vocab] = {
         places=("station", "museum", "harbor", "market", "theater"),
         objects=("cups", "stamps", "shells", "candles", "buttons"),
     ),
-    # A fresh vocabulary (issue #15) that no sweep or recipe choice has seen: the final numbers only.
+    # A fresh vocabulary that no sweep or recipe choice has seen: the final numbers only.
     "test": Vocab(
         names=tuple("Bella Carlos Diana Fiona George Hannah Ivan Julia Kevin Lucy Mason Olga".split()),
         person_verbs=(

@@ -1,4 +1,4 @@
-"""Stage: an OpenAI-compatible HTTP server for the base model and its LoRA adapters (issue #18).
+"""Stage: an OpenAI-compatible HTTP server for the base model and its LoRA adapters.
 
     python -m nli_cot.serve model=mistral_7b_v0_3 adapters.abl1=outputs/runs/abl1/checkpoint-1250 port=8000
 
