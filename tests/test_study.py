@@ -5,6 +5,8 @@ deadline, a failing job)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -95,6 +97,38 @@ def test_engine_deadline_stops_running_job_and_starts_nothing_new(tmp_path):
     # A job picked up inside the start margin does not start, and leaves no attempt behind.
     late = run_job("late", _py("pass"), "gpu", str(tmp_path / "late.log"), {}, time.time() + 5, 10, 1)
     assert late == {"status": "not_started"} and not (tmp_path / "late.log").exists()
+
+
+def test_engine_sigterm_of_the_driver_stops_the_running_job(tmp_path):
+    """A driver stopped by SIGTERM (``timeout``, a job system) asks its tasks to stop through a Dask Event: the
+    job's process group ends, the job is recorded as interrupted and gets no marker."""
+    pid_file = tmp_path / "pid"
+    driver = f"""
+import json, sys
+from pathlib import Path
+from nli_cot.study_engine import Engine, EngineConfig, Job
+tmp = Path({str(tmp_path)!r})
+job = Job("slow", "gpu", (0,), argv=lambda: [sys.executable, "-c",
+          "import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"])
+e = Engine([job], tmp / "jobs", tmp / "logs", tmp / "manifest.json", EngineConfig(), kill_grace_s=2, poll_s=0.05)
+print(json.dumps(e.run()), flush=True)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", driver], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    end = time.time() + 60
+    while not pid_file.is_file() or not pid_file.read_text():
+        assert time.time() < end and proc.poll() is None
+        time.sleep(0.1)
+    job_pid = int(pid_file.read_text())
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=40)
+    assert time.time() - t0 < 30
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["left"] == ["slow"] and summary["stopped_by_deadline"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(job_pid, 0)
+    assert json.loads((tmp_path / "manifest.json").read_text())["jobs"]["slow"]["status"] == "interrupted"
+    assert not (tmp_path / "jobs" / "slow.json").exists()
 
 
 def test_engine_gives_each_gpu_job_its_own_card_and_cpu_jobs_none(tmp_path):
