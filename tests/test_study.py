@@ -293,3 +293,5 @@ def test_study_failing_job_skips_its_dependents_and_the_rest_continue(tmp_path, 
     assert status["predict:zero_shot"] == status["evaluate:zero_shot"] == "done"
     report = json.loads((tmp_path / "results" / "r.json").read_text())
     assert set(report["cells"]) == {"zero_shot"} and "FAILED  sft:human" in r.stdout
+    log = (tmp_path / "study" / "study.log").read_text()  # the progress lines and the summary, in the log file too
+    assert "[start] predict:zero_shot" in log and "[failed] sft:human" in log and "FAILED  sft:human" in log
