@@ -150,6 +150,30 @@ def test_engine_gives_each_gpu_job_its_own_card_and_cpu_jobs_none(tmp_path):
     assert (tmp_path / "logs" / "c.log").read_text().strip().splitlines()[-1] == "CVD="
 
 
+def test_engine_sends_jobs_to_an_existing_scheduler(tmp_path):
+    """engine.address: the same tasks on a scheduler started elsewhere (here a LocalCluster standing in for
+    dask-jobqueue's SLURMCluster), whose workers declare the resources; an unreachable one is one line."""
+    import logging
+
+    from distributed import LocalCluster
+
+    out = tmp_path / "ran.txt"
+    jobs = [Job("a", "gpu", (0,), argv=lambda: _py(f"open({str(out)!r}, 'a').write('a')")),
+            Job("b", "cpu", (1,), ["a"], argv=lambda: _py(f"open({str(out)!r}, 'a').write('b')"))]
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, resources={"GPU": 1, "CPU": 1},
+                      dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+        cfg = EngineConfig(address=cluster.scheduler_address, connect_timeout_s=20)
+        e = Engine(jobs, tmp_path / "jobs", tmp_path / "logs", tmp_path / "m.json", cfg, poll_s=0.05,
+                   printer=lambda s: None)
+        s = e.run()
+        assert s["counts"] == {"done": 2} and out.read_text() == "ab"
+        assert len(cluster.scheduler.workers) == 1  # the driver closed its client, not the cluster
+    nowhere = Engine(jobs, tmp_path / "j2", tmp_path / "l2", tmp_path / "m2.json",
+                     EngineConfig(address="tcp://127.0.0.1:9", connect_timeout_s=1), printer=lambda s: None)
+    with pytest.raises(SystemExit, match="engine.address tcp://127.0.0.1:9: no scheduler"):
+        nowhere.run()
+
+
 def test_engine_config_is_checked_in_one_line_each():
     good = {"address": None, "gpus": None, "slots_per_gpu": 2, "cpu_slots": 1, "connect_timeout_s": 60,
             "dashboard_address": None}
