@@ -10,12 +10,15 @@ Features
 - Every stage is the project's own CLI (``nli_cot.sft|thoughts|reflect|train|predict``) run as a subprocess, so
   the study proves the commands a user types; evaluation and comparison call ``nli_cot.evaluate`` /
   ``nli_cot.compare`` in process (the manifest records the equivalent command).
-- A job graph (``nli_cot.study_graph``) run by a small scheduler (``nli_cot.study_scheduler``) over N GPUs, one
-  ``CUDA_VISIBLE_DEVICES`` per job; on CPU one job at a time. Seed-0 jobs first, the teacher chains first of all.
+- A job graph (``nli_cot.study_graph``) run on Dask distributed (``nli_cot.study_engine``): locally a cluster of
+  one worker per GPU slot (``engine.slots_per_gpu`` per card, one ``CUDA_VISIBLE_DEVICES`` each) plus
+  ``engine.cpu_slots`` CPU workers; ``engine.address=tcp://host:8786`` sends the same tasks to an existing
+  scheduler (e.g. dask-jobqueue on SLURM). Seed-0 jobs first, the teacher chains first of all.
 - Resumable (finished jobs leave atomic markers; the stage CLIs resume inside a job) and deadline-aware
   (``deadline_s``: no job starts too close to it, running ones are stopped in time, the report is written, and
   the next invocation continues). The manifest (``<out_dir>/manifest.json``) logs every attempt's command, seed,
-  times, GPU and exit code; a failed job skips its dependents only.
+  times, GPU and exit code; a failed job skips its dependents only. Progress lines go to the terminal and to
+  ``<out_dir>/study.log``.
 - Hyper-parameters are fixed in ``conf/study/*.yaml`` with reasons; the learning rate may be chosen per family on
   the dev split of the train pairs (``train.lr_grid`` on ``human`` seed 0, ``train.label_lr_grid`` on ``label_only``
   seed 0); early stopping, the best checkpoint and the lr follow decoded dev balanced accuracy with
@@ -29,7 +32,8 @@ Features
 Limits
 - The method settings are fingerprinted in ``<out_dir>/study_settings.json``: reusing an out_dir with other
   sizes is refused (``force=true`` overrides), because finished jobs would otherwise be mixed with new ones.
-- Local jobs (evaluation) run in the scheduler's thread: seconds each, but they delay the next job start.
+- Local jobs (evaluation, data sampling, the lr choice) run in the driver, one at a time: on a cluster the driver's
+  machine must see out_dir too.
 """
 
 from __future__ import annotations
@@ -47,8 +51,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from nli_cot.records import write_json_atomic
+from nli_cot.study_engine import Engine, EngineConfig, check_engine, marker_path
 from nli_cot.study_graph import StudyGraph
-from nli_cot.study_scheduler import Scheduler
 
 FINGERPRINTED = ("base_model", "model_tokenizer", "prompt_name", "data", "train", "predict", "teachers", "evaluate",
                 "baselines")
@@ -222,9 +226,9 @@ class LocalJobs:
         return choice
 
 
-def plan(jobs: list, sched: Scheduler) -> None:
+def plan(jobs: list, state_dir: Path) -> None:
     for j in sorted(jobs, key=lambda j: j.priority):
-        done = "done" if sched.marker(j.name).is_file() else "todo"
+        done = "done" if marker_path(state_dir, j.name).is_file() else "todo"
         print(f"{done:5} {j.lane:5} {j.name:42} <- {', '.join(j.deps) or '-'}")
 
 
@@ -240,20 +244,8 @@ def main_run(cfg: dict[str, Any]) -> int:
                        "evaluate_cmd": local.evaluate_cmd, "select_lr": local.select_lr})
     deadline = cfg["deadline_s"]
     stop_at = None if deadline is None else t0 + float(deadline) - float(cfg["report_reserve_s"])
-    gpus = detect_gpus(cfg["gpus"]) if cfg["stage"] == "run" else []
-    env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-           "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"),
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-    sched = Scheduler(
-        jobs, out / "jobs", out / "logs", out / "manifest.json", gpus,
-        slots_per_gpu=int(cfg["slots_per_gpu"]), cpu_slots=int(cfg["cpu_slots"]),
-        max_running=None if gpus else 1,  # on CPU, one job at a time: jobs would only fight over the cores
-        stop_at=stop_at, start_margin_s=float(cfg["start_margin_s"]), kill_grace_s=float(cfg["kill_grace_s"]),
-        env=env, fail_jobs=tuple(cfg["fail_jobs"]), python=graph.python,
-        printer=lambda s: print(f"[{time.time() - t0:7.1f}s] {s}", flush=True),
-    )
     if cfg["stage"] == "plan":
-        plan(jobs, sched)
+        plan(jobs, out / "jobs")
         return 0
     if cfg["stage"] == "merge":
         if not cfg.get("merge_from"):
@@ -275,12 +267,27 @@ def main_run(cfg: dict[str, Any]) -> int:
     if cfg["stage"] == "run":
         out.mkdir(parents=True, exist_ok=True)
         check_settings(out, cfg, bool(cfg["force"]))
-        print(f"study {cfg['study_name']}: {len(jobs)} jobs, gpus {gpus or 'none (CPU, one job at a time)'}, "
-              f"deadline {deadline if deadline is not None else 'none'} s -> {out}", flush=True)
+        e = cfg["engine"]
+        gpus = [] if e["address"] else detect_gpus(e["gpus"])
+        env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+               "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"),
+               "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+        say = progress_printer(out / "study.log", t0)
+        engine = Engine(
+            jobs, out / "jobs", out / "logs", out / "manifest.json",
+            EngineConfig(address=e["address"], gpus=gpus, slots_per_gpu=int(e["slots_per_gpu"]),
+                         cpu_slots=int(e["cpu_slots"]), connect_timeout_s=float(e["connect_timeout_s"]),
+                         dashboard_address=e["dashboard_address"]),
+            stop_at=stop_at, start_margin_s=float(cfg["start_margin_s"]), kill_grace_s=float(cfg["kill_grace_s"]),
+            env=env, fail_jobs=tuple(cfg["fail_jobs"]), python=graph.python, printer=say)
+        where = e["address"] or (f"gpus {gpus} x {e['slots_per_gpu']} slots + {e['cpu_slots']} CPU slots" if gpus
+                                 else f"no GPU: {e['cpu_slots']} job(s) at a time")
+        say(f"study {cfg['study_name']}: {len(jobs)} jobs on {where}, "
+            f"deadline {deadline if deadline is not None else 'none'} s -> {out}")
         from nli_cot.study_report import device_name, versions
 
-        summary = sched.run({"device": device_name(), "versions": versions(), "argv": sys.argv[1:]})
-        print_summary(summary)
+        summary = engine.run({"device": device_name(), "versions": versions(), "argv": sys.argv[1:]})
+        print_summary(summary, out / "study.log")
         code = EXIT_FAILED if summary["failed"] else EXIT_UNFINISHED if summary["left"] else 0
         write_json_atomic(out / "last_invocation.json", {"exit_code": code, **summary})
     paths = write_report(cfg, graph, out)
@@ -288,20 +295,52 @@ def main_run(cfg: dict[str, Any]) -> int:
     return code
 
 
-def print_summary(s: dict[str, Any]) -> None:
-    print(f"\n== study invocation: {s['wall_s']} s; " + ", ".join(f"{k} {v}" for k, v in sorted(s["counts"].items())))
+def progress_printer(log_path: Path, t0: float):
+    """Progress lines (``[  12.3s] [done] train:human_s0 ...``) to the terminal and appended to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def say(line: str) -> None:
+        text = f"[{time.time() - t0:7.1f}s] {line}"
+        print(text, flush=True)
+        with log_path.open("a", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
+
+    return say
+
+
+def check_scheduling(cfg: dict[str, Any]) -> list[str]:
+    """One line per bad value of the scheduling knobs (``engine`` and the deadline's)."""
+    errors = check_engine(cfg["engine"])
+    for key, nullable in (("deadline_s", True), ("report_reserve_s", False), ("start_margin_s", False),
+                          ("kill_grace_s", False)):
+        v = cfg[key]
+        if (v is None and not nullable) or (v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                                               or v < 0)):
+            errors.append(f"{key} must be a number >= 0{' or null' if nullable else ''}, got {v!r}")
+    return errors
+
+
+def summary_lines(s: dict[str, Any]) -> list[str]:
+    lines = [f"== study invocation: {s['wall_s']} s; " + ", ".join(f"{k} {v}" for k, v in sorted(s["counts"].items()))]
     if s["already_finished"]:
-        print(f"   {s['already_finished']} jobs were already finished (skipped)")
-    for n, why in s["failed"].items():
-        print(f"   FAILED  {n}: {why}")
-    for n, why in s["skipped"].items():
-        print(f"   skipped {n}: {why}")
-    for n, why in s["no_data"].items():
-        print(f"   no data {n}: {why}")
+        lines.append(f"   {s['already_finished']} jobs were already finished (skipped)")
+    lines += [f"   FAILED  {n}: {why}" for n, why in s["failed"].items()]
+    lines += [f"   skipped {n}: {why}" for n, why in s["skipped"].items()]
+    lines += [f"   no data {n}: {why}" for n, why in s["no_data"].items()]
     if s["left"]:
-        print(f"   LEFT ({len(s['left'])}, {'stopped in time' if s['stopped_by_deadline'] else 'not started'}): "
-              + ", ".join(s["left"]))
-        print("   re-run the same command to continue")
+        lines.append(f"   LEFT ({len(s['left'])}, {'stopped in time' if s['stopped_by_deadline'] else 'not started'}): "
+                     + ", ".join(s["left"]))
+        lines.append("   re-run the same command to continue")
+    return lines
+
+
+def print_summary(s: dict[str, Any], log_path: Path | None = None) -> None:
+    """The invocation's summary to the terminal (and appended to the progress log)."""
+    text = "\n" + "\n".join(summary_lines(s)) + "\n"
+    print(text, end="", flush=True)
+    if log_path is not None:
+        with log_path.open("a", encoding="utf-8") as f:
+            f.write(text)
 
 
 @hydra.main(config_path="../conf", config_name="study", version_base="1.3")
@@ -313,6 +352,9 @@ def main(cfg: DictConfig) -> None:
         print("warning: matplotlib is not installed: no plots (SFT lengths, evaluation, report)", file=sys.stderr)
         plain["evaluate"]["plots"] = False
         plain["plots"] = False
+    errors = check_scheduling(plain)
+    if errors:
+        raise SystemExit("error: " + "; ".join(errors))
     code = main_run(plain)
     if code:
         sys.exit(code)

@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nli_cot.study_scheduler import Job, NoData
+from nli_cot.study_engine import Job, NoData
 
 TEACHER_CONDITIONS = ("teacher_base_combined", "teacher_base_correct_only", "teacher_human_combined",
                       "teacher_human_correct_only")

@@ -318,7 +318,7 @@ def mcnemar_family(runs: dict[str, dict], refs: tuple[str, ...], exact_below: in
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("torch", "transformers", "peft", "accelerate", "pytorch-lightning", "lightning", "hydra-core",
-                "omegaconf", "datasets", "numpy"):
+                "omegaconf", "datasets", "numpy", "distributed"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

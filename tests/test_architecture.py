@@ -19,7 +19,7 @@ LAYERS: dict[str, list[str]] = {
              "teacher_prompts", "sweep", "smollm2", "loss_weights", "fastpath"],
     # what the stages are built from: models, decoding, training data and module, teachers, the job scheduler
     "machinery": ["modeling", "generation", "data", "module", "checkpoints", "loggers", "gen_eval", "teachers",
-                  "stage_runner", "study_scheduler"],
+                  "stage_runner", "study_engine"],
     # one command each, in data order: pairs -> thoughts -> reflect -> sft -> train -> predict -> evaluate
     "stages": ["thoughts", "reflect", "sft", "train", "predict", "evaluate", "compare", "report", "baselines",
                "export", "serve", "demo_data"],

