@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from nli_cot.baselines import dev_split
+from nli_cot.evaluation.baselines import dev_split
 
 TRAIN_FILES = ("esnli/dev.jsonl", "more/snli_sample.jsonl", "more/cad.jsonl", "more/sick.jsonl")
 TEST_FILES = {

@@ -8,7 +8,7 @@
   average 179 tokens (108-305), whole examples 290 (204-426); a random batch of 16 is 23% padding. Written once here and carried to the GPU, so both stacks see the same rows.
 - Recording: JSON lines with the stage, device, versions; ``env_record`` measures the bf16 GEMM ceiling used for MFU.
 
-The method is the project's (nli_cot.prompts renders the text); the token ids are the same for both stacks.
+The method is the project's (nli_cot.core.prompts renders the text); the token ids are the same for both stacks.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ def check(a: argparse.Namespace) -> None:
     from bench_train import compose
     from peft import PeftModel
 
-    from nli_cot.modeling import load_base_model, load_tokenizer
+    from nli_cot.models.modeling import load_base_model, load_tokenizer
 
     out: dict = {}
     cfg = compose(["+experiment=abl1", f"model.name_or_path={a.model}"])

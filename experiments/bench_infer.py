@@ -12,13 +12,13 @@ Only what decides speed differs between modes:
 - baseline (the card): 4-bit NF4 base + LoRA adapter unmerged, HF ``generate`` in batches of 32 in file order,
   greedy, max_new_tokens 512, a batch runs until its longest answer's EOS. Timed on the first ``--baseline_n``
   prompts (default 64: 512 would take ~9 minutes); examples/s is per prompt, so it extrapolates linearly.
-- nli_q4: the same 4-bit base + unmerged adapter through ``nli_cot.generation.generate_batch`` (the code
+- nli_q4: the same 4-bit base + unmerged adapter through ``nli_cot.models.generation.generate_batch`` (the code
   ``python -m nli_cot.predict`` runs): all prompts in one length-sorted batch, each row stopped when its JSON
-  object closes, grouped-query sdpa (nli_cot.fastpath) instead of repeat_kv over the KV cache.
+  object closes, grouped-query sdpa (nli_cot.training.fastpath) instead of repeat_kv over the KV cache.
 - nli_bf16: bf16 base with the adapter merged, the same generate_batch call, plus a static KV cache and the
   compiled decode step (torch.compile, CUDA graphs). ``_constrained``: JsonConstraint on as well.
 Reported per mode: examples/s, generated tokens/s (tokens each row needed: its answer incl. the closing brace
-or EOS), per-step milliseconds, parse-valid rate (nli_cot.parsing), peak memory, warm-up/compile seconds.
+or EOS), per-step milliseconds, parse-valid rate (nli_cot.core.parsing), peak memory, warm-up/compile seconds.
 """
 
 from __future__ import annotations
@@ -85,8 +85,8 @@ def load_rows(tok, n: int):
     """Prompt ids and the answer ids (completion + EOS) of the test rows, via nli_cot's card prompt."""
     from hydra import compose, initialize_config_dir
 
-    import nli_cot.config  # noqa: F401
-    from nli_cot.prompts import completion_text, encode_example
+    import nli_cot.core.config  # noqa: F401
+    from nli_cot.core.prompts import completion_text, encode_example
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         prompt_cfg = compose(config_name="config", overrides=["prompt=card"]).prompt
@@ -103,7 +103,7 @@ def load_rows(tok, n: int):
 def decoding_cfg(**over):
     from omegaconf import OmegaConf
 
-    from nli_cot.generation import DecodingConfig
+    from nli_cot.models.generation import DecodingConfig
 
     cfg = OmegaConf.structured(DecodingConfig)
     for k, v in over.items():
@@ -143,7 +143,7 @@ def load_model(model_dir: str, quant: bool, tok):
 
 
 def summarise(rec: dict, results, rows, seconds: float, steps: int | None = None) -> None:
-    from nli_cot.parsing import parse_output
+    from nli_cot.core.parsing import parse_output
 
     n_tok = [g.n_tokens for out in results for g in out]
     parsed = [parse_output(g.text) for out in results for g in out]
@@ -167,8 +167,8 @@ def summarise(rec: dict, results, rows, seconds: float, steps: int | None = None
 
 
 def run_generate_batch(model, tok, rows, cfg, extra, batch: int, sort: bool):
-    """nli_cot.generation.generate_batch over ``rows`` (optionally length-sorted), scripted."""
-    from nli_cot.generation import generate_batch
+    """nli_cot.models.generation.generate_batch over ``rows`` (optionally length-sorted), scripted."""
+    from nli_cot.models.generation import generate_batch
 
     state = patch_generate(model, extra)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["prompt"])) if sort else list(range(len(rows)))
@@ -205,7 +205,7 @@ def mode_baseline(model, tok, rows, a, rec) -> None:
 def mode_nli(model, tok, rows, a, rec, compiled: bool, constrained: bool) -> None:
     from transformers import CompileConfig
 
-    from nli_cot import fastpath
+    from nli_cot.training import fastpath
 
     fastpath.set_attention(model, fastpath.GROUPED_SDPA)
     extra = {}

@@ -29,11 +29,11 @@ from omegaconf import OmegaConf
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from nli_cot import demo_data
-from nli_cot.config import PromptConfig
-from nli_cot.parsing import parse_output
-from nli_cot.prompts import completion_text, encode_example, prompt_text
-from nli_cot.smollm2 import smollm2_local_dir
+from nli_cot.core.config import PromptConfig
+from nli_cot.core.parsing import parse_output
+from nli_cot.core.prompts import completion_text, encode_example, prompt_text
+from nli_cot.models.smollm2 import smollm2_local_dir
+from nli_cot.orchestration import demo_data
 
 ROOT = Path(__file__).resolve().parents[1]
 

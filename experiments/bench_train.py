@@ -10,7 +10,7 @@ r16/a32/0.05 on q,k,v,o, paged AdamW 8-bit (lr 2e-4, wd 0.01, cosine, 3% warm-up
 optimiser step, bf16 autocast, grad-norm clip 1.0.
 - baseline: TRL SFTTrainer as the card ran it: rows right-padded to the longest in the batch, gradient
   checkpointing, peft's prepare_model_for_kbit_training, sdpa, the model's loss over full logits.
-- nli_cot: ``NliCotModule`` + Lightning ``Trainer`` built by ``nli_cot.train.TrainRecipe`` (the product's code),
+- nli_cot: ``NliCotModule`` + Lightning ``Trainer`` built by ``nli_cot.training.train.TrainRecipe`` (the product's code),
   with the variant's ``trainer.*``/``model.*`` overrides (the speed levers, see VARIANTS).
 Measured: a callback synchronises the GPU at every step end; step time = interval between step ends (data, forward,
 backward, optimiser, logging); the first ``--warmup`` steps are dropped. Real tokens = non-padding tokens.
@@ -222,7 +222,7 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    import nli_cot.config  # noqa: F401  (registers the schemas)
+    import nli_cot.core.config  # noqa: F401  (registers the schemas)
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=overrides)
@@ -264,7 +264,7 @@ def probe_examples(datamodule, n: int = 16) -> list[dict]:
 def run_nli_cot(a, rec: dict) -> None:
     import pytorch_lightning as pl
 
-    from nli_cot.train import TrainRecipe, validate
+    from nli_cot.training.train import TrainRecipe, validate
 
     if a.variant in EXPERIMENT_VARIANTS:  # the preset's own batch, accumulation and levers; paths from the bench
         keep = ("trainer.per_device_batch_size=", "trainer.grad_accum=", "lora=", "optimizer=", "model=")
@@ -338,7 +338,7 @@ def run_nli_cot(a, rec: dict) -> None:
     t0 = time.time()
     recipe.trainer.fit(module, datamodule=dm)
     rec["fit_wall_s"] = time.time() - t0
-    from nli_cot import fastpath
+    from nli_cot.training import fastpath
 
     rec["flash_varlen_check"] = dict(fastpath.FLASH_VARLEN_CHECK)
     keep = a.warmup + a.steps  # profiled steps (after these) are not measured steps
@@ -388,8 +388,8 @@ def run_baseline(a, rec: dict) -> None:
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from nli_cot.data import NliDataModule
-    from nli_cot.modeling import load_tokenizer
+    from nli_cot.models.modeling import load_tokenizer
+    from nli_cot.training.data import NliDataModule
 
     cfg = compose(base_overrides(a))
     tok = load_tokenizer(cfg.model)

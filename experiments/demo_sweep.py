@@ -30,7 +30,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from nli_cot.demo import _metrics, learning_curve, per_family_accuracy  # noqa: E402
+from nli_cot.orchestration.demo import _metrics, learning_curve, per_family_accuracy  # noqa: E402
 
 
 def _override(key: str, value: Any) -> str:

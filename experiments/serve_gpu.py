@@ -13,7 +13,7 @@ Features
   sent the ``--n`` pairs as NLI chat requests (``nli: true``: constrained JSON; greedy; ``--max-tokens``) with at
   most ``--concurrency`` in flight, by the official ``openai`` AsyncOpenAI client when it is installed, else by
   httpx with the same JSON body (``--client``); examples/s from the client's wall time.
-- predict: in this process, the model loaded once per variant through ``nli_cot.predict.load_model``, the pairs
+- predict: in this process, the model loaded once per variant through ``nli_cot.inference.predict.load_model``, the pairs
   through ``predict.plan_batches`` and ``predict.predict_batches`` (what ``python -m nli_cot.predict`` runs:
   prompts sorted by length, batches of ``--predict-batch-size``, records fsynced to a JSONL file); examples/s
   from the wall time of planning + decoding + writing (model load excluded), and from the decode time alone.
@@ -61,9 +61,9 @@ sys.path.insert(0, str(REPO / "experiments"))
 
 from serve_load import batch_stats, load, make_adapter, start_server, stop_servers  # noqa: E402
 
-from nli_cot.serve import free_port, wait_healthy  # noqa: E402
+from nli_cot.inference.serve import free_port, wait_healthy  # noqa: E402
 
-SMOLLM2 = ["model=smollm2_135m", "prompt=chat", "model.dtype=float32"]  # the study's predict (nli_cot.study_graph)
+SMOLLM2 = ["model=smollm2_135m", "prompt=chat", "model.dtype=float32"]  # the study's predict (nli_cot.orchestration.study_graph)
 
 
 # ------------------------------------------------------------------------------------------------- inputs
@@ -86,7 +86,7 @@ def predict_cfg(overrides: list[str], adapter: str | None, merged: bool, args: a
     """The ``nli_cot.predict`` config the bench's predict side runs (as ``python -m nli_cot.predict`` would)."""
     from hydra import compose, initialize_config_dir
 
-    import nli_cot.predict  # noqa: F401  (schemas)
+    import nli_cot.inference.predict  # noqa: F401  (schemas)
 
     extra = [f"adapter.path={adapter}", f"adapter.merge={str(merged).lower()}"] if adapter else []
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -103,8 +103,8 @@ class PredictSide:
     """One predict variant: its model loaded once; ``run(pairs)`` times predict's batch path over them."""
 
     def __init__(self, name: str, cfg: Any, tmp: Path) -> None:
-        from nli_cot.checks import check_config
-        from nli_cot.predict import load_model
+        from nli_cot.core.checks import check_config
+        from nli_cot.inference.predict import load_model
 
         check_config(cfg)
         self.name, self.cfg, self.tmp = name, cfg, tmp
@@ -114,9 +114,9 @@ class PredictSide:
     def run(self, pairs: list[dict]) -> dict:
         import torch
 
-        from nli_cot.pairs import Pair
-        from nli_cot.predict import config_hash, plan_batches, predict_batches
-        from nli_cot.records import RecordWriter, read_records
+        from nli_cot.core.pairs import Pair
+        from nli_cot.core.records import RecordWriter, read_records
+        from nli_cot.inference.predict import config_hash, plan_batches, predict_batches
 
         cuda = torch.cuda.is_available()
         if cuda:

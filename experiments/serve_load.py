@@ -41,7 +41,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from nli_cot.serve import Metrics, free_port, wait_healthy  # noqa: E402  (after the path: runs from a checkout)
+from nli_cot.inference.serve import Metrics, free_port, wait_healthy  # noqa: E402  (after the path: runs from a checkout)
 
 
 def make_adapter(out: Path, model_overrides: list[str] | None = None) -> Path:
@@ -49,8 +49,8 @@ def make_adapter(out: Path, model_overrides: list[str] | None = None) -> Path:
     tiny Mistral unless ``model_overrides`` (Hydra overrides, e.g. ``["model=smollm2_135m"]``) says otherwise."""
     from hydra import compose, initialize_config_dir
 
-    import nli_cot.config  # noqa: F401  (schemas)
-    from nli_cot.modeling import attach_lora, load_base_model, load_tokenizer, randomise_lora_b
+    import nli_cot.core.config  # noqa: F401  (schemas)
+    from nli_cot.models.modeling import attach_lora, load_base_model, load_tokenizer, randomise_lora_b
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[*(model_overrides or ["model=tiny_mistral"]), "lora=default"])

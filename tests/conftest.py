@@ -35,7 +35,7 @@ def compose(overrides: list[str] | None = None, config_name: str = "config"):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    import nli_cot.config  # noqa: F401  (registers the schemas)
+    import nli_cot.core.config  # noqa: F401  (registers the schemas)
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=overrides or [])
@@ -48,7 +48,7 @@ def tiny_model_cfg():
 
 @pytest.fixture(scope="session")
 def mistral_tokenizer(tiny_model_cfg):
-    from nli_cot.modeling import load_tokenizer
+    from nli_cot.models.modeling import load_tokenizer
 
     return load_tokenizer(tiny_model_cfg)
 

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 from conftest import run_module
 
-from nli_cot.ablations import DEFAULT_CHAIN, ChainError, compose_run_name, load_chain, main, run_chain
+from nli_cot.orchestration.ablations import (
+    DEFAULT_CHAIN,
+    ChainError,
+    compose_run_name,
+    load_chain,
+    main,
+    run_chain,
+)
 
 TINY = ["model=tiny_mistral", "dataset=sample", "logger=csv", "trainer.max_steps=2", "trainer.save_steps=2",
         "trainer.eval_every_n_steps=1", "trainer.per_device_batch_size=2", "trainer.grad_accum=1",

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO, compose, run_module
 
-import nli_cot.thoughts  # noqa: F401  (registers the pairs and teacher schemas)
-from nli_cot.data import DataError, read_sft_records
-from nli_cot.pairs import PairsConfig, PairsError, load_pairs
-from nli_cot.parsing import RULES, _parse, parse_output
+import nli_cot.teacher.thoughts  # noqa: F401  (registers the pairs and teacher schemas)
+from nli_cot.core.pairs import PairsConfig, PairsError, load_pairs
+from nli_cot.core.parsing import RULES, _parse, parse_output
+from nli_cot.training.data import DataError, read_sft_records
 
 FIX = REPO / "tests" / "fixtures"
 HEADER = "id,premise,hypothesis,label\n"
@@ -84,7 +84,7 @@ def test_sft_reader_and_stages_refuse_empty_sft_files(tmp_path: Path) -> None:
     empty.write_text("\n")
     with pytest.raises(DataError, match=r"train\.jsonl: no records"):
         read_sft_records(str(empty))
-    from nli_cot.sft import StageError, from_sft
+    from nli_cot.teacher.sft import StageError, from_sft
 
     src = compose(["sft_strategy=combined"], config_name="sft").sft_strategy.sources[0]
     src.path, src.kind, src.format = str(empty), "sft", "nli_cot"
@@ -155,7 +155,7 @@ def test_every_stage_checks_ranges_and_keys(module: str, args: list[str], expect
 
 
 def test_validate_applies_the_same_checks_in_multirun_jobs() -> None:
-    from nli_cot.train import ConfigError, validate
+    from nli_cot.training.train import ConfigError, validate
 
     cfg = compose([*TRAIN, "+lora.rank=8", f"dataset.train_path={FIX / 'sft_sample.jsonl'}"])
     with pytest.raises(ConfigError, match=r"did you mean lora\.r\?"):
@@ -163,7 +163,7 @@ def test_validate_applies_the_same_checks_in_multirun_jobs() -> None:
 
 
 def test_a_crash_after_start_marks_the_run_failed(tmp_path: Path, monkeypatch) -> None:
-    from nli_cot import train
+    from nli_cot.training import train
 
     cfg = compose([*TRAIN, f"dataset.train_path={FIX / 'sft_sample.jsonl'}", "dataset.eval_path=null",
                    f"output_dir={tmp_path}", "run_name=r"])

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import compose, run_module
 
-import nli_cot.baselines as B
-from nli_cot.evaluate import compute_metrics, load_predictions, make_tokenizer
+import nli_cot.evaluation.baselines as B
+from nli_cot.evaluation.evaluate import compute_metrics, load_predictions, make_tokenizer
 
 WORDS = "man woman dog cat park street ball car red blue runs sits plays sleeps happy old young small".split()
 
@@ -47,7 +47,7 @@ def splits(tmp_path: Path) -> dict[str, Path]:
 
 
 def _cfg(splits: dict[str, Path], output: Path, **overrides: object):
-    import nli_cot.baselines  # noqa: F401  (registers the schema)
+    import nli_cot.evaluation.baselines  # noqa: F401  (registers the schema)
 
     args = {**{k: str(v) for k, v in splits.items()}, "output": str(output), **overrides}
     return compose([f"{k}={v}" for k, v in args.items()], config_name="baselines")

@@ -11,8 +11,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_evaluate import _cfg, write_predictions  # noqa: E402
 
-from nli_cot.compare import holm, main  # noqa: E402
-from nli_cot.evaluate import run  # noqa: E402
+from nli_cot.evaluation.compare import holm, main  # noqa: E402
+from nli_cot.evaluation.evaluate import run  # noqa: E402
 
 
 def _eval(tmp: Path, name: str, seed: int, n: int = 40) -> Path:

@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import compose
 
-from nli_cot.data import (
+from nli_cot.core.prompts import completion_text, encode_example, prompt_text, user_message
+from nli_cot.training.data import (
     IGNORE_INDEX,
     DataError,
     ResumableBatchSampler,
@@ -16,7 +17,6 @@ from nli_cot.data import (
     read_sft_records,
     tokenize_records,
 )
-from nli_cot.prompts import completion_text, encode_example, prompt_text, user_message
 
 RECORD = {"id": "x1", "premise": "All birds can fly.", "hypothesis": "Penguins can fly.",
           "thought_process": "Step 1: penguins are birds. Step 2: so they fly.", "label": 1}
@@ -68,7 +68,7 @@ def _sentencepiece_v3():
 
     import sentencepiece
 
-    from nli_cot.modeling import MISTRAL_V3_SPM
+    from nli_cot.models.modeling import MISTRAL_V3_SPM
 
     data = Path(importlib.util.find_spec("mistral_common").submodule_search_locations[0]) / "data"
     return sentencepiece.SentencePieceProcessor(model_file=str(data / MISTRAL_V3_SPM))
@@ -156,7 +156,7 @@ def test_bad_records_are_named_by_line_and_field(tmp_path) -> None:
 
 def test_loss_ignores_padding(mistral_tokenizer, card_prompt, tiny_model_cfg) -> None:
     """Padding changes nothing: the loss of a padded batch equals the token-weighted loss of its examples."""
-    from nli_cot.modeling import load_base_model
+    from nli_cot.models.modeling import load_base_model
 
     model = load_base_model(tiny_model_cfg, mistral_tokenizer).eval()
     short = dict(RECORD, id="s", thought_process="Short.")

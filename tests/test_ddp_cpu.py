@@ -15,7 +15,7 @@ RUN = "Mistral_Thinking_Abl1"
 def test_ddp_two_processes_train_and_save_a_loadable_adapter(tmp_path: Path, tiny_model_cfg, mistral_tokenizer) -> None:
     from peft import PeftModel
 
-    from nli_cot.modeling import load_base_model
+    from nli_cot.models.modeling import load_base_model
 
     proc = run_module("nli_cot.train", [
         "+experiment=abl1", "model=tiny_mistral", "dataset=sample", "logger=csv", "trainer.accelerator=cpu",

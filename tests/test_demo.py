@@ -15,7 +15,7 @@ SHORT_STEPS = 32
 
 
 def test_a_gpu_trains_the_gpu_budget_in_fp32_and_gpu_null_keeps_the_cpu_budget() -> None:
-    from nli_cot.demo import training_budget
+    from nli_cot.orchestration.demo import training_budget
 
     cfg = compose(config_name="demo")
     no_gpu_section = compose(["gpu=null", "train_steps=7", "eval_every=3"], config_name="demo")
@@ -32,7 +32,7 @@ def test_split_must_be_dev_or_test_and_held_out_balanced() -> None:
 
 
 def test_comparison_table_names_the_strongest_surface_baseline_and_the_paired_margin() -> None:
-    from nli_cot.demo import comparison_table
+    from nli_cot.orchestration.demo import comparison_table
 
     cfg = compose(config_name="demo")
     gold = [0, 1] * 24
@@ -84,7 +84,7 @@ def test_a_killed_demo_stops_its_running_stage(tmp_path):
 
     code = (
         "import signal, sys\n"
-        "from nli_cot import demo\n"
+        "from nli_cot.orchestration import demo\n"
         "signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))\n"
         "demo._run(['http.server', '0', '--bind', '127.0.0.1'], 'stage')\n"  # any stage that runs until stopped
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from nli_cot import demo_data as dd
+from nli_cot.orchestration import demo_data as dd
 
 N = 600  # per split: 50 examples per (family, label), enough to hit every template
 
@@ -116,7 +116,7 @@ def test_no_surface_baseline_solves_the_held_out_pairs(split):
     # Issue #15: hypothesis-only and premise + hypothesis bag of words, length and per-family keyword rules, each
     # fit on the training pairs, stay <= 60% on held-out vocabulary (seed 1 here; the demo reports its own draw).
     pytest.importorskip("sklearn")
-    from nli_cot.demo_baselines import surface_baselines
+    from nli_cot.orchestration.demo_baselines import surface_baselines
 
     s = dd.build_splits(2000, 300, 300, seed=1)
     recs = {k: [dd.to_record(e, k, i) for i, e in enumerate(v)] for k, v in s.items()}

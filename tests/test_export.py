@@ -34,7 +34,7 @@ def _predictions(path: Path, seed: int, n: int = 40) -> None:
 
 
 def _evaluate(tmp: Path, name: str, seed: int) -> Path:
-    from nli_cot.evaluate import run as evaluate
+    from nli_cot.evaluation.evaluate import run as evaluate
 
     pred = tmp / f"{name}.jsonl"
     _predictions(pred, seed)
@@ -49,7 +49,7 @@ def exported(tmp_path_factory) -> dict[str, Path]:
     proc = run_module("nli_cot.train", TRAIN_ARGS + [f"hydra.run.dir={tmp / 'train'}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     evals = [_evaluate(tmp, "esnli_test", 0), _evaluate(tmp, "rte_dev", 1)]
-    from nli_cot.compare import compare
+    from nli_cot.evaluation.compare import compare
 
     compare([str(e) for e in evals], tmp / "compare", exact_below=25, dpi=60, plots=False)
     out = tmp / "hub"
@@ -80,7 +80,7 @@ def test_layout_and_offline_push(exported) -> None:
 def test_card_snippet_gives_the_checkpoints_logits(exported, tiny_model_cfg, mistral_tokenizer) -> None:
     from peft import PeftModel
 
-    from nli_cot.modeling import load_base_model
+    from nli_cot.models.modeling import load_base_model
 
     ids = torch.tensor([[1, 3, 1000, 2000, 4, 5000, 17]])
     with torch.no_grad():
@@ -142,8 +142,8 @@ def test_user_mistakes_are_one_line_exit_2(exported, tmp_path: Path) -> None:
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "no such run dir or checkpoint folder" in proc.stderr
 
-    from nli_cot.export import ExportError
-    from nli_cot.export import run as export
+    from nli_cot.inference.export import ExportError
+    from nli_cot.inference.export import run as export
 
     def cfg(*extra: str):
         return compose([f"source={exported['run']}", *extra], "export")
@@ -171,7 +171,7 @@ def test_user_mistakes_are_one_line_exit_2(exported, tmp_path: Path) -> None:
 
 
 def test_positional_source() -> None:
-    from nli_cot.export import positional_source
+    from nli_cot.inference.export import positional_source
 
     assert positional_source(["runs/abl1", "out=x"]) == ["source=runs/abl1", "out=x"]
     assert positional_source(["source=a", "out=x"]) == ["source=a", "out=x"]
@@ -182,7 +182,7 @@ def test_push_without_token_says_so_and_keeps_the_folder(tmp_path: Path, monkeyp
     import huggingface_hub
     from huggingface_hub import constants
 
-    from nli_cot.export import push_folder
+    from nli_cot.inference.export import push_folder
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)

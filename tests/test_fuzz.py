@@ -17,9 +17,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nli_cot.data import DataError, read_sft_records
-from nli_cot.pairs import PairColumns, PairsConfig, PairsError, load_pairs
-from nli_cot.parsing import RULES, TYPOGRAPHIC, ParseResult, _parse, parse_output
+from nli_cot.core.pairs import PairColumns, PairsConfig, PairsError, load_pairs
+from nli_cot.core.parsing import RULES, TYPOGRAPHIC, ParseResult, _parse, parse_output
+from nli_cot.training.data import DataError, read_sft_records
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ENCODINGS = ["utf-8", "utf-8-sig", "utf-16", "latin-1", "cp1252"]
@@ -224,7 +224,7 @@ def test_sft_reader_truncated_files(rows, cut: int) -> None:
     lambda rows: "".join(json.dumps(r) + "\n" for r in rows).encode()))
 def test_stage_record_files_random_content(data: bytes) -> None:
     """The records every stage resumes from (thoughts, reflections, predictions): a list or RecordFileError."""
-    from nli_cot.records import RecordFileError, read_records
+    from nli_cot.core.records import RecordFileError, read_records
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "records.jsonl"

@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import REPO, compose, run_module
 
-from nli_cot.gen_eval import GenerationEval, config_problem, dev_subset, score
-from nli_cot.metrics import macro_f1
-from nli_cot.prompts import encode_prompt
+from nli_cot.core.metrics import macro_f1
+from nli_cot.core.prompts import encode_prompt
+from nli_cot.training.gen_eval import GenerationEval, config_problem, dev_subset, score
 
 SAMPLE = REPO / "tests" / "fixtures" / "sft_sample.jsonl"
 IDS = ["orig-0", "orig-17", "orig-85", "orig-51", "orig-68"]  # gold 1, 0, 0, 1, 0

@@ -15,7 +15,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from nli_cot.generation import (
+from nli_cot.core.parsing import ParseResult, parse_output
+from nli_cot.core.prompts import encode_prompt
+from nli_cot.models.generation import (
     JsonCloseStopping,
     JsonGrammar,
     frame_grammar,
@@ -24,8 +26,6 @@ from nli_cot.generation import (
     majority_vote,
     vocab_index,
 )
-from nli_cot.parsing import ParseResult, parse_output
-from nli_cot.prompts import encode_prompt
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FRAME = {"open": '{"thought_process": "', "middle": '", "predicted_label": ', "close": "}"}
@@ -56,7 +56,7 @@ def _pairs(n: int) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_cfg, mistral_tokenizer):
-    from nli_cot.modeling import load_base_model
+    from nli_cot.models.modeling import load_base_model
 
     torch.manual_seed(0)
     return load_base_model(tiny_model_cfg, mistral_tokenizer).eval()

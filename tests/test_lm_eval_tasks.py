@@ -1,4 +1,4 @@
-"""The lm-evaluation-harness tasks shipped in nli_cot/lm_eval_tasks: the filter reads labels with nli_cot.parsing,
+"""The lm-evaluation-harness tasks shipped in nli_cot/lm_eval_tasks: the filter reads labels with nli_cot.core.parsing,
 the tasks load our data files with the project's pair configs and prompt, and on the tiny model (CPU) lm_eval with an
 adapter scores its generations exactly as nli_cot.evaluate scores the same generations, and differently from the
 base model."""
@@ -27,7 +27,7 @@ def _utils():
 
 
 def test_filter_reads_labels_with_nli_cot_parsing() -> None:
-    from nli_cot.parsing import parse_output
+    from nli_cot.core.parsing import parse_output
 
     utils = _utils()
     outputs = [
@@ -41,16 +41,16 @@ def test_filter_reads_labels_with_nli_cot_parsing() -> None:
     assert filtered == expected == [["1"], ["0"], ["unparsed"], ["1"]]
     assert utils.process_results({"label": 1}, ["1"]) == {"acc": 1.0, "macro_f1": (1, 1), "parse_rate": 1.0}
     assert utils.process_results({"label": 0}, ["unparsed"]) == {"acc": 0.0, "macro_f1": (0, None), "parse_rate": 0.0}
-    from nli_cot.metrics import macro_f1
+    from nli_cot.core.metrics import macro_f1
 
     items = [(1, 1), (0, None), (0, 0), (1, 0), (0, 1)]
     assert utils.macro_f1(items) == macro_f1([g for g, _ in items], [p for _, p in items])
 
 
 def test_prompt_and_data_are_the_projects(shared_data: Path) -> None:
-    import nli_cot.predict  # noqa: F401  (registers the predict and pairs schemas)
-    from nli_cot.pairs import load_pairs
-    from nli_cot.prompts import prompt_text
+    import nli_cot.inference.predict  # noqa: F401  (registers the predict and pairs schemas)
+    from nli_cot.core.pairs import load_pairs
+    from nli_cot.core.prompts import prompt_text
 
     utils = _utils()
     doc = {"premise": "A dog runs .", "hypothesis": "An animal moves ."}
@@ -72,11 +72,11 @@ def test_task_yamls_register() -> None:
 
 
 def test_harness_prompt_ids_are_nli_cot_prompt_ids(tiny_model_cfg, mistral_tokenizer) -> None:
-    """With add_bos_token=True the harness feeds the model exactly nli_cot.prompts.encode_prompt's ids."""
+    """With add_bos_token=True the harness feeds the model exactly nli_cot.core.prompts.encode_prompt's ids."""
     from lm_eval.models.huggingface import HFLM
 
-    from nli_cot.modeling import resolve_model_path
-    from nli_cot.prompts import encode_prompt
+    from nli_cot.core.prompts import encode_prompt
+    from nli_cot.models.modeling import resolve_model_path
 
     utils = _utils()
     lm = HFLM(pretrained=resolve_model_path(tiny_model_cfg, mistral_tokenizer), add_bos_token=True, device="cpu",
@@ -136,8 +136,8 @@ def _harness(base: str, shared_data: Path, adapter: Path | None) -> dict:
 @pytest.mark.slow
 def test_harness_scores_equal_nli_cot_evaluate_and_see_the_adapter(adapter: Path, shared_data: Path, tmp_path: Path,
                                                                    tiny_model_cfg, mistral_tokenizer) -> None:
-    from nli_cot.evaluate import run as evaluate
-    from nli_cot.modeling import resolve_model_path
+    from nli_cot.evaluation.evaluate import run as evaluate
+    from nli_cot.models.modeling import resolve_model_path
 
     base = resolve_model_path(tiny_model_cfg, mistral_tokenizer)
     scores = {}
@@ -146,7 +146,7 @@ def test_harness_scores_equal_nli_cot_evaluate_and_see_the_adapter(adapter: Path
         res = out["results"]["nli_cot_rte"]
         samples = out["samples"]["nli_cot_rte"]
         assert len(samples) == N_PAIRS
-        # The same generations as nli_cot.predict records, scored by nli_cot.evaluate.
+        # The same generations as nli_cot.predict records, scored by nli_cot.evaluation.evaluate.
         pred = tmp_path / f"{name}.jsonl"
         with pred.open("w") as f:
             for s in samples:
@@ -165,7 +165,7 @@ def test_harness_scores_equal_nli_cot_evaluate_and_see_the_adapter(adapter: Path
 @pytest.mark.slow
 def test_make_target_command_line_runs(shared_data: Path, tmp_path: Path, tiny_model_cfg, mistral_tokenizer) -> None:
     """`lm_eval ... --include_path nli_cot/lm_eval_tasks --tasks nli_cot_rte` as the Make target runs it."""
-    from nli_cot.modeling import resolve_model_path
+    from nli_cot.models.modeling import resolve_model_path
 
     base = str((REPO / resolve_model_path(tiny_model_cfg, mistral_tokenizer)).resolve())
     proc = run_module("lm_eval", ["--model", "hf", "--model_args", f"pretrained={base},add_bos_token=True",

@@ -1,4 +1,4 @@
-"""dataset.loss_weight: up-weighting chosen completion tokens in the training loss (nli_cot.loss_weights).
+"""dataset.loss_weight: up-weighting chosen completion tokens in the training loss (nli_cot.training.loss_weights).
 
 - weight 1.0 (the default) leaves training bit-identical: no weights are built, the same losses come out;
 - the weighted path with every weight 1 computes the plain loss (padded, padding-free, chunked, fused);
@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from conftest import compose
 from omegaconf import OmegaConf
 
-from nli_cot.data import IGNORE_INDEX, NliDataModule, tokenize_records
-from nli_cot.loss_weights import completion_token_weights, config_problem, marked_spans
-from nli_cot.module import NliCotModule
-from nli_cot.prompts import completion_text
+from nli_cot.core.prompts import completion_text
+from nli_cot.training.data import IGNORE_INDEX, NliDataModule, tokenize_records
+from nli_cot.training.loss_weights import completion_token_weights, config_problem, marked_spans
+from nli_cot.training.module import NliCotModule
 
 RECORDS = [
     {"id": "a", "premise": "A poodle sleeps.", "hypothesis": "A dog sleeps.",
@@ -53,7 +53,7 @@ def _datamodule(sft_file, tokenizer, overrides: list[str]) -> NliDataModule:
 
 @pytest.fixture(scope="module")
 def model(tiny_model_cfg, mistral_tokenizer):
-    from nli_cot.modeling import attach_lora, load_base_model
+    from nli_cot.models.modeling import attach_lora, load_base_model
 
     torch.manual_seed(0)
     base = load_base_model(tiny_model_cfg, mistral_tokenizer, for_training=True)

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from nli_cot import metrics as M
+from nli_cot.core import metrics as M
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 scipy_stats = pytest.importorskip("scipy.stats")

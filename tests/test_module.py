@@ -9,9 +9,9 @@ from conftest import compose
 def test_fit_start_puts_the_base_in_train_mode_so_gradient_checkpointing_recomputes():
     # from_pretrained returns the base in eval mode; transformers' decoder layers skip gradient checkpointing in eval
     # mode without a word, so before this fix Abl0.1's trainer.gradient_checkpointing=true recomputed nothing.
-    from nli_cot.fastpath import decoder_layers
-    from nli_cot.modeling import attach_lora, load_base_model, load_tokenizer
-    from nli_cot.module import NliCotModule
+    from nli_cot.models.modeling import attach_lora, load_base_model, load_tokenizer
+    from nli_cot.training.fastpath import decoder_layers
+    from nli_cot.training.module import NliCotModule
 
     cfg = compose(["+experiment=abl0_1", "model=tiny_mistral"])
     assert cfg.trainer.gradient_checkpointing

@@ -1,4 +1,4 @@
-"""Padding-free rows and the speed levers of nli_cot.fastpath compute exactly what the plain path computes.
+"""Padding-free rows and the speed levers of nli_cot.training.fastpath compute exactly what the plain path computes.
 
 A packed row must give every example the loss it has alone (else the speed-up is not real), with the model's
 own sdpa attention and with the varlen attention (its CPU path: per-example sdpa); the chunked completion loss
@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from conftest import compose
 
-from nli_cot import fastpath
-from nli_cot.data import IGNORE_INDEX, collate_padded, collate_padding_free, tokenize_records
+from nli_cot.training import fastpath
+from nli_cot.training.data import IGNORE_INDEX, collate_padded, collate_padding_free, tokenize_records
 
 RECORDS = [
     {
@@ -50,7 +50,7 @@ def examples(mistral_tokenizer):
 
 @pytest.fixture(scope="module")
 def model(tiny_model_cfg, mistral_tokenizer):
-    from nli_cot.modeling import attach_lora, load_base_model
+    from nli_cot.models.modeling import attach_lora, load_base_model
 
     torch.manual_seed(0)
     base = load_base_model(tiny_model_cfg, mistral_tokenizer, for_training=True)
@@ -186,7 +186,7 @@ def test_grouped_sdpa_equals_sdpa_on_a_left_padded_batch(model, examples) -> Non
 
 
 def test_checkpointing_can_be_limited_to_the_first_layers(tiny_model_cfg, mistral_tokenizer) -> None:
-    from nli_cot.modeling import attach_lora, load_base_model
+    from nli_cot.models.modeling import attach_lora, load_base_model
 
     base = load_base_model(tiny_model_cfg, mistral_tokenizer, for_training=True, gradient_checkpointing=True)
     peft_model = attach_lora(base, compose(["lora=default"]).lora)
@@ -197,7 +197,7 @@ def test_checkpointing_can_be_limited_to_the_first_layers(tiny_model_cfg, mistra
 
 
 def test_lora_can_be_limited_to_chosen_layers_and_a_wrong_index_is_a_clear_error(tiny_model_cfg, mistral_tokenizer):
-    from nli_cot.modeling import ModelSetupError, attach_lora, load_base_model
+    from nli_cot.models.modeling import ModelSetupError, attach_lora, load_base_model
 
     base = load_base_model(tiny_model_cfg, mistral_tokenizer, for_training=True)
     peft_model = attach_lora(base, compose(["lora=default", "lora.layers_to_transform=[1]"]).lora)
@@ -266,17 +266,17 @@ def test_cuda_levers_resolve_to_what_a_cpu_supports(tiny_model_cfg, mistral_toke
     info line, no warning, no error."""
     import logging
 
-    from nli_cot.modeling import attach_lora, load_base_model
+    from nli_cot.models.modeling import attach_lora, load_base_model
 
     trainer_cfg = compose(["+experiment=abl1", "model=tiny_mistral"]).trainer
     assert trainer_cfg.compile and trainer_cfg.packed_attention == "varlen"
     peft_model = attach_lora(load_base_model(tiny_model_cfg, mistral_tokenizer, for_training=True),
                              compose(["lora=default"]).lora)
-    with caplog.at_level(logging.INFO, logger="nli_cot.fastpath"):
+    with caplog.at_level(logging.INFO, logger="nli_cot.training.fastpath"):
         applied = fastpath.apply_training_levers(peft_model, _on_cpu(trainer_cfg))
     assert "compiled_layers" not in applied and applied["attention"] == fastpath.VARLEN_ATTENTION
     assert applied["without_cuda"] == ["packed_attention=varlen runs per-example sdpa", "compile is off"]
-    lines = [r for r in caplog.records if r.name == "nli_cot.fastpath"]
+    lines = [r for r in caplog.records if r.name == "nli_cot.training.fastpath"]
     assert [r.levelname for r in lines] == ["INFO"], [r.getMessage() for r in lines]
     assert all(getattr(layer, "_compiled_call_impl", None) is None for layer in fastpath.decoder_layers(peft_model))
 

@@ -8,8 +8,8 @@ import pytest
 from conftest import REPO, compose
 from omegaconf import OmegaConf
 
-import nli_cot.thoughts  # noqa: F401  (registers the pairs schema)
-from nli_cot.pairs import PairColumns, PairsConfig, PairsError, _format_of, load_pairs
+import nli_cot.teacher.thoughts  # noqa: F401  (registers the pairs schema)
+from nli_cot.core.pairs import PairColumns, PairsConfig, PairsError, _format_of, load_pairs
 
 FIX = REPO / "tests" / "fixtures" / "data"
 

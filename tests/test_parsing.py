@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nli_cot.parsing import RULES, ParseResult, parse_output
+from nli_cot.core.parsing import RULES, ParseResult, parse_output
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "original-sample"
 

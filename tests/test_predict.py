@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO, SHARED_DATA, compose
 
-import nli_cot.predict as predict_mod  # registers the predict schema
-from nli_cot.compare import main as compare_main
-from nli_cot.evaluate import run as evaluate_run
-from nli_cot.records import read_records
+import nli_cot.inference.predict as predict_mod  # registers the predict schema
+from nli_cot.core.records import read_records
+from nli_cot.evaluation.compare import main as compare_main
+from nli_cot.evaluation.evaluate import run as evaluate_run
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}
 

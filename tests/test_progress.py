@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import torch
 
-from nli_cot.loggers import ProgressLog, progress_line
+from nli_cot.training.loggers import ProgressLog, progress_line
 
 
 def test_progress_line_by_hand():
@@ -23,7 +23,7 @@ def test_progress_log_writes_one_line_per_n_optimiser_steps(caplog):
                               callback_metrics={"train/loss": torch.tensor(0.5)})
     cb.on_train_start(trainer, None)
     batch = {"input_ids": torch.zeros(4, 3)}
-    with caplog.at_level(logging.INFO, logger="nli_cot.loggers"):
+    with caplog.at_level(logging.INFO, logger="nli_cot.training.loggers"):
         for step in (1, 1, 2, 2, 3, 4, 5, 6):  # two micro-batches per optimiser step at the start
             trainer.global_step = step
             cb.on_train_batch_end(trainer, None, None, batch, 0)

@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from nli_cot.records import DuplicateRecordError, RecordFileError, RecordWriter, read_records
+from nli_cot.core.records import DuplicateRecordError, RecordFileError, RecordWriter, read_records
 
 
 def test_append_and_resume(tmp_path):
@@ -95,7 +95,7 @@ def test_sigkill_never_leaves_a_counted_half_record(tmp_path):
     script = textwrap.dedent(
         f"""
         import sys
-        from nli_cot.records import RecordWriter
+        from nli_cot.core.records import RecordWriter
         w = RecordWriter({str(p)!r}, fsync=False)
         i = 0
         while True:

@@ -9,10 +9,10 @@ import pytest
 from conftest import compose
 from fake_openai_server import FakeOpenAIServer
 
-from nli_cot.records import read_records
-from nli_cot.reflect import parse_reflection, run, select_records
-from nli_cot.stage_runner import StageError, guarded, import_source_reflections
-from nli_cot.thoughts import run as run_thoughts
+from nli_cot.core.records import read_records
+from nli_cot.teacher.reflect import parse_reflection, run, select_records
+from nli_cot.teacher.stage_runner import StageError, guarded, import_source_reflections
+from nli_cot.teacher.thoughts import run as run_thoughts
 
 
 def test_parse_reflection_reads_all_three_fields():

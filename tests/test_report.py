@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nli_cot.report import collect, find_run_dirs, main, read_metrics_csv, write_report
+from nli_cot.evaluation.report import collect, find_run_dirs, main, read_metrics_csv, write_report
 
 RUN = "Mistral_Thinking_Abl1"
 COMMON = ["+experiment=abl1", "model=tiny_mistral"]

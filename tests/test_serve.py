@@ -19,7 +19,7 @@ import httpx
 import pytest
 from conftest import REPO, compose
 
-from nli_cot.serve import free_port, wait_healthy
+from nli_cot.inference.serve import free_port, wait_healthy
 
 openai = pytest.importorskip("openai")
 
@@ -43,7 +43,7 @@ MAX_TOKENS = 56  # the JSON frame alone needs 47 on the v3 tokenizer
 def make_adapter(tiny_model_cfg, tokenizer, out: Path) -> Path:
     """A LoRA adapter on the tiny model with random B matrices (a fresh LoRA is a no-op), saved as PEFT does."""
 
-    from nli_cot.modeling import attach_lora, load_base_model, randomise_lora_b
+    from nli_cot.models.modeling import attach_lora, load_base_model, randomise_lora_b
 
     base = load_base_model(tiny_model_cfg, tokenizer, for_training=False)
     model = attach_lora(base, compose(["lora=default"]).lora)
@@ -55,7 +55,7 @@ def make_adapter(tiny_model_cfg, tokenizer, out: Path) -> Path:
 def server(tmp_path_factory, tiny_model_cfg, mistral_tokenizer):
     import uvicorn
 
-    from nli_cot import serve
+    from nli_cot.inference import serve
 
     adapter = make_adapter(tiny_model_cfg, mistral_tokenizer, tmp_path_factory.mktemp("serve") / "adapter")
     cfg = compose(
@@ -283,7 +283,7 @@ def test_decode_failure_is_a_500_and_the_server_goes_on(server, client):
 
 
 def test_groups_and_percentiles():
-    from nli_cot.serve import Batcher, DecodeKey, Job, Metrics
+    from nli_cot.inference.serve import Batcher, DecodeKey, Job, Metrics
 
     a = DecodeKey("m", 8, False, 1.0, 1.0, False, False, 1, None)
     b = DecodeKey("n", 8, False, 1.0, 1.0, False, False, 1, None)

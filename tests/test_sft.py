@@ -10,12 +10,12 @@ import pytest
 from conftest import REPO, compose, run_module
 from fake_openai_server import FakeOpenAIServer
 
-from nli_cot.parsing import parse_output
-from nli_cot.prompts import completion_text, encode_example
-from nli_cot.records import read_records
-from nli_cot.reflect import run as run_reflect
-from nli_cot.sft import Candidate, SftSource, cap, dedupe, detokenize, human_thought, id_hash, run
-from nli_cot.thoughts import run as run_thoughts
+from nli_cot.core.parsing import parse_output
+from nli_cot.core.prompts import completion_text, encode_example
+from nli_cot.core.records import read_records
+from nli_cot.teacher.reflect import run as run_reflect
+from nli_cot.teacher.sft import Candidate, SftSource, cap, dedupe, detokenize, human_thought, id_hash, run
+from nli_cot.teacher.thoughts import run as run_thoughts
 
 FIX = REPO / "tests" / "fixtures" / "data"
 SFT_FIELDS = ["id", "premise", "hypothesis", "thought_process", "label", "source"]
@@ -72,7 +72,7 @@ def test_cap_is_deterministic_and_keeps_order():
 
 
 def test_split_hash_is_trainings_hash():
-    from nli_cot.data import in_dev_split
+    from nli_cot.training.data import in_dev_split
 
     for i in range(200):
         assert (id_hash(f"id-{i}", 3) < 0.1) == in_dev_split(f"id-{i}", 0.1, 3)
@@ -137,7 +137,7 @@ def test_original_sample_combined_and_correct_only(tmp_path, shared_data, mistra
 
 
 def test_deterministic_bytes_and_trainings_reader(tmp_path, shared_data, mistral_tokenizer):
-    from nli_cot.data import read_sft_records
+    from nli_cot.training.data import read_sft_records
 
     args = ["sft_strategy=original_sample_combined", f"data_root={shared_data}", "plot=false"]
     run(sft_cfg(tmp_path / "a", *args), mistral_tokenizer)
@@ -157,7 +157,7 @@ def test_token_budget_drops_and_counts(tmp_path, shared_data, mistral_tokenizer)
     )
     stats = run(cfg, mistral_tokenizer)
     prompt = compose(["prompt=card"], "sft").prompt
-    from nli_cot.stage_runner import import_source_thoughts
+    from nli_cot.teacher.stage_runner import import_source_thoughts
 
     lengths = []
     for r in import_source_thoughts(str(shared_data / "original-sample/sample_thoughts.json")):

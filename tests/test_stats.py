@@ -1,4 +1,4 @@
-"""nli_cot.stats against hand-computed values, brute-force definitions and (when installed) scikit-learn."""
+"""nli_cot.core.stats against hand-computed values, brute-force definitions and (when installed) scikit-learn."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import warnings
 import numpy as np
 import pytest
 
-from nli_cot import compare, metrics
-from nli_cot import stats as S
+from nli_cot.core import metrics
+from nli_cot.core import stats as S
+from nli_cot.evaluation import compare
 
 # Case A (the one in test_metrics): gold 6 x 0, 4 x 1; one unparsed output (gold 1).
 GOLD_A = [0, 0, 0, 0, 0, 0, 1, 1, 1, 1]

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from fake_openai_server import FakeOpenAIServer
 
-from nli_cot import metrics as M
-from nli_cot.study_engine import Engine, EngineConfig, Job, NoData, check_engine, run_job
-from nli_cot.study_graph import StudyGraph
-from nli_cot.study_report import seed_mean_ci
+from nli_cot.core import metrics as M
+from nli_cot.orchestration.study_engine import Engine, EngineConfig, Job, NoData, check_engine, run_job
+from nli_cot.orchestration.study_graph import StudyGraph
+from nli_cot.orchestration.study_report import seed_mean_ci
 
 REPO = Path(__file__).resolve().parents[1]
 SETS = ("esnli_test", "mnli_dev_matched", "rte_dev")
@@ -106,7 +106,7 @@ def test_engine_sigterm_of_the_driver_stops_the_running_job(tmp_path):
     driver = f"""
 import json, sys
 from pathlib import Path
-from nli_cot.study_engine import Engine, EngineConfig, Job
+from nli_cot.orchestration.study_engine import Engine, EngineConfig, Job
 tmp = Path({str(tmp_path)!r})
 job = Job("slow", "gpu", (0,), argv=lambda: [sys.executable, "-c",
           "import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"])

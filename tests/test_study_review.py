@@ -11,11 +11,18 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from nli_cot import stats
-from nli_cot.study import LocalJobs
-from nli_cot.study_data import TEST_SETS, drop_leaks, leaks, norm_sentence, prepare, sentences_of
-from nli_cot.study_graph import StudyGraph
-from nli_cot.study_report import paired_contrasts, targets
+from nli_cot.core import stats
+from nli_cot.orchestration.study import LocalJobs
+from nli_cot.orchestration.study_data import (
+    TEST_SETS,
+    drop_leaks,
+    leaks,
+    norm_sentence,
+    prepare,
+    sentences_of,
+)
+from nli_cot.orchestration.study_graph import StudyGraph
+from nli_cot.orchestration.study_report import paired_contrasts, targets
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -214,7 +221,7 @@ def test_early_stopping_waits_for_min_steps(monkeypatch):
 
     from pytorch_lightning.callbacks import EarlyStopping
 
-    from nli_cot.checkpoints import EarlyStoppingAfter
+    from nli_cot.models.checkpoints import EarlyStoppingAfter
 
     seen = []
     monkeypatch.setattr(EarlyStopping, "_run_early_stopping_check", lambda self, trainer: seen.append(trainer.global_step))
@@ -236,7 +243,7 @@ def test_lr_by_family_fixes_a_family_lr_without_its_grid(tmp_path):
 
 
 def test_merge_folds_another_machines_out_dir_and_refuses_other_data(tmp_path):
-    from nli_cot.study import merge_out_dir
+    from nli_cot.orchestration.study import merge_out_dir
 
     def out_dir(name: str, data: dict, jobs: dict, evals: list[str]) -> Path:
         d = tmp_path / name

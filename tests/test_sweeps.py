@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run_module
 
-from nli_cot.report import collect, write_report
-from nli_cot.sweep import already_finished, objective, split_override
+from nli_cot.core.sweep import already_finished, objective, split_override
+from nli_cot.evaluation.report import collect, write_report
 
 RUN = "Mistral_Thinking_Abl1"
 TINY = ["+experiment=abl1", "model=tiny_mistral", "dataset=sample", "logger=csv", "optimizer=adamw",
@@ -51,7 +51,7 @@ def test_already_finished_matches_overrides_but_not_resume(tmp_path: Path) -> No
 def test_reaping_interrupted_trials(tmp_path: Path) -> None:
     import optuna
 
-    from nli_cot.optuna_sweeper import counted_trials, reap_interrupted
+    from nli_cot.orchestration.optuna_sweeper import counted_trials, reap_interrupted
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study()
@@ -74,7 +74,7 @@ def test_optuna_preset_follows_the_monitored_metric(mode: str, direction: str) -
     from conftest import CONF
     from hydra import compose, initialize_config_dir
 
-    from nli_cot.config import register_configs
+    from nli_cot.core.config import register_configs
 
     register_configs()
     overrides = ["+experiment=abl1", "+sweep=optuna", f"trainer.early_stopping_mode={mode}"]
@@ -192,7 +192,7 @@ def _complete(sweep_dir: Path) -> int:
 def test_optuna_search_killed_after_three_resumes_to_six(tmp_path: Path) -> None:
     import optuna
 
-    from nli_cot.optuna_sweeper import counted_trials
+    from nli_cot.orchestration.optuna_sweeper import counted_trials
 
     args = ["-m", *TINY, "+sweep=optuna", "hydra.sweeper.n_trials=6", f"hydra.sweep.dir={tmp_path}"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline")

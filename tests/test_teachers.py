@@ -6,7 +6,13 @@ import pytest
 from fake_openai_server import FakeOpenAIServer
 from omegaconf import OmegaConf
 
-from nli_cot.teachers import LocalTeacher, OpenAIChatTeacher, TeacherConfig, TeacherFatalError, teacher_id
+from nli_cot.teacher.teachers import (
+    LocalTeacher,
+    OpenAIChatTeacher,
+    TeacherConfig,
+    TeacherFatalError,
+    teacher_id,
+)
 
 
 def msgs(h: str) -> list[dict[str, str]]:
@@ -140,7 +146,7 @@ def test_teacher_id():
 def local_teacher():
     from conftest import compose
 
-    import nli_cot.thoughts  # noqa: F401  (registers the teacher schema)
+    import nli_cot.teacher.thoughts  # noqa: F401  (registers the teacher schema)
 
     cfg = compose(["teacher=local_tiny", "teacher.max_tokens=6", "teacher.batch_size=2"], "thoughts").teacher
     return LocalTeacher(cfg)

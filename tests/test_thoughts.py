@@ -14,10 +14,10 @@ import pytest
 from conftest import REPO, compose, run_module
 from fake_openai_server import FakeOpenAIServer
 
-from nli_cot.parsing import parse_output
-from nli_cot.records import read_records
-from nli_cot.stage_runner import EXIT_INCOMPLETE, guarded, import_source_thoughts
-from nli_cot.thoughts import run
+from nli_cot.core.parsing import parse_output
+from nli_cot.core.records import read_records
+from nli_cot.teacher.stage_runner import EXIT_INCOMPLETE, guarded, import_source_thoughts
+from nli_cot.teacher.thoughts import run
 
 FIX = REPO / "tests" / "fixtures" / "data"
 
@@ -258,7 +258,7 @@ def test_import_errors_name_file_line_field(tmp_path):
     p.write_text(
         '{"id": 0, "premise": "p", "hypothesis": "h", "true_label": 1}\n\n{"id": 1, "premise": "p", "true_label": 0}\n'
     )
-    from nli_cot.stage_runner import StageError
+    from nli_cot.teacher.stage_runner import StageError
 
     with pytest.raises(StageError, match=r"t\.json: line 3: field 'hypothesis': missing or empty"):
         import_source_thoughts(str(p))

@@ -89,7 +89,7 @@ def test_loss_goes_down(finished_run: Path) -> None:
 def test_card_snippet_loads_the_checkpoint_with_subfolder(finished_run: Path, tiny_model_cfg, mistral_tokenizer) -> None:
     from peft import PeftModel
 
-    from nli_cot.modeling import load_base_model
+    from nli_cot.models.modeling import load_base_model
 
     base = load_base_model(tiny_model_cfg, mistral_tokenizer)
     model = PeftModel.from_pretrained(base, str(finished_run), subfolder=f"{RUN}/checkpoint-6")
@@ -192,7 +192,7 @@ class _AppliedLoss(pl.Callback):
 def _train_in_process(out: Path, extra: list[str]) -> tuple[dict[int, float], dict[str, torch.Tensor]]:
     from conftest import compose
 
-    from nli_cot.train import TrainRecipe
+    from nli_cot.training.train import TrainRecipe
 
     cfg = compose(["+experiment=abl1", "model=tiny_mistral", "dataset=sample", "logger=none",
                    f"dataset.train_path={REPO / 'tests/fixtures/sft_sample.jsonl'}", f"output_dir={out}", *extra])
@@ -250,7 +250,7 @@ def test_the_last_step_off_the_eval_interval_is_evaluated_and_can_be_best(tmp_pa
     stopped at step 147 with their last evaluation at 120, so the best could never be the final adapter)."""
     from conftest import compose
 
-    from nli_cot.train import TrainRecipe
+    from nli_cot.training.train import TrainRecipe
 
     cfg = compose(["+experiment=abl1", "model=tiny_mistral", "dataset=sample", "logger=none", f"output_dir={tmp_path}",
                    "trainer.per_device_batch_size=4", "trainer.max_steps=3", "trainer.eval_every_n_steps=2",

@@ -19,7 +19,7 @@ $BIN/python - "$D/minilm" <<'PY'
 import shutil, sys
 from pathlib import Path
 from safetensors.torch import load_file, save_file
-from nli_cot.baselines import minilm_dir
+from nli_cot.evaluation.baselines import minilm_dir
 src, dst = minilm_dir(None), Path(sys.argv[1])
 for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
     shutil.copy2(src / name, dst / name)

@@ -54,7 +54,7 @@ if [ -s /tmp/serve-wheels.todo ]; then
 fi
 smoke() { timeout 120 python3 -c "
 import importlib.util, fastapi, uvicorn, httpx, pydantic
-import nli_cot.serve
+import nli_cot.inference.serve
 print('imports ok: fastapi', fastapi.__version__, 'uvicorn', uvicorn.__version__, 'pydantic', pydantic.__version__,
       'httpx', httpx.__version__, 'openai', 'yes' if importlib.util.find_spec('openai') else 'no (httpx client)')"; }
 if ! smoke; then

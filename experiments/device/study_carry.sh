@@ -26,7 +26,7 @@ cat .gguf-parts/a/part-aa .gguf-parts/b/part-ab | sha256sum | grep -q "$SHA" && 
 plat=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
 mkdir -p .study-wheels
-# The study's engine (nli_cot/study_engine.py): dask + distributed and every package they need beyond what torch,
+# The study's engine (nli_cot/orchestration/study_engine.py): dask + distributed and every package they need beyond what torch,
 # transformers, peft and lightning bring (jinja2, pyyaml, packaging, fsspec come with those). tornado, msgpack and
 # psutil hold compiled code: the wheels are for CPython 3.12 on manylinux x86_64 (tornado and psutil are abi3).
 # (The device image also lists click, cloudpickle, msgpack, psutil, sortedcontainers and toolz; carried anyway, so
@@ -39,7 +39,7 @@ for spec in hydra-core==1.3.2 omegaconf==2.3.0 datasets==5.2.0 dill==0.4.1 multi
 done
 # antlr4-python3-runtime 4.9.3 (omegaconf's pin) is published as source only: build its pure-python wheel.
 ls .study-wheels | grep -q '^antlr4_python3_runtime-4.9.3-' || "$PY" -m pip wheel -q --no-deps -w .study-wheels antlr4-python3-runtime==4.9.3
-# Data: the files the preset reads, whole (selection by id hash happens there; see nli_cot/study_data.py), packed
+# Data: the files the preset reads, whole (selection by id hash happens there; see nli_cot/orchestration/study_data.py), packed
 # with xz so that it fits beside GGUF part B in one call.
 PRESET=${PRESET:-review}
 rm -rf .study-data .study-dataxz && mkdir -p .study-dataxz

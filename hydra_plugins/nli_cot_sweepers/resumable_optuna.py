@@ -1,4 +1,4 @@
-"""Registers ``nli_cot.optuna_sweeper``'s resumable Optuna sweeper as a Hydra plugin (logic lives there).
+"""Registers ``nli_cot.orchestration.optuna_sweeper``'s resumable Optuna sweeper as a Hydra plugin (logic lives there).
 
 Hydra imports every module of ``hydra_plugins`` at start-up, so this shim imports nothing heavy; optuna is
 loaded only when the sweeper is used.
@@ -27,7 +27,7 @@ class ResumableOptunaSweeper(OptunaSweeper or _Unavailable):  # type: ignore[mis
     def __init__(self, sampler: Any, direction: Any, storage: Any, study_name: str | None, n_trials: int,
                  n_jobs: int, max_failure_rate: float, search_space: Any, custom_search_space: str | None,
                  params: Any) -> None:
-        from nli_cot.optuna_sweeper import ResumableOptunaSweeperImpl
+        from nli_cot.orchestration.optuna_sweeper import ResumableOptunaSweeperImpl
 
         self.sweeper = ResumableOptunaSweeperImpl(sampler, direction, storage, study_name, n_trials, n_jobs,
                                                   max_failure_rate, search_space, custom_search_space, params)

@@ -4,14 +4,14 @@
         --include_path nli_cot/lm_eval_tasks --tasks nli_cot_esnli [--metadata '{"data_root": "../shared/data"}']
 
 Features
-- Data: the project's own pair configs (``conf/pairs/{esnli,mnli,rte}.yaml``, read by ``nli_cot.pairs``: the
+- Data: the project's own pair configs (``conf/pairs/{esnli,mnli,rte}.yaml``, read by ``nli_cot.core.pairs``: the
   same validation and MNLI's label3 mapping) over our data files, with ``data_root`` from ``--metadata``, else
   ``$NLI_COT_DATA_ROOT``, else ``<repo>/../shared/data`` (the project's ``../shared/data`` default).
-- Prompt: ``nli_cot.prompts.prompt_text`` with ``conf/prompt/<name>.yaml`` (``$NLI_COT_PROMPT``, default
+- Prompt: ``nli_cot.core.prompts.prompt_text`` with ``conf/prompt/<name>.yaml`` (``$NLI_COT_PROMPT``, default
   ``card``), so the harness asks exactly what training taught. ``<s>`` is not in the text: pass
   ``add_bos_token=True`` in ``--model_args`` for the card prompt (the Mistral v3 tokenizer adds no BOS itself).
-- Filter ``ParseLabelFilter``: ``nli_cot.parsing.parse_output`` on every generation -> ``"0"``, ``"1"`` or
-  ``"unparsed"``; metrics ``acc`` (unparsed = wrong), ``macro_f1`` (``nli_cot.metrics.macro_f1``) and
+- Filter ``ParseLabelFilter``: ``nli_cot.core.parsing.parse_output`` on every generation -> ``"0"``, ``"1"`` or
+  ``"unparsed"``; metrics ``acc`` (unparsed = wrong), ``macro_f1`` (``nli_cot.core.metrics.macro_f1``) and
   ``parse_rate``, i.e. what ``nli_cot.evaluate`` reports for the same generations.
 
 Limits
@@ -42,8 +42,8 @@ def data_root(meta: dict[str, Any]) -> Path:
 
 def _group_config(group: str, name: str, **top: Any) -> Any:
     """``conf/<group>/<name>.yaml`` merged over its schema, interpolations (``${data_root}``) resolved."""
-    from nli_cot.config import PromptConfig
-    from nli_cot.pairs import PairsConfig
+    from nli_cot.core.config import PromptConfig
+    from nli_cot.core.pairs import PairsConfig
 
     schema = {"pairs": PairsConfig, "prompt": PromptConfig}[group]
     path = CONF / group / f"{name}.yaml"
@@ -59,7 +59,7 @@ def load_pairs_dataset(pairs: str, file: str, **meta: Any) -> Any:
     """A ``DatasetDict`` with one ``test`` split: id, premise, hypothesis, label (1 = entailment)."""
     import datasets
 
-    from nli_cot.pairs import load_pairs
+    from nli_cot.core.pairs import load_pairs
 
     root = data_root(meta)
     cfg = _group_config("pairs", pairs, data_root=str(root))
@@ -92,20 +92,20 @@ def doc_to_text(doc: dict[str, Any]) -> str:
     """The prompt nli_cot trains and predicts with: ``conf/prompt/$NLI_COT_PROMPT.yaml`` (default ``card``;
     ``inst`` style only, a chat prompt needs the model's tokenizer, which lm-eval does not hand to a task)."""
     cfg = prompt_config(os.environ.get("NLI_COT_PROMPT", "card"))
-    from nli_cot.prompts import prompt_text
+    from nli_cot.core.prompts import prompt_text
 
     return prompt_text(doc["premise"], doc["hypothesis"], cfg)
 
 
 def parse_label(text: str) -> str:
-    from nli_cot.parsing import parse_output
+    from nli_cot.core.parsing import parse_output
 
     label = parse_output(text).label
     return UNPARSED if label is None else str(label)
 
 
 class ParseLabelFilter(Filter):
-    """Each generation -> its label as nli_cot.parsing reads it: "0", "1" or "unparsed"."""
+    """Each generation -> its label as nli_cot.core.parsing reads it: "0", "1" or "unparsed"."""
 
     def apply(self, resps, docs):
         return [[parse_label(r) for r in inst] for inst in resps]
@@ -119,8 +119,8 @@ def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, Any]:
 
 
 def macro_f1(items: list[tuple[int, int | None]]) -> float:
-    """Macro F1 over both classes with unparsed answers wrong (nli_cot.metrics, as nli_cot.evaluate)."""
-    from nli_cot.metrics import macro_f1 as f1
+    """Macro F1 over both classes with unparsed answers wrong (nli_cot.core.metrics, as nli_cot.evaluate)."""
+    from nli_cot.core.metrics import macro_f1 as f1
 
     gold, pred = zip(*items, strict=True) if items else ((), ())
     return f1(list(gold), list(pred))

@@ -1,0 +1,3 @@
+"""Inference: base model (+ adapter) -> predictions (``predict``), an OpenAI-compatible server
+(``serve``), a hub-ready folder with a model card (``export``).
+"""

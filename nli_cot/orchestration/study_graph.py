@@ -1,0 +1,402 @@
+"""The study's job graph: conditions x seeds -> stage commands (the project's own CLIs) with their dependencies.
+
+Conditions, every one tested on the same test pairs (generation conditions on the sample, label-probability
+conditions and baselines on every row):
+- ``zero_shot`` / ``zero_shot_constrained``: the base model, the card's prompt through its chat template (constrained:
+  always-valid JSON).
+- ``label_only``: SFT on ``{"predicted_label": y}`` (the human set with ``dataset.label_only=true``: same pairs,
+  same dev split), the control that says whether written reasoning helps; ``label_only_all`` on every pair (human
+  pairs + the pool), ``label_only_pool`` on the teacher's pairs (written by prep).
+- ``bow`` / ``hyp_bow`` / ``cross_encoder``: ``nli_cot.baselines`` on ``label_only_all``'s pairs and split.
+- ``human``: SFT on e-SNLI's human explanations as the thought process (``sft_strategy=human``).
+- ``teacher_base_combined`` / ``teacher_base_correct_only``: the base model writes thoughts for every teacher pair
+  (the pool sample ``data.n_teacher`` when ``data.pool_files`` is set, else the train pairs)
+  (thoughts stage), reflects on the ones it got wrong (reflect stage); SFT sets ``combined`` (correct +
+  reflections that reach the gold label) and ``correct_only`` (the card's Abl0.1/0.2 and Abl1 recipes).
+- ``teacher_human_*``: the same with the condition-3 model (seed 0, best checkpoint) as teacher: one round of
+  self-improvement.
+
+Jobs (``lane``): prep (local), sft (cpu), thoughts/reflect/train/predict (gpu), evaluate (local), select_lr
+(local). Priorities put every seed-0 job before seeds 1-2, and the teacher chains (the critical path) first.
+
+Limits
+- One learning rate per family (reasoning, label-only): chosen on the anchor's seed 0 when its grid is set.
+- A training run with an empty SFT set ends as ``no_data`` (with its predictions and evaluation), not a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from nli_cot.orchestration.study_engine import Job, NoData
+
+TEACHER_CONDITIONS = ("teacher_base_combined", "teacher_base_correct_only", "teacher_human_combined",
+                      "teacher_human_correct_only")
+LABEL_ONLY = ("label_only", "label_only_all", "label_only_pool")
+REASONING = ("human", *TEACHER_CONDITIONS)
+TRAINED = (*LABEL_ONLY, *REASONING)
+ZERO_SHOT = ("zero_shot", "zero_shot_constrained")
+BASELINES = ("bow", "hyp_bow", "cross_encoder")
+SEEDLESS = (*ZERO_SHOT, "bow", "hyp_bow")  # deterministic given the data: one model, not one per seed
+CONDITIONS = (*ZERO_SHOT, *TRAINED, *BASELINES)
+TEACHERS = {"teacher_base": "base", "teacher_human": "human"}
+# The SFT set each trained condition reads: label_only reads the human set without its thoughts (same pairs, same
+# split); label_all (e-SNLI dev + the pool) and label_pool (the teacher's pairs) are written by prep.
+SFT_SET = {"label_only": "human", "human": "human", "label_only_all": "label_all", "label_only_pool": "label_pool",
+           **{c: c for c in TEACHER_CONDITIONS}}
+# lr families: one grid per family, run on its anchor condition's first seed, chosen on dev, used by the family.
+FAMILY = {**{c: "label" for c in LABEL_ONLY}, **{c: "reasoning" for c in REASONING}}
+ANCHOR = {"reasoning": "human", "label": "label_only"}
+GRID_KEY = {"reasoning": "lr_grid", "label": "label_lr_grid"}
+SELECT_JOB = {"reasoning": "select_lr", "label": "select_lr_label"}
+CHOICE_FILE = {"reasoning": "lr_choice.json", "label": "lr_choice_label.json"}
+# Order inside one seed: the teacher chains are the longest, so they start first.
+_ORDER = {"teacher_base": 0, "teacher_human": 1, "human": 2, "label_only": 3, "label_only_all": 3,
+          "label_only_pool": 4, "zero_shot": 5, "baseline": 6}
+
+
+def model_id(condition: str, seed: int | None) -> str:
+    return condition if seed is None else f"{condition}_s{seed}"
+
+
+def _fmt_lr(lr: float) -> str:
+    return f"{lr:.0e}".replace("e-0", "e-")
+
+
+class StudyGraph:
+    """Paths and commands of one study directory; ``jobs()`` is the graph."""
+
+    def __init__(self, cfg: dict[str, Any], out_dir: Path, python: str | None = None) -> None:
+        self.cfg = cfg
+        self.out = out_dir.resolve()
+        self.python = python or sys.executable
+        self.data = self.out / "data"
+        bad = [c for c in cfg["conditions"] if c not in CONDITIONS]
+        if bad:
+            raise ValueError(f"conditions: unknown {bad}; known: {', '.join(CONDITIONS)}")
+        self.conditions = [c for c in CONDITIONS if c in cfg["conditions"]]
+        self.seeds = [int(s) for s in cfg["seeds"]]
+        unknown = set(cfg["train"].get("lr_by_family") or {}) - set(GRID_KEY)
+        if unknown:
+            raise ValueError(f"train.lr_by_family: unknown famil{'ies' if len(unknown) > 1 else 'y'} "
+                             f"{sorted(unknown)}; known: {', '.join(GRID_KEY)}")
+
+    # ---------------------------------------------------------------------------------------- paths
+
+    def sft_dir(self, name: str) -> Path:
+        return self.out / "sft" / name
+
+    def teacher_dir(self, teacher: str) -> Path:
+        return self.out / "teachers" / teacher
+
+    def run_dir(self, mid: str) -> Path:
+        return self.out / "runs" / mid
+
+    def predictions(self, mid: str) -> Path:
+        return self.out / "predictions" / f"{mid}.jsonl"
+
+    def eval_dir(self, mid: str, test_set: str | None = None) -> Path:
+        d = self.out / "eval" / mid
+        return d / test_set if test_set else d
+
+    def grid(self, family: str = "reasoning") -> list[Any]:
+        return list(self.cfg["train"].get(GRID_KEY[family]) or [])
+
+    def lr_runs(self, family: str = "reasoning") -> list[tuple[float, str]]:
+        anchor = ANCHOR[family]
+        return [(float(lr), f"{anchor}_s{self.seeds[0]}_lr{_fmt_lr(float(lr))}") for lr in self.grid(family)]
+
+    def choice_path(self, family: str = "reasoning") -> Path:
+        return self.out / CHOICE_FILE[family]
+
+    def chosen_lr(self, condition: str = "human") -> float:
+        family = FAMILY.get(condition, "reasoning")
+        path = self.choice_path(family)
+        if self.grid(family) and path.is_file():
+            return float(json.loads(path.read_text())["lr"])
+        fixed = (self.cfg["train"].get("lr_by_family") or {}).get(family)
+        return float(fixed if fixed is not None else self.cfg["train"]["lr"])
+
+    def trained_run(self, mid: str) -> Path:
+        """The run dir behind a trained model id; for a grid's anchor at seed 0, the chosen lr's run."""
+        for family, anchor in ANCHOR.items():
+            if mid == model_id(anchor, self.seeds[0]) and self.grid(family):
+                choice = json.loads(self.choice_path(family).read_text())
+                return self.run_dir(choice["run"])
+        return self.run_dir(mid)
+
+    def checkpoint(self, mid: str) -> Path:
+        """The best checkpoint (dev loss) of a finished run; for human seed 0 under a grid, of the chosen lr."""
+        run = self.trained_run(mid)
+        status = json.loads((run / "model" / "status.json").read_text())
+        best = (status.get("best") or {}).get("checkpoint")
+        if best and (run / "model" / best).is_dir():
+            return run / "model" / best
+        ckpts = sorted((run / "model").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        if not ckpts:
+            raise FileNotFoundError(f"{run}: no checkpoint")
+        return ckpts[-1]
+
+    # ------------------------------------------------------------------------------------- commands
+
+    def _py(self, module: str, *args: str) -> list[str]:
+        return [self.python, "-m", module, *args]
+
+    def _hydra_dir(self, job: str) -> str:
+        return f"hydra.run.dir={self.out / 'hydra' / job.replace(':', '_')}"
+
+    def sft_cmd(self, name: str, strategy: str, teacher: str | None) -> list[str]:
+        c = self.cfg
+        args = [f"sft_strategy={strategy}", f"model={c['base_model']}", f"prompt={c['prompt_name']}",
+                f"model.tokenizer={c['model_tokenizer'] if c['model_tokenizer'] else 'null'}",
+                f"name={name}", f"output_dir={self.sft_dir(name)}", f"data_root={c['data_root']}",
+                f"dev_fraction={c['data']['sft_dev_fraction']}", f"max_tokens={c['data']['max_tokens']}",
+                f"plot={str(c.get('plots', True)).lower()}", self._hydra_dir(f"sft_{name}")]
+        if teacher is None:
+            args.append(f"sft_strategy.sources.0.path={self.data / 'train_pairs.jsonl'}")
+        else:
+            t = self.teacher_dir(teacher)
+            args += [f"thoughts_dir={t / 'thoughts'}", f"reflections_dir={t / 'reflections'}", "data_name=train"]
+        return self._py("nli_cot.sft", *args)
+
+    def _teacher_args(self, teacher: str) -> list[str]:
+        c = self.cfg["teachers"]
+        t = c[TEACHERS[teacher]]
+        args = [f"teacher={t['group']}", f"teacher.batch_size={c['batch_size']}",
+                f"teacher.max_tokens={c['max_tokens']}", "progress=false"]
+        if teacher == "teacher_human":
+            args.append(f"teacher.adapter={self.checkpoint(model_id('human', self.seeds[0]))}")
+        return args + list(t["extra"])
+
+    def thoughts_cmd(self, teacher: str) -> list[str]:
+        t = self.cfg["teachers"][TEACHERS[teacher]]
+        return self._py("nli_cot.thoughts", *self._teacher_args(teacher), "pairs=esnli", "pairs.name=study_train",
+                        f"pairs.path={self.pairs_for_teacher()}", "pairs.extra_fields=[]",
+                        f"teacher_prompt={t['prompt']}",
+                        f"output={self.teacher_dir(teacher) / 'thoughts' / 'train.jsonl'}",
+                        self._hydra_dir(f"thoughts_{teacher}"))
+
+    def reflect_cmd(self, teacher: str) -> list[str]:
+        d = self.teacher_dir(teacher)
+        prompt = self.cfg["teachers"][TEACHERS[teacher]].get("reflect_prompt", "default")
+        return self._py("nli_cot.reflect", *self._teacher_args(teacher), "data_name=train", f"reflect_prompt={prompt}",
+                        f"thoughts={d / 'thoughts' / 'train.jsonl'}", f"output={d / 'reflections' / 'train.jsonl'}",
+                        self._hydra_dir(f"reflect_{teacher}"))
+
+    def step_budget(self, condition: str | None = None) -> tuple[int, int]:
+        """(max_epochs, max_steps) of every training run.
+
+        With ``train.equal_steps`` every condition gets the optimiser steps that ``max_epochs`` passes over the human
+        SFT set take (the largest set: one example per train pair), epochs unbounded; early stopping on the dev loss
+        still picks the best checkpoint. Without it a small teacher set (e.g. 369 examples) trains for a few steps
+        only, and its row would mix the teacher's quality with under-training.
+        """
+        t = self.cfg["train"]
+        own = (t.get("epochs_by_condition") or {}).get(condition)
+        if own is not None:  # a set with its own pass count (e.g. the 47k label-only pairs)
+            return int(own), int(t["max_steps"])
+        if not t.get("equal_steps") or (condition is not None and condition not in REASONING):
+            return int(t["max_epochs"]), int(t["max_steps"])
+        n = json.loads((self.sft_dir("human") / "stats.json").read_text())["train"]["count"]
+        per_step = int(t["batch_size"]) * int(t["grad_accum"])
+        steps = max(1, -(-int(n) // per_step) * int(t["max_epochs"]))
+        return -1, steps if int(t["max_steps"]) <= 0 else min(steps, int(t["max_steps"]))
+
+    def train_cmd(self, condition: str, seed: int, run: str, lr: float | None = None) -> list[str]:
+        c, t = self.cfg, self.cfg["train"]
+        sft = self.sft_dir(SFT_SET[condition])
+        stats = json.loads((sft / "stats.json").read_text())
+        eval_path = str(sft / "dev.jsonl") if stats["dev"]["count"] else "null"
+        own_patience = t.get("patience_by_condition") or {}
+        patience = own_patience[condition] if condition in own_patience else t["early_stopping_patience"]
+        max_epochs, max_steps = self.step_budget(condition)
+        args = [
+            f"model={c['base_model']}", f"prompt={c['prompt_name']}", f"optimizer={t['optimizer']}", "logger=csv",
+            "dataset=human", f"dataset.name={condition}", f"dataset.train_path={sft / 'train.jsonl'}",
+            f"dataset.eval_path={eval_path}", f"dataset.label_only={str(condition in LABEL_ONLY).lower()}",
+            f"dataset.max_seq_length={t['max_seq_length']}",
+            f"hydra.run.dir={self.run_dir(run)}", "run_name=model",
+            f"seed={seed}", "resume=auto",
+            f"optimizer.lr={lr if lr is not None else self.chosen_lr(condition)}",
+            f"optimizer.warmup_ratio={t['warmup_ratio']}",
+            f"trainer.per_device_batch_size={t['batch_size']}", f"trainer.grad_accum={t['grad_accum']}",
+            f"trainer.max_epochs={max_epochs}", f"trainer.max_steps={max_steps}",
+            f"trainer.eval_every_n_steps={t['eval_every_n_steps']}", f"trainer.save_steps={t['eval_every_n_steps']}",
+            "trainer.save_total_limit=2", f"trainer.eval_batch_size={t['eval_batch_size']}",
+            f"trainer.early_stopping_patience={patience if patience else 'null'}",
+            f"trainer.early_stopping_min_steps={t.get('early_stopping_min_steps') or 0}",
+            f"trainer.precision={t['precision']}", f"trainer.log_every_n_steps={t['log_every_n_steps']}",
+            "trainer.group_by_length=true",
+        ]
+        gen = t.get("gen_eval") or {}
+        if gen.get("enabled") and eval_path != "null":
+            # Checkpoint and lr are chosen by a decoded dev metric (balanced accuracy), not by dev loss: loss
+            # rewards fluent thoughts, the product is the label.
+            args += ["trainer.gen_eval.enabled=true", f"trainer.gen_eval.max_examples={gen['max_examples']}",
+                     f"trainer.gen_eval.batch_size={gen['batch_size']}",
+                     f"trainer.gen_eval.max_new_tokens={gen['max_new_tokens']}",
+                     f"trainer.early_stopping_metric={t['select_metric']}", f"trainer.early_stopping_mode={t['select_mode']}"]
+        return self._py("nli_cot.train", *args, *t["extra"])
+
+    def predict_cmd(self, mid: str, condition: str) -> list[str]:
+        c, p = self.cfg, self.cfg["predict"]
+        max_new = p.get("zero_shot_max_new_tokens") if condition in ZERO_SHOT else None
+        batch = (p.get("zero_shot_batch_size") if condition in ZERO_SHOT else None) or p["batch_size"]
+        args = [f"model={c['base_model']}", f"prompt={c['prompt_name']}", "pairs=esnli", "pairs.name=study_test",
+                f"pairs.path={self.test_file(condition)}", "pairs.extra_fields=[]", f"output={self.predictions(mid)}",
+                f"run_name={mid}", f"batch_size={batch}",
+                f"decoding.max_new_tokens={max_new or p['max_new_tokens']}",
+                f"decoding.label_probs={str(bool(p.get('label_probs'))).lower()}",
+                f"model.dtype={p['dtype']}", "progress=false", self._hydra_dir(f"predict_{mid}")]
+        if condition == "zero_shot_constrained":
+            args.append("decoding.constrained=true")
+        if condition not in ZERO_SHOT:
+            args += [f"adapter.path={self.checkpoint(mid)}", f"adapter.merge={str(p['merge_adapter']).lower()}"]
+        return self._py("nli_cot.predict", *args, *p["extra"])
+
+    def test_file(self, condition: str) -> Path:
+        """Conditions scored without long decoding (label-only, baselines) read every test row; generation
+        conditions the fixed sample (``data.n_test``), a subset of it."""
+        full = condition in (self.cfg["predict"].get("full_test") or [])
+        return self.data / ("test_full.jsonl" if full else "test.jsonl")
+
+    def pairs_for_teacher(self) -> Path:
+        return self.data / ("teacher_pairs.jsonl" if self.cfg["data"].get("pool_files") else "train_pairs.jsonl")
+
+    def baseline_cmd(self, kind: str, mid: str, seed: int) -> list[str]:
+        """A surface or encoder baseline on the same pairs and split as ``label_only_all``, scored on every test row."""
+        b = self.cfg.get("baselines") or {}
+        s = self.sft_dir("label_all")
+        return self._py("nli_cot.baselines", f"kind={kind}", f"train={s / 'train.jsonl'}", f"dev={s / 'dev.jsonl'}",
+                        f"test={self.test_file(kind)}", f"output={self.predictions(mid)}", f"seed={seed}",
+                        self._hydra_dir(f"baseline_{mid}"), *((b.get(kind) or {}).get("extra") or []))
+
+    # ----------------------------------------------------------------------------------------- checks
+
+    def _require_sft(self, name: str) -> None:
+        stats = json.loads((self.sft_dir(name) / "stats.json").read_text())
+        if stats["train"]["count"] == 0:
+            raise NoData(f"SFT set {name} is empty ({json.dumps(stats['sources'])[:300]})")
+
+    # ------------------------------------------------------------------------------------------ graph
+
+    def jobs(self, local: dict[str, Any]) -> list[Job]:
+        """The graph. ``local`` maps local job kinds (prep, evaluate, select_lr) to callables built by the driver;
+        ``select_lr`` takes the lr family ("reasoning" or "label")."""
+        conds = set(self.conditions)
+        seeds = self.seeds
+        s0 = seeds[0]
+        jobs: list[Job] = [Job("prep", "local", (-1,), fn=local["prep"], equivalent=local["prep_cmd"],
+                               meta={"stage": "prep"})]
+        teachers = [t for t in TEACHERS if conds & {f"{t}_combined", f"{t}_correct_only"}]
+        equal_steps = bool(self.cfg["train"].get("equal_steps"))
+        # The human set: its own conditions, the teacher_human chain (its teacher is human seed 0), the step budget
+        # of equal_steps, and the label family's anchor when it has a grid.
+        needs_human_set = bool(conds & {"label_only", "human"}) or "teacher_human" in teachers or (
+            equal_steps and bool(teachers)) or (bool(self.grid("label")) and bool(conds & set(LABEL_ONLY)))
+        if needs_human_set:
+            jobs.append(Job("sft:human", "cpu", (s0, -1), ["prep"], argv=lambda: self.sft_cmd("human", "human", None),
+                            meta={"stage": "sft", "condition": "human"}))
+
+        def set_job(condition: str) -> str:
+            """The job that writes the condition's SFT set."""
+            name = SFT_SET[condition]
+            return "sft:human" if name == "human" else "prep" if name in ("label_all", "label_pool") else f"sft:{name}"
+
+        def pri(seed: int | None, group: str, step: int) -> tuple:
+            return (seeds.index(seed if seed is not None else s0), _ORDER[group], step)
+
+        def add_model(condition: str, seed: int | None, train_dep: str | None, group: str) -> None:
+            """predict + evaluate of one model (trained by ``train_dep``, or the base model)."""
+            mid = model_id(condition, seed)
+            pred = f"predict:{mid}"
+            jobs.append(Job(pred, "gpu", pri(seed, group, 5), ["prep"] + ([train_dep] if train_dep else []),
+                            argv=lambda: self.predict_cmd(mid, condition),
+                            meta={"stage": "predict", "condition": condition, "seed": seed}))
+            add_evaluate(condition, seed, pred, group)
+
+        def add_evaluate(condition: str, seed: int | None, dep: str, group: str) -> None:
+            mid = model_id(condition, seed)
+            jobs.append(Job(f"evaluate:{mid}", "local", pri(seed, group, 6), [dep],
+                            fn=lambda: local["evaluate"](mid), equivalent=lambda: local["evaluate_cmd"](mid),
+                            meta={"stage": "evaluate", "condition": condition, "seed": seed}))
+
+        def train_job(condition: str, seed: int, deps: list[str], group: str, step: int) -> str:
+            mid = model_id(condition, seed)
+            name = f"train:{mid}"
+            jobs.append(Job(name, "gpu", pri(seed, group, step), deps,
+                            argv=lambda: self.train_cmd(condition, seed, mid),
+                            check=lambda: self._require_sft(SFT_SET[condition]),
+                            meta={"stage": "train", "condition": condition, "seed": seed}))
+            return name
+
+        for condition in ZERO_SHOT:
+            if condition in conds:
+                add_model(condition, None, None, "zero_shot")
+        # lr grids: the anchor's first seed at each lr, then the choice (dev metric); the family waits for it.
+        ready: dict[str, list[str]] = {"reasoning": [], "label": []}
+        for family, anchor in ANCHOR.items():
+            members = {c for c, f in FAMILY.items() if f == family}
+            if not (self.grid(family) and conds & members):
+                continue
+            names = []
+            for lr, run in self.lr_runs(family):
+                name = f"train:{run}"
+                names.append(name)
+                jobs.append(Job(name, "gpu", pri(s0, anchor, 1), [set_job(anchor)],
+                                argv=lambda lr=lr, run=run, a=anchor: self.train_cmd(a, s0, run, lr),
+                                check=lambda a=anchor: self._require_sft(SFT_SET[a]),
+                                meta={"stage": "train", "condition": anchor, "seed": s0, "lr": lr}))
+            sel = SELECT_JOB[family]
+            jobs.append(Job(sel, "local", pri(s0, anchor, 2), names, fn=lambda f=family: local["select_lr"](f),
+                            equivalent=lambda n=names: "(in process) best dev metric of " + ", ".join(n),
+                            meta={"stage": "select_lr", "family": family}))
+            ready[family] = [sel]
+        human_s0_ready = ready["reasoning"][0] if ready["reasoning"] else "train:" + model_id("human", s0)
+        for seed in seeds:
+            for condition in ("label_only", "label_only_all", "label_only_pool", "human"):
+                family = FAMILY[condition]
+                if condition not in conds and not (condition == "human" and seed == s0 and "teacher_human" in teachers):
+                    continue
+                if condition == ANCHOR[family] and seed == s0 and ready[family]:
+                    if condition in conds:  # the grid's chosen run is this model
+                        add_model(condition, s0, ready[family][0], condition)
+                    continue
+                step = 1 if condition == "human" else 3
+                dep = train_job(condition, seed, [set_job(condition), *ready[family]], condition, step)
+                if condition in conds:
+                    add_model(condition, seed, dep, condition)
+            for teacher in teachers:
+                tdeps = [human_s0_ready] if teacher == "teacher_human" else []
+                if seed == s0:
+                    jobs.append(Job(f"thoughts:{teacher}", "gpu", pri(s0, teacher, 0), ["prep", *tdeps],
+                                    argv=lambda t=teacher: self.thoughts_cmd(t),
+                                    meta={"stage": "thoughts", "condition": teacher}))
+                    jobs.append(Job(f"reflect:{teacher}", "gpu", pri(s0, teacher, 1), [f"thoughts:{teacher}"],
+                                    argv=lambda t=teacher: self.reflect_cmd(t),
+                                    meta={"stage": "reflect", "condition": teacher}))
+                for recipe in ("combined", "correct_only"):
+                    condition = f"{teacher}_{recipe}"
+                    if condition not in conds:
+                        continue
+                    if seed == s0:
+                        jobs.append(Job(f"sft:{condition}", "cpu", pri(s0, teacher, 2), [f"reflect:{teacher}"],
+                                        argv=lambda c=condition, r=recipe, t=teacher: self.sft_cmd(c, r, t),
+                                        meta={"stage": "sft", "condition": condition}))
+                    step_dep = ["sft:human"] if equal_steps else []  # its size sets the step budget
+                    dep = train_job(condition, seed, [f"sft:{condition}", *step_dep, *ready["reasoning"]], teacher, 3)
+                    add_model(condition, seed, dep, teacher)
+            for kind in BASELINES:
+                if kind not in conds or (kind in SEEDLESS and seed != s0):
+                    continue
+                sd = None if kind in SEEDLESS else seed
+                mid = model_id(kind, sd)
+                name = f"baseline:{mid}"
+                jobs.append(Job(name, "gpu" if kind == "cross_encoder" else "cpu", pri(sd, "baseline", 4), ["prep"],
+                                argv=lambda k=kind, m=mid, s=seed: self.baseline_cmd(k, m, s),
+                                meta={"stage": "baseline", "condition": kind, "seed": sd}))
+                add_evaluate(kind, sd, name, "baseline")
+        return jobs

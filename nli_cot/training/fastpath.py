@@ -1,0 +1,438 @@
+"""Speed levers for training and decoding that leave the method unchanged (same 4-bit base, LoRA, optimiser, loss).
+
+Features
+- ``nli_varlen`` attention (``trainer.packed_attention=varlen``): padding-free rows are attended with the
+  variable-length FlashAttention-2 kernel that ships inside PyTorch (``aten._flash_attention_forward`` with
+  cumulative sequence lengths; grouped KV heads handled by the kernel). No 4-D mask is built, nothing recompiles
+  when the row length changes, and examples in a row cannot see each other. The collator passes the boundaries
+  (``cu_seq_lens_q``, ``max_length_q``) so no device sync is needed. On the first CUDA call the kernel is checked
+  against per-example sdpa (forward and gradients); if the check fails, or off CUDA, per-example sdpa is used.
+- ``completion_loss`` (``trainer.loss_impl=chunked``): the same token-mean cross-entropy over completion tokens,
+  but the output layer and the fp32 softmax run only at the positions whose next token carries a label, in
+  checkpointed chunks, so full-vocabulary logits for prompt tokens are never built and at most one chunk of
+  fp32 logits is alive at a time.
+- ``limit_checkpointed_layers`` (``trainer.checkpoint_layers=N``): with gradient checkpointing on, only the first
+  N decoder layers recompute; the others keep their activations (trades memory for speed, same gradients).
+- ``compile_decoder_layers`` (``trainer.compile=true``): ``torch.compile`` of each decoder layer (regional: one
+  compiled graph shared by all layers, dynamic row length).
+- ``grouped_sdpa`` attention (``sdpa_grouped``) for decoding with a padded KV cache: grouped query heads attend
+  their shared KV head without ``repeat_kv`` copying the whole cache 4x every step (sdpa only skips that copy
+  when there is no mask, and batched decoding always has one).
+
+Limits
+- ``nli_varlen`` is for training/eval forwards on padding-free rows; without ``cu_seq_lens_q`` it is plain causal
+  sdpa (right for unpadded or right-padded rows, wrong for left-padded generation: never use it to generate).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+VARLEN_ATTENTION = "nli_varlen"
+GROUPED_SDPA = "sdpa_grouped"
+IGNORE_INDEX = -100
+
+# None: not checked yet; True/False: result of the first CUDA self-check of the flash varlen kernel.
+_FLASH_VARLEN_OK: bool | None = None
+FLASH_VARLEN_CHECK: dict[str, Any] = {}
+
+
+# ------------------------------------------------------------------------------------------- packed batches
+def packed_boundaries(lengths: list[int]) -> dict[str, Any]:
+    """Cumulative sequence lengths of the examples in one padding-free row, as the attention kwargs expect."""
+    cu = [0]
+    for n in lengths:
+        cu.append(cu[-1] + n)
+    cu_t = torch.tensor(cu, dtype=torch.int32)
+    # An upper bound, not the exact longest: the kernel only sizes its grid by it, and a constant (512 for the
+    # card's rows) keeps torch.compile from specialising on every batch's longest example.
+    longest = max(512, 1 << (max(lengths) - 1).bit_length()) if lengths else 512
+    return {"cu_seq_lens_q": cu_t, "cu_seq_lens_k": cu_t, "max_length_q": longest, "max_length_k": longest}
+
+
+def loss_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices t (into batch x length) whose next token carries a label, and those labels (CPU, collator)."""
+    nxt = labels[:, 1:]
+    keep = nxt != IGNORE_INDEX
+    rows, cols = keep.nonzero(as_tuple=True)
+    index = rows * labels.shape[1] + cols
+    return index, nxt[keep]
+
+
+def micro_batch_loss_weights(
+    index: torch.Tensor, width: int, lengths: list[int], micro_size: int, padding_free: bool,
+    token_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Weights of the loss positions ``index`` that make one fused batch compute gradient accumulation's loss.
+
+    Accumulating ``m`` micro-batches of ``micro_size`` examples averages their token-mean losses; one forward over
+    all ``m * micro_size`` examples gives the same loss (and gradients) with weight 1 / (m * n_i) on each loss
+    token of micro-batch i, whose loss-token count is n_i. With ``token_weight`` (one per position, see
+    nli_cot.training.loss_weights) each micro-batch's loss is the weighted token mean: w_t / (m * sum of w in i).
+    """
+    if padding_free:
+        example_of = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+        example = example_of[index]
+    else:
+        example = index // width
+    micro = example // micro_size
+    m = (len(lengths) + micro_size - 1) // micro_size
+    if token_weight is not None:
+        totals = torch.bincount(micro, weights=token_weight.to(torch.float64), minlength=m).to(torch.float32)
+        return token_weight.to(torch.float32) / (totals[micro] * m)
+    counts = torch.bincount(micro, minlength=m).to(torch.float32)
+    return 1.0 / (counts[micro] * m)
+
+
+def fused_grad_scale(n_examples: int, micro_size: int, accum: int) -> float | None:
+    """Factor on a fused step's loss before backward so its gradients equal Lightning's accumulation, or None.
+
+    Lightning divides every micro-batch loss by ``accum``, also on an epoch's short last step that holds fewer
+    micro-batches; the fused loss is the mean over the micro-batches present, so that step needs present / accum.
+    """
+    present = (n_examples + micro_size - 1) // micro_size
+    return present / accum if present < accum else None
+
+
+def configure_cuda_allocator(setting: str | None) -> str | None:
+    """Apply a caching-allocator setting (``expandable_segments:True``: little fragmentation, so reserved memory
+    stays near allocated memory with rows of varying length) unless PYTORCH_CUDA_ALLOC_CONF is set."""
+    import os
+
+    if os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or not setting or not torch.cuda.is_available():
+        return os.environ.get("PYTORCH_CUDA_ALLOC_CONF")
+    torch.cuda.memory._set_allocator_settings(setting)
+    return setting
+
+
+# ------------------------------------------------------------------------------------------ varlen attention
+class _FlashVarlen(torch.autograd.Function):
+    """Causal varlen FlashAttention-2 (PyTorch's bundled kernel); q [T, Hq, D], k/v [T, Hk, D], Hq % Hk == 0."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu, max_len, scale):
+        out, lse, rng, unused, _ = torch.ops.aten._flash_attention_forward(
+            q, k, v, cu, cu, max_len, max_len, 0.0, True, False, scale=scale
+        )
+        ctx.save_for_backward(q, k, v, out, lse, cu, rng, unused)
+        ctx.max_len, ctx.scale = max_len, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse, cu, rng, unused = ctx.saved_tensors
+        dq, dk, dv = torch.ops.aten._flash_attention_backward(
+            grad_out.contiguous(),
+            q,
+            k,
+            v,
+            out,
+            lse,
+            cu,
+            cu,
+            ctx.max_len,
+            ctx.max_len,
+            0.0,
+            True,
+            rng,
+            unused,
+            scale=ctx.scale,
+        )
+        return dq, dk, dv, None, None, None
+
+
+def _segments_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: list[int], scale: float | None):
+    """Reference / fallback: causal sdpa per example. q [T, Hq, D], k/v [T, Hk, D] -> [T, Hq, D]."""
+    groups = q.shape[1] // k.shape[1]
+    outs = []
+    for start, end in zip(cu[:-1], cu[1:], strict=True):
+        qs, ks, vs = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+        if groups > 1:
+            ks = ks.repeat_interleave(groups, dim=1)
+            vs = vs.repeat_interleave(groups, dim=1)
+        o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale)
+        outs.append(o[0].transpose(0, 1))
+    return torch.cat(outs, dim=0)
+
+
+def _flash_varlen_ok(device: torch.device) -> bool:
+    """Check the kernel once against per-example sdpa in fp64 (forward and all three gradients)."""
+    global _FLASH_VARLEN_OK
+    if _FLASH_VARLEN_OK is not None:
+        return _FLASH_VARLEN_OK
+    try:
+        with torch.enable_grad(), torch.autocast(device.type, enabled=False):
+            errs = _flash_varlen_errors(device)
+        FLASH_VARLEN_CHECK.update({"rel_err_out_dq_dk_dv": errs})
+        _FLASH_VARLEN_OK = all(math.isfinite(e) and e < 2e-2 for e in errs)
+    except Exception as err:  # kernel missing in this build, wrong signature...
+        FLASH_VARLEN_CHECK.update({"error": f"{type(err).__name__}: {err}"[:500]})
+        _FLASH_VARLEN_OK = False
+    FLASH_VARLEN_CHECK["ok"] = _FLASH_VARLEN_OK
+    if not _FLASH_VARLEN_OK:
+        log.warning(
+            "flash varlen attention unavailable or wrong here (%s): using per-example sdpa",
+            FLASH_VARLEN_CHECK,
+        )
+    return _FLASH_VARLEN_OK
+
+
+def _flash_varlen_errors(device: torch.device) -> list[float]:
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    lengths = [37, 200, 1, 91]
+    cu = packed_boundaries(lengths)["cu_seq_lens_q"].to(device)
+    total = sum(lengths)
+    q, k, v = (
+        torch.randn(total, h, 128, generator=gen).to(device, torch.bfloat16).requires_grad_()
+        for h in (8, 2, 2)
+    )
+    g = torch.randn(total, 8, 128, generator=gen).to(device, torch.bfloat16)
+    scale = 128**-0.5
+    out = _FlashVarlen.apply(q, k, v, cu, 512, scale)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = _segments_sdpa(q64, k64, v64, cu.tolist(), scale)
+    ref_grads = torch.autograd.grad(ref, (q64, k64, v64), g.double())
+    return [
+        float((a.double() - b).norm() / b.norm())
+        for a, b in zip((out, *grads), (ref, *ref_grads), strict=True)
+    ]
+
+
+def varlen_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention interface: query [B, Hq, L, D] -> [B, L, Hq, D]."""
+    cu = kwargs.get("cu_seq_lens_q")
+    max_len = kwargs.get("max_length_q")
+    if cu is None or query.shape[0] != 1:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, H, D]
+    if q.is_cuda and _flash_varlen_ok(q.device):
+        if cu.device != q.device:
+            cu = cu.to(q.device, non_blocking=True)
+        dtype = q.dtype
+        if dtype not in (torch.float16, torch.bfloat16):  # fp32 norms (k-bit upcast) feed fp32 q/k/v
+            half = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.bfloat16
+            q, k, v = q.to(half), k.to(half), v.to(half)
+        out = _FlashVarlen.apply(q, k, v, cu.to(torch.int32), int(max_len), scaling).to(dtype)
+    else:
+        out = _segments_sdpa(q, k, v, cu.tolist(), scaling)
+    return out.unsqueeze(0), None
+
+
+# -------------------------------------------------------------------------------------- grouped-query sdpa
+def grouped_sdpa_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """sdpa where each KV head serves its group of query heads by folding the group into the query length.
+
+    q [B, Hkv*G, L, D] -> [B, Hkv, G*L, D]; mask [B, 1, L, S] -> [B, 1, G*L, S]. Same result as repeat_kv + sdpa,
+    without materialising K and V G times (the whole static cache, every layer, every decode step).
+    """
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups == 1 or attention_mask is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    b, hq, lq, d = query.shape
+    hkv = key.shape[1]
+    q = query.reshape(b, hkv, groups * lq, d)
+    mask = attention_mask
+    if mask.shape[1] != 1:
+        raise ValueError("grouped sdpa expects a mask broadcast over heads")
+    mask = (
+        mask[:, :, None]
+        .expand(mask.shape[0], 1, groups, lq, mask.shape[-1])
+        .reshape(mask.shape[0], 1, groups * lq, mask.shape[-1])
+    )
+    out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling)
+    out = out.reshape(b, hq, lq, d).transpose(1, 2).contiguous()
+    return out, None
+
+
+def register_attention() -> None:
+    """Make ``nli_varlen`` and ``sdpa_grouped`` known to transformers (idempotent)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(VARLEN_ATTENTION, varlen_attention_forward)
+    AttentionInterface.register(GROUPED_SDPA, grouped_sdpa_attention_forward)
+    try:  # the grouped variant needs the same padding masks sdpa gets
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+        ALL_MASK_ATTENTION_FUNCTIONS.register(GROUPED_SDPA, sdpa_mask)
+    except ImportError:  # pragma: no cover - older transformers
+        pass
+
+
+def set_attention(model: torch.nn.Module, name: str) -> None:
+    """Switch a loaded (possibly PEFT-wrapped) model's attention implementation."""
+    register_attention()
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if hasattr(base, "set_attn_implementation"):
+        try:
+            base.set_attn_implementation(name)
+            return
+        except (ValueError, ImportError, TypeError) as err:
+            log.debug("set_attn_implementation(%s) refused (%s); setting the config", name, err)
+    base.config._attn_implementation = name
+
+
+# ------------------------------------------------------------------------------------------------- the loss
+def _ce_sum(lm_head: torch.nn.Module, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    logits = lm_head(hidden)
+    return F.cross_entropy(logits.float(), target, reduction="sum")
+
+
+def _ce_weighted(lm_head: torch.nn.Module, hidden: torch.Tensor, target: torch.Tensor, weight: torch.Tensor):
+    logits = lm_head(hidden)
+    return (F.cross_entropy(logits.float(), target, reduction="none") * weight).sum()
+
+
+def completion_loss(model: torch.nn.Module, batch: dict[str, Any], chunk_tokens: int = 2048) -> torch.Tensor:
+    """Token-mean cross-entropy over completion tokens, logits only where a label follows, in chunks.
+
+    Uses ``loss_index``/``loss_target`` from the collator when present (no device sync), else derives them.
+    With ``loss_weight`` (a fused batch of several micro-batches, see ``micro_batch_loss_weights``) the loss is
+    the weighted sum, i.e. the mean of the micro-batches' token-mean losses, as gradient accumulation computes it.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    index, target = batch.get("loss_index"), batch.get("loss_target")
+    if index is None:
+        index, target = loss_positions(batch["labels"])
+    skip = ("labels", "loss_index", "loss_target", "loss_weight", "grad_scale", "token_weight")
+    inputs = {k: v for k, v in batch.items() if k not in skip}
+    hidden = base.model(**inputs, use_cache=False).last_hidden_state
+    hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index.to(hidden.device))
+    target = target.to(hidden.device)
+    weight = batch.get("loss_weight")
+    n = target.numel()
+    if n == 0:
+        return hidden.sum() * 0.0
+    total = None
+    for start in range(0, n, chunk_tokens):
+        part = slice(start, start + chunk_tokens)
+        if weight is None:
+            value = checkpoint(_ce_sum, base.lm_head, hidden[part], target[part], use_reentrant=False)
+        else:
+            w = weight[part].to(hidden.device)
+            value = checkpoint(_ce_weighted, base.lm_head, hidden[part], target[part], w, use_reentrant=False)
+        total = value if total is None else total + value
+    return total / n if weight is None else total
+
+
+# ------------------------------------------------------------------------------------ checkpointing, compile
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = getattr(base, "model", base)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise ValueError(f"cannot find decoder layers in {type(base).__name__}")
+    return list(layers)
+
+
+def limit_checkpointed_layers(model: torch.nn.Module, n: int | None) -> int:
+    """Keep gradient checkpointing on the first ``n`` decoder layers only; returns how many recompute."""
+    layers = decoder_layers(model)
+    if n is None:
+        return sum(bool(getattr(layer, "gradient_checkpointing", False)) for layer in layers)
+    for i, layer in enumerate(layers):
+        if i >= n:
+            layer.gradient_checkpointing = False
+    return sum(bool(getattr(layer, "gradient_checkpointing", False)) for layer in layers)
+
+
+def compile_decoder_layers(model: torch.nn.Module, dynamic: bool | None = True) -> int:
+    """``torch.compile`` each decoder layer in place (regional compilation); returns the number compiled."""
+    layers = decoder_layers(model)
+    for layer in layers:
+        layer.compile(dynamic=dynamic)
+    return len(layers)
+
+
+def trains_on_cuda(trainer_cfg: Any) -> bool:
+    """Whether Lightning will put the model on a CUDA device (``accelerator=cpu`` on a GPU machine: no)."""
+    accelerator = str(getattr(trainer_cfg, "accelerator", "auto")).lower()
+    return torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+
+
+def apply_training_levers(model: torch.nn.Module, trainer_cfg: Any) -> dict[str, Any]:
+    """Apply the ``trainer.*`` speed options to a freshly built PEFT model; returns what was applied.
+
+    The CUDA-only levers resolve to what the device supports, so one config (the ablations' default) runs
+    everywhere: off CUDA, ``compile`` is skipped (inductor on CPU compiles for minutes and gained nothing measured)
+    and varlen attention runs example by example through sdpa (same results, see tests/test_packing.py).
+    """
+    applied: dict[str, Any] = {}
+    cuda = trains_on_cuda(trainer_cfg)
+    resolved: list[str] = []
+    if getattr(trainer_cfg, "packed_attention", "model") == "varlen":
+        if not trainer_cfg.padding_free:
+            raise ValueError("trainer.packed_attention=varlen needs trainer.padding_free=true")
+        set_attention(model, VARLEN_ATTENTION)
+        applied["attention"] = VARLEN_ATTENTION
+        if cuda:  # check the kernel now, eagerly, not inside a compiled or no-grad region
+            applied["flash_varlen_ok"] = _flash_varlen_ok(torch.device("cuda", torch.cuda.current_device()))
+        else:
+            resolved.append("packed_attention=varlen runs per-example sdpa")
+    if trainer_cfg.gradient_checkpointing:
+        applied["checkpointed_layers"] = limit_checkpointed_layers(
+            model, getattr(trainer_cfg, "checkpoint_layers", None)
+        )
+    if getattr(trainer_cfg, "compile", False):
+        if cuda:
+            applied["compiled_layers"] = compile_decoder_layers(model)
+        else:
+            resolved.append("compile is off")
+    if resolved:
+        applied["without_cuda"] = resolved
+        log.info("speed levers without CUDA: %s (same results; both are for CUDA speed)", "; ".join(resolved))
+    applied["loss_impl"] = getattr(trainer_cfg, "loss_impl", "model")
+    return applied
+
+
+@contextmanager
+def generation_attention(model: torch.nn.Module, name: str = "sdpa") -> Iterator[None]:
+    """Decode with ``name`` while the training attention is ``nli_varlen``, which builds no padding mask and would
+    let left-padded prompts attend their padding; restores the training attention afterwards."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    current = getattr(base.config, "_attn_implementation", None)
+    if current != VARLEN_ATTENTION:
+        yield
+        return
+    set_attention(model, name)
+    try:
+        yield
+    finally:
+        set_attention(model, VARLEN_ATTENTION)
