@@ -82,7 +82,7 @@ MOVES: dict[str, str] = {
     "evaluate": "evaluation", "compare": "evaluation", "report": "evaluation", "baselines": "evaluation",
     # orchestration: recipes over the stages
     "study": "orchestration", "study_data": "orchestration", "study_graph": "orchestration",
-    "study_report": "orchestration", "study_scheduler": "orchestration", "ablations": "orchestration",
+    "study_report": "orchestration", "study_engine": "orchestration", "ablations": "orchestration",
     "demo": "orchestration", "demo_data": "orchestration", "demo_baselines": "orchestration",
     "optuna_sweeper": "orchestration",
 }
