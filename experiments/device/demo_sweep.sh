@@ -4,7 +4,8 @@
 #   bash experiments/device/demo_sweep.sh stash                          call 1: carries .gguf-parts/a .study-wheels
 #   bash experiments/device/demo_sweep.sh run experiments/demo_sweep/round1.yaml   call 2: .gguf-parts/b .study-wheels
 #   DEMO=1 bash experiments/device/demo_sweep.sh run <variants.yaml>   then `python -m nli_cot.demo` as a user runs it
-#   CHOOSE=1 (with DEMO=1): the demo's gpu.train_steps/eval_every := the best variant on dev (ties: fewer steps)
+#   CHOOSE=1 (with DEMO=1): the demo's gpu.train_steps/eval_every := the best variant on dev (ties: fewer steps),
+#   so the demo runs after the sweep; without CHOOSE it runs beside the sweep (its defaults, nothing chosen)
 #
 # The model setup is study.sh's (experiments/device/smollm2_env.sh). Results go to outputs/demo_sweep/<round> (kept
 # on a warm machine, so a later `run` of the same file skips finished variants) and are packed into $OUT:
@@ -31,6 +32,14 @@ ready_model || exit 2
 ROUND=outputs/demo_sweep/$(basename "$VARIANTS" .yaml)
 # Variants take ~1-3 min each: none starts later than this, so the running ones can finish before packing.
 DEADLINE=$(( $(left) - PACK_S - 150 ))
+demo_run() {  # the demo with its defaults (on a GPU: conf/demo.yaml gpu.*), exactly as typed, plus "$@"
+  log "python -m nli_cot.demo (defaults) $*"
+  timeout $(( $(left) - PACK_S )) python3 -m nli_cot.demo out_dir=outputs/demo_gpu/out data_dir=outputs/demo_gpu/data \
+    "$@" > "$OUT/demo_gpu.log" 2>&1; log "demo exit $?"
+}
+if [ "${DEMO:-0}" = 1 ] && [ "${CHOOSE:-0}" != 1 ]; then  # nothing to choose: the demo runs beside the sweep
+  demo_run & DEMO_PID=$!
+fi
 log "sweep $VARIANTS -> $ROUND, jobs $JOBS, start deadline ${DEADLINE}s"
 timeout $(( $(left) - PACK_S )) python3 experiments/demo_sweep.py "$VARIANTS" --out "$ROUND" --jobs "$JOBS" \
   --deadline-s "$DEADLINE" 2>&1 | tee "$OUT/sweep.log" | grep -v '^\s*$' | tail -n 40
@@ -48,9 +57,7 @@ PY
     read -r S E <<< "$STEPS"; CHOSEN=("gpu.train_steps=$S" "gpu.eval_every=$E")
     log "chosen on dev: ${CHOSEN[*]}"; echo "${CHOSEN[*]}" > "$OUT/chosen_on_dev.txt"
   fi
-  log "python -m nli_cot.demo (defaults) ${CHOSEN[*]}"
-  timeout $(( $(left) - PACK_S )) python3 -m nli_cot.demo out_dir=outputs/demo_gpu/out data_dir=outputs/demo_gpu/data \
-    "${CHOSEN[@]}" > "$OUT/demo_gpu.log" 2>&1; log "demo exit $?"
+  if [ "${CHOOSE:-0}" = 1 ]; then demo_run "${CHOSEN[@]}"; else wait "$DEMO_PID"; fi
   grep -v 'it/s\]' "$OUT/demo_gpu.log" | tail -n 40
   tar czf "$OUT/demo_gpu.tgz" --exclude='*.safetensors' --exclude='*/checkpoint-*' --exclude='*/data/train.jsonl' \
     outputs/demo_gpu 2>/dev/null
