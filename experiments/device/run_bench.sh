@@ -9,7 +9,8 @@
 # $OUT/speed_summary.json from the repeats). A training stage may end in @N: repeat N (its own fresh work folder);
 # interleave repeats (base@0 abl0_1_default@0 base@1 ...) so drift in the machine hits both sides alike.
 # Needs, carried with the call: .device-wheels/ (bitsandbytes, hydra-core, omegaconf, antlr4, datasets, dill,
-# multiprocess, trl; see ../shared/tools/device-wheels.sh) and .bench/ (the v3 tokenizer file + bench data made
+# multiprocess, trl, sentencepiece (the bench tokenizer is saved from the v3 .model file); made by
+# `bash ../shared/tools/device-wheels.sh .device-wheels trl sentencepiece`) and .bench/ (the v3 tokenizer file + bench data made
 # by `python experiments/bench_common.py data`).
 # Env: DEADLINE (s, default 560) bounds the whole run; a stage starts only with MIN_LEFT (default 60) s left.
 set -u
