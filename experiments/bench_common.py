@@ -307,6 +307,9 @@ def main() -> None:
             print(rec)
     elif a.cmd == "data":
         print(make_data(Path(a.pairs), Path(a.out), a.n_train, a.n_test))
+        spm = Path(a.out) / SPM_NAME  # the GPU machine has no mistral-common: the model stage reads it from here
+        if not spm.exists():
+            shutil.copy(spm_path(), spm)
     else:
         append(a.results, env_record())
 
