@@ -51,24 +51,51 @@ from nli_cot.core.parsing import ParseResult
 # predict.yaml and serve.yaml.
 @dataclass
 class JsonFrameConfig:
-    open: str = '{"thought_process": "'
-    middle: str = '", "predicted_label": '
-    close: str = "}"
+    open: str = field(
+        default='{"thought_process": "',
+        metadata={"help": "Text of the JSON answer before the thought."},
+    )
+    middle: str = field(
+        default='", "predicted_label": ',
+        metadata={"help": "Text between the thought and the label."},
+    )
+    close: str = field(default="}", metadata={"help": "Text after the label."})
 
 
 @dataclass
 class DecodingConfig:
-    max_new_tokens: int = 512
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    stop_at_json_close: bool = True
-    constrained: bool = False
-    label_probs: bool = False
-    self_consistency: int = 1  # k > 1: k sampled answers per pair and a majority vote
-    json_frame: JsonFrameConfig = field(default_factory=JsonFrameConfig)
+    max_new_tokens: int = field(default=512, metadata={"help": "Decoding budget per answer."})
+    do_sample: bool = field(default=False, metadata={"help": "Sample (true) or decode greedily (false)."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (sampling only)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (sampling only; 1.0: off)."})
+    top_k: int = field(default=0, metadata={"help": "Top-k sampling (sampling only; 0: off)."})
+    repetition_penalty: float = field(
+        default=1.0,
+        metadata={"help": "transformers' repetition penalty (1.0: off)."},
+    )
+    stop_at_json_close: bool = field(
+        default=True,
+        metadata={"help": "Stop a row once its JSON answer closes (nothing after it is parsed)."},
+    )
+    constrained: bool = field(
+        default=False,
+        metadata={"help": "Constrained decoding: the answer is always the NLI JSON frame with a 0/1 label."},
+    )
+    label_probs: bool = field(
+        default=False,
+        metadata={"help": "Record P(\"0\") and P(\"1\") at the label position."},
+    )
+    self_consistency: int = field(
+        default=1,
+        metadata={"help": "k > 1: k sampled answers per pair and a majority vote."},
+    )
+    json_frame: JsonFrameConfig = field(
+        default_factory=JsonFrameConfig,
+        metadata={
+            "help": "The exact text of a training completion around the thought and label "
+            "(prompts.completion_text)."
+        },
+    )
 
 
 class VocabIndex:

@@ -87,9 +87,8 @@ def compose_run_name(experiment: str, overrides: list[str]) -> str:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from nli_cot.core.config import register_configs
+    import nli_cot.core.config  # noqa: F401  (importing it registers the training schemas)
 
-    register_configs()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides=[f"+experiment={experiment}", *overrides])
