@@ -60,6 +60,13 @@ class DatasetConfig:
         default=MISSING,
         metadata={"help": "Name of the SFT set (run records, model card datasets)."},
     )
+    data_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "An SFT set of nli_cot.sft: the pairs set (the thoughts stage's pairs.name) it was built"
+            " from, part of its paths (conf/dataset/sft.yaml); None: a set made otherwise."
+        },
+    )
     train_path: str = field(
         default=MISSING,
         metadata={"help": "JSONL written by `python -m nli_cot.sft` (or any file with the same fields)"},

@@ -45,7 +45,7 @@ import hydra
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from nli_cot.core.checks import ConfigCheckError, check_config
-from nli_cot.core.config import ModelConfig, PromptConfig, register_schema
+from nli_cot.core.config import DatasetConfig, ModelConfig, PromptConfig, register_schema
 from nli_cot.core.pairs import PairColumns, PairsConfig, PairsError, id_hash, load_pairs
 from nli_cot.core.records import (
     RecordFileError,
@@ -137,6 +137,13 @@ class SftConfig:
         default=MISSING,
         metadata={"help": "How the SFT set is made (conf/sft_strategy/)."},
     )
+    dataset: DatasetConfig = field(
+        default=MISSING,
+        metadata={
+            "help": "The training side of the set written here (conf/dataset/sft.yaml): its max_seq_length is"
+            " the token budget (max_tokens), its paths are output_dir's files."
+        },
+    )
     model: ModelConfig = field(default=MISSING, metadata={"help": "whose tokenizer counts the tokens."})
     prompt: PromptConfig = field(
         default=MISSING,
@@ -170,10 +177,10 @@ class SftConfig:
         },
     )
     max_tokens: int = field(
-        default=512,
+        default="${dataset.max_seq_length}",
         metadata={
             "help": "Token budget of an example (prompt + completion): longer ones are dropped and "
-            "counted."
+            "counted. Derived from dataset.max_seq_length, the training side's budget, so the two agree."
         },
     )
     dev_fraction: float = field(
