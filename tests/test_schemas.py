@@ -33,8 +33,12 @@ SCHEMA_MODULES = [
     "nli_cot.inference.serve",
     "nli_cot.inference.export",
     "nli_cot.evaluation.baselines",
+    "nli_cot.evaluation.evaluate",
+    "nli_cot.orchestration.demo",
     "nli_cot.orchestration.demo_data",
 ]
+# Top-level configs read without Hydra, each checked against its schema when loaded.
+LOADED = {"compare": "nli_cot.evaluation.compare:CompareConfig", "ablations": "nli_cot.orchestration.ablations:ChainConfig"}
 # group -> the top-level config that composes it (the one the test composes each of its files in).
 GROUP_APPS = {
     "dataset": "config", "model": "config", "lora": "config", "optimizer": "config", "trainer": "config",
@@ -92,6 +96,34 @@ def test_top_level_schema_has_its_yaml(app):
     assert f"- {app}" in yaml.read_text(), f"{yaml.name} does not extend {app}"
 
 
+def test_every_top_level_config_has_a_schema():
+    registered = {name.removesuffix("_schema") for (g, name) in schemas() if g is None}
+    stems = {p.stem for p in CONF.glob("*.yaml")}
+    assert stems - {"config"} - {"study"} == (registered - {"train"}) | set(LOADED), "a top-level config with no schema"
+
+
+@pytest.mark.parametrize("stem", sorted(LOADED))
+def test_loaded_config_is_checked_against_its_schema(stem, tmp_path):
+    module, cls = LOADED[stem].split(":")
+    node = getattr(importlib.import_module(module), cls)
+    OmegaConf.merge(OmegaConf.structured(node), OmegaConf.load(CONF / f"{stem}.yaml"))
+    bad = tmp_path / f"{stem}.yaml"
+    bad.write_text((CONF / f"{stem}.yaml").read_text() + "not_a_key: 1\n")
+    with pytest.raises(OmegaConfBaseException, match="not_a_key"):
+        OmegaConf.merge(OmegaConf.structured(node), OmegaConf.load(bad))
+
+
+def test_the_loaders_use_the_schemas(tmp_path):
+    from nli_cot.evaluation.compare import load_defaults
+    from nli_cot.orchestration.ablations import ChainError, load_chain
+
+    assert load_defaults().mcnemar_exact_below == 25
+    bad = tmp_path / "chain.yaml"
+    bad.write_text("stages:\n  - experiment: abl1\n    warm_start: abl0_1\n")
+    with pytest.raises(ChainError, match="warm_start"):
+        load_chain(bad)
+
+
 def nested_schemas(node: type, seen: set[type]) -> None:
     if node in seen:
         return
@@ -106,7 +138,8 @@ def nested_schemas(node: type, seen: set[type]) -> None:
 
 def all_schema_classes() -> list[type]:
     seen: set[type] = set()
-    for node in schemas().values():
+    loaded = [getattr(importlib.import_module(m), c) for m, c in (v.split(":") for v in LOADED.values())]
+    for node in [*schemas().values(), *loaded]:
         nested_schemas(node, seen)
     return sorted(seen, key=lambda c: (c.__module__, c.__qualname__))
 
