@@ -36,6 +36,7 @@ SCHEMA_MODULES = [
     "nli_cot.evaluation.evaluate",
     "nli_cot.orchestration.demo",
     "nli_cot.orchestration.demo_data",
+    "nli_cot.orchestration.study",
 ]
 # Top-level configs read without Hydra, each checked against its schema when loaded.
 LOADED = {"compare": "nli_cot.evaluation.compare:CompareConfig", "ablations": "nli_cot.orchestration.ablations:ChainConfig"}
@@ -99,7 +100,17 @@ def test_top_level_schema_has_its_yaml(app):
 def test_every_top_level_config_has_a_schema():
     registered = {name.removesuffix("_schema") for (g, name) in schemas() if g is None}
     stems = {p.stem for p in CONF.glob("*.yaml")}
-    assert stems - {"config"} - {"study"} == (registered - {"train"}) | set(LOADED), "a top-level config with no schema"
+    assert stems - {"config"} == (registered - {"train"}) | set(LOADED), "a top-level config with no schema"
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF / "study").glob("*.yaml")))
+def test_study_presets_compose_against_the_study_schema(preset):
+    from nli_cot.orchestration.study_schema import StudyConfig
+
+    cfg = compose_app("study", [f"study={preset}"])
+    assert OmegaConf.get_type(cfg) is StudyConfig
+    with pytest.raises((HydraException, OmegaConfBaseException), match="not_a_key"):
+        compose_app("study", [f"study={preset}", "train.not_a_key=1"])
 
 
 @pytest.mark.parametrize("stem", sorted(LOADED))
