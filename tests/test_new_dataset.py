@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["nli_cot.training.train", "nli_cot.inference.predict", "nli_cot.teacher.thoughts",
-          "nli_cot.teacher.reflect", "nli_cot.teacher.sft"]
+          "nli_cot.teacher.reflect", "nli_cot.teacher.sft", "nli_cot.orchestration.study"]
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ Where schemas live: next to the code that reads them. The training groups (``dat
 compose them (``model`` and ``prompt`` are read by every stage that loads a model); ``pairs`` is in
 ``core/pairs.py``, ``decoding`` in ``models/generation.py``, ``teacher`` in ``teacher/teachers.py``,
 ``teacher_prompt``/``reflect_prompt`` in ``teacher/teacher_prompts.py``, ``sft_strategy`` in ``teacher/sft.py``,
-and each stage's top-level schema in its own module. Each is registered once, by the module that defines it,
+each stage's top-level schema in its own module (the study's in ``orchestration/study_schema.py``). Each is registered once, by the module that defines it,
 when that module is imported (``register_schema``; a second registration of a name by another schema raises).
 """
 
