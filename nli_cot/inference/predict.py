@@ -139,7 +139,11 @@ register_schema(PredictConfig, name="predict_schema")
 def config_hash(cfg: Any) -> str:
     """What decides the outputs (model, adapter, prompt, decoding): records of different hashes don't mix."""
     keys = ("model", "adapter", "prompt", "decoding")
-    blob = json.dumps({k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys}, sort_keys=True)
+    parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys}
+    # model.gguf_file was a key no code read (removed, issue #21); hashed as it always was (null), so prediction
+    # files begun before its removal still resume.
+    parts["model"].setdefault("gguf_file", None)
+    blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
