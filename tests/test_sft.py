@@ -252,7 +252,7 @@ def test_dataset_configs_point_at_the_sft_outputs(name):
     "experiment, name", [("abl0_1", "combined"), ("abl0_2", "combined"), ("abl1", "correct_only")]
 )
 def test_card_ablations_use_these_sets(experiment, name):
-    assert compose([f"+experiment={experiment}"]).dataset.train_path == f"data/sft/{name}/train.jsonl"
+    assert compose([f"+experiment={experiment}"]).dataset.train_path == f"data/sft/original_sample/{name}/train.jsonl"
 
 
 # ----------------------------------------------------------------------------------------- whole chains

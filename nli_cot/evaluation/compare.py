@@ -25,6 +25,7 @@ import itertools
 import json
 import math
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,23 @@ from nli_cot.core.records import RecordFileError, atomic_savefig, atomic_write_t
 from nli_cot.core.stats import holm  # the one Holm implementation (None and NaN pass through)
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "compare.yaml"
+
+
+@dataclass
+class CompareConfig:
+    """The defaults of `python -m nli_cot.compare` (conf/compare.yaml; flags override them)."""
+
+    out_dir: str = field(default="outputs/compare", metadata={"help": "Output directory (--out)."})
+    mcnemar_exact_below: int = field(
+        default=25,
+        metadata={"help": "Exact binomial McNemar below this many discordant pairs, else chi-square (--exact-below)."},
+    )
+    plot_dpi: int = field(default=120, metadata={"help": "Resolution of comparison.png."})
+
+
+def load_defaults(path: Path = CONF) -> Any:
+    """conf/compare.yaml checked against CompareConfig (an unknown key or a wrong type fails, naming it)."""
+    return OmegaConf.merge(OmegaConf.structured(CompareConfig), OmegaConf.load(path))
 
 
 class CompareError(ValueError):
@@ -224,7 +242,7 @@ def compare(
 
 
 def main(argv: list[str] | None = None) -> int:
-    defaults = OmegaConf.load(CONF)
+    defaults = load_defaults()
     parser = argparse.ArgumentParser(prog="python -m nli_cot.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("eval_dirs", nargs="+", help="directories written by python -m nli_cot.evaluate")
     parser.add_argument(

@@ -31,17 +31,75 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from nli_cot.core import metrics as M
+from nli_cot.core.config import register_schema
 from nli_cot.core.parsing import STRICT_RULE, parse_output
 from nli_cot.core.records import RecordFileError, atomic_savefig, atomic_write_text, nan_to_none, read_records
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class BootstrapConfig:
+    n_resamples: int = field(default=1000, metadata={"help": "Percentile-bootstrap resamples of each metric's CI."})
+    confidence: float = field(default=0.95, metadata={"help": "Coverage of the CIs."})
+    seed: int = field(default=0, metadata={"help": "Seed of the resampling."})
+
+
+@dataclass
+class EvaluateConfig:
+    """`python -m nli_cot.evaluate` (conf/evaluate.yaml)."""
+
+    predictions: str = field(default=MISSING, metadata={"help": "Predictions JSONL (nli_cot.predict's layout)."})
+    out_dir: str = field(
+        default=MISSING,
+        metadata={"help": "Where metrics.json, report.md, per_example.jsonl and the plots are written."},
+    )
+    name: str | None = field(
+        default=None,
+        metadata={"help": "Label of this run in reports and comparisons; None: the name of out_dir."},
+    )
+    gold_field: str = field(default="label", metadata={"help": "Record field holding the gold label."})
+    reparse: bool = field(
+        default=False,
+        metadata={"help": "Re-read every raw_text with the current parser instead of the stored fields."},
+    )
+    tokenizer: str | None = field(
+        default=None,
+        metadata={"help": "Thought length unit: None = whitespace words; a hub id, a directory or mistral_common_v3."},
+    )
+    cache_dir: str = field(default=".cache/models", metadata={"help": "Where mistral_common_v3 is saved once."})
+    length_edges: list[int] = field(
+        default_factory=lambda: [100, 200, 300],
+        metadata={"help": "Inclusive upper bounds of the thought-length buckets of accuracy by length."},
+    )
+    repetition_ns: list[int] = field(
+        default_factory=lambda: [2, 3, 4], metadata={"help": "n of the repeated n-gram rate of each output."}
+    )
+    distinct_ns: list[int] = field(default_factory=lambda: [1, 2], metadata={"help": "n of corpus distinct-n."})
+    loop_n: int = field(
+        default=4, metadata={"help": "n of the loop test: an output loops when its repeated n-gram rate is high."}
+    )
+    loop_threshold: float = field(
+        default=0.5, metadata={"help": "Repeated loop_n-gram rate from which an output counts as looping."}
+    )
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig, metadata={"help": "CIs of the metrics."})
+    plots: bool = field(default=True, metadata={"help": "Write the PNG plots."})
+    plot_dpi: int = field(default=120, metadata={"help": "Resolution of the plots."})
+    hist_bins: int = field(default=30, metadata={"help": "Bins of the thought-length histogram."})
+    calibration_bins: int = field(
+        default=10, metadata={"help": "Equal-width confidence bins of the expected calibration error."}
+    )
+
+
+register_schema(EvaluateConfig, name="evaluate_schema")
 
 Tokenize = Callable[[list[str]], list[list[str]]]
 

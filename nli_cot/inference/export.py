@@ -46,9 +46,9 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from nli_cot.core.config import register_schema
 from nli_cot.core.records import atomic_savefig, atomic_write_text, read_metrics_csv
 from nli_cot.models.checkpoints import STATE_FILE, TRAINER_STATE, is_complete, list_checkpoints
 
@@ -68,42 +68,96 @@ class ExportError(ValueError):
 
 @dataclass
 class ExportConfig:
-    # The run dir (<output_dir>/<run_name>) or one checkpoint-<step> folder; the first command-line word.
-    source: str = MISSING
-    # The hub-ready folder to write; it must not exist yet (or be empty) unless overwrite=true.
-    out: str = MISSING
-    # Which adapters of a run dir: best (the run's best by its monitored metric), last, or all complete ones.
-    checkpoints: str = "best"
-    # nli_cot.evaluate output dirs (each holds metrics.json): the card's evaluation table and model-index.
-    evals: list[str] = field(default_factory=list)
-    # An nli_cot.compare output dir (comparison.json): its table and McNemar tests go in the card.
-    compare: str | None = None
-    # The checkpoint folder the evals were made with (metrics files don't say) and the snippet loads;
-    # None: the run's best when exported, else the last exported one.
-    eval_checkpoint: str | None = None
-    # Hub repo id the folder is meant for: the usage snippet and model-index name; None: push, else the out name.
-    repo_id: str | None = None
-    # Upload to this hub repo after writing (needs a token and network; skipped with one line otherwise).
-    push: str | None = None
-    private: bool = False  # the pushed repo's visibility
-    # Front matter: the base model's hub id; None: the run's model.name_or_path.
-    base_model: str | None = None
-    license: str = "apache-2.0"  # the adapters' licence; the base model's own licence still applies to it
-    # Front matter datasets (hub ids where they exist); empty: the training set's name from the run config.
-    datasets: list[str] = field(default_factory=list)
-    tags: list[str] = field(default_factory=lambda: ["nli", "chain-of-thought", "lora", "peft", "nli_cot"])
-    language: list[str] = field(default_factory=lambda: ["en"])
-    # Lightning's training_state.ckpt (optimiser, RNG) in each folder: only for resuming elsewhere, large.
-    include_training_state: bool = False
-    overwrite: bool = False  # replace an existing non-empty out folder
-    plot_dpi: int = 120
+    source: str = field(
+        default=MISSING,
+        metadata={
+            "help": "The run dir (<output_dir>/<run_name>) or one checkpoint-<step> folder; the "
+            "first command-line word."
+        },
+    )
+    out: str = field(
+        default=MISSING,
+        metadata={
+            "help": "The hub-ready folder to write; it must not exist yet (or be empty) unless "
+            "overwrite=true."
+        },
+    )
+    checkpoints: str = field(
+        default="best",
+        metadata={
+            "help": "Which adapters of a run dir: best (the run's best by its monitored metric), "
+            "last, or all complete ones."
+        },
+    )
+    evals: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "nli_cot.evaluate output dirs (each holds metrics.json): the card's evaluation "
+            "table and model-index."
+        },
+    )
+    compare: str | None = field(
+        default=None,
+        metadata={
+            "help": "An nli_cot.compare output dir (comparison.json): its table and McNemar tests "
+            "go in the card."
+        },
+    )
+    eval_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "The checkpoint folder the evals were made with (metrics files don't say) and "
+            "the snippet loads; None: the run's best when exported, else the last exported "
+            "one."
+        },
+    )
+    repo_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub repo id the folder is meant for: the usage snippet and model-index name; "
+            "None: push, else the out name."
+        },
+    )
+    push: str | None = field(
+        default=None,
+        metadata={
+            "help": "Upload to this hub repo after writing (needs a token and network; skipped with"
+            " one line otherwise)."
+        },
+    )
+    private: bool = field(default=False, metadata={"help": "the pushed repo's visibility."})
+    base_model: str | None = field(
+        default=None,
+        metadata={"help": "Front matter: the base model's hub id; None: the run's model.name_or_path."},
+    )
+    license: str = field(
+        default="apache-2.0",
+        metadata={"help": "the adapters' licence; the base model's own licence still applies to it."},
+    )
+    datasets: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Front matter datasets (hub ids where they exist); empty: the training set's "
+            "name from the run config."
+        },
+    )
+    tags: list[str] = field(
+        default_factory=lambda: ["nli", "chain-of-thought", "lora", "peft", "nli_cot"],
+        metadata={"help": "Front matter tags."},
+    )
+    language: list[str] = field(default_factory=lambda: ["en"], metadata={"help": "Front matter languages."})
+    include_training_state: bool = field(
+        default=False,
+        metadata={
+            "help": "Lightning's training_state.ckpt (optimiser, RNG) in each folder: only for "
+            "resuming elsewhere, large."
+        },
+    )
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing non-empty out folder."})
+    plot_dpi: int = field(default=120, metadata={"help": "Resolution of the card's plots."})
 
 
-def register_configs() -> None:
-    ConfigStore.instance().store(name="export_schema", node=ExportConfig)
-
-
-register_configs()
+register_schema(ExportConfig, name="export_schema")
 
 
 # ---------------------------------------------------------------- the run

@@ -42,11 +42,9 @@ from typing import Any
 
 import hydra
 import torch
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from nli_cot.core.config import ModelConfig, PromptConfig
-from nli_cot.core.config import register_configs as register_model_configs
+from nli_cot.core.config import ModelConfig, PromptConfig, register_schema
 from nli_cot.core.pairs import Pair, PairsConfig, PairsError, load_pairs
 from nli_cot.core.parsing import parse_output
 from nli_cot.core.records import RecordFileError, RecordWriter, read_records, write_json_atomic
@@ -68,45 +66,84 @@ class PredictError(RuntimeError):
 
 @dataclass
 class AdapterConfig:
-    path: str | None = None  # PEFT folder or hub repo; None: the base model alone
-    subfolder: str | None = None  # e.g. Mistral_Thinking_Abl1/checkpoint-1250 (the card's layout)
-    merge: bool = False
+    path: str | None = field(
+        default=None,
+        metadata={"help": "PEFT folder or hub repo; None: the base model alone."},
+    )
+    subfolder: str | None = field(
+        default=None,
+        metadata={"help": "e.g. Mistral_Thinking_Abl1/checkpoint-1250 (the card's layout)"},
+    )
+    merge: bool = field(
+        default=False,
+        metadata={
+            "help": "Merge LoRA into the base weights before decoding (faster; lossy "
+            "re-quantisation with 4-bit)."
+        },
+    )
 
 
 @dataclass
 class PredictConfig:
-    pairs: PairsConfig = MISSING
-    model: ModelConfig = MISSING
-    prompt: PromptConfig = MISSING
-    adapter: AdapterConfig = field(default_factory=AdapterConfig)
-    decoding: DecodingConfig = field(default_factory=DecodingConfig)
-    data_root: str = "../shared/data"
-    run_name: str = MISSING
-    output: str = MISSING
-    batch_size: int = 16
-    sort_by_length: bool = True
-    seed: int = 0
-    limit: int | None = None
-    max_batches: int | None = None  # stop after this many batches (a partial run; re-run to continue)
-    keep_samples: bool = True  # with self-consistency: keep every sample's text in the record
-    allow_mixed: bool = False
-    progress: bool = True
+    pairs: PairsConfig = field(default=MISSING, metadata={"help": "The pairs to answer (conf/pairs/)."})
+    model: ModelConfig = field(default=MISSING, metadata={"help": "The base model (conf/model/)."})
+    prompt: PromptConfig = field(
+        default=MISSING,
+        metadata={"help": "The prompt template, as the adapter was trained (conf/prompt/)."},
+    )
+    adapter: AdapterConfig = field(
+        default_factory=AdapterConfig,
+        metadata={"help": "The PEFT adapter on the base model, if any."},
+    )
+    decoding: DecodingConfig = field(
+        default_factory=DecodingConfig,
+        metadata={"help": "How answers are decoded."},
+    )
+    data_root: str = field(
+        default="../shared/data",
+        metadata={"help": "Folder of the shared data sets (pairs paths interpolate it)."},
+    )
+    run_name: str = field(
+        default=MISSING,
+        metadata={"help": "Name of this model/adapter in the output path."},
+    )
+    output: str = field(
+        default=MISSING,
+        metadata={"help": "Predictions JSONL (resumed: ids already in it are skipped)."},
+    )
+    batch_size: int = field(default=16, metadata={"help": "Pairs decoded together."})
+    sort_by_length: bool = field(
+        default=True,
+        metadata={"help": "Batch pairs of similar prompt length (less padding)."},
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of sampling."})
+    limit: int | None = field(default=None, metadata={"help": "Answer only the first N pairs; null: all."})
+    max_batches: int | None = field(
+        default=None,
+        metadata={"help": "stop after this many batches (a partial run; re-run to continue)"},
+    )
+    keep_samples: bool = field(
+        default=True,
+        metadata={"help": "with self-consistency: keep every sample's text in the record."},
+    )
+    allow_mixed: bool = field(
+        default=False,
+        metadata={"help": "Resume onto a file made with another model, adapter, prompt or decoding."},
+    )
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 
 
-def register_configs() -> None:
-    register_model_configs()
-    cs = ConfigStore.instance()
-    cs.store(name="predict_schema", node=PredictConfig)
-    cs.store(group="pairs", name="pairs_schema", node=PairsConfig)
-
-
-register_configs()
+register_schema(PredictConfig, name="predict_schema")
 
 
 def config_hash(cfg: Any) -> str:
     """What decides the outputs (model, adapter, prompt, decoding): records of different hashes don't mix."""
     keys = ("model", "adapter", "prompt", "decoding")
-    blob = json.dumps({k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys}, sort_keys=True)
+    parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys}
+    # model.gguf_file was a key no code read (removed, issue #21); hashed as it always was (null), so prediction
+    # files begun before its removal still resume.
+    parts["model"].setdefault("gguf_file", None)
+    blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

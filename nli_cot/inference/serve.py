@@ -72,12 +72,10 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from nli_cot.core.config import ModelConfig, PromptConfig
-from nli_cot.core.config import register_configs as register_model_configs
+from nli_cot.core.config import ModelConfig, PromptConfig, register_schema
 from nli_cot.core.parsing import parse_output
 from nli_cot.models.generation import BatchResult, DecodingConfig, Generation, frame_grammar, generate_batch
 
@@ -91,42 +89,69 @@ NLI_KEYS = {"thought_process", "predicted_label"}
 
 @dataclass
 class BatchingConfig:
-    window_ms: float = 5.0  # how long the first queued request waits for others to join its batch
-    max_batch_size: int = 16  # rows (prompts x n) decoded together at most
-    max_queue: int = 1024  # requests waiting at most; beyond that 429
+    window_ms: float = field(
+        default=5.0,
+        metadata={"help": "how long the first queued request waits for others to join its batch."},
+    )
+    max_batch_size: int = field(
+        default=16,
+        metadata={"help": "rows (prompts x n) decoded together at most."},
+    )
+    max_queue: int = field(default=1024, metadata={"help": "requests waiting at most; beyond that 429."})
 
 
 @dataclass
 class LimitsConfig:
-    max_prompt_tokens: int = 2048  # a longer prompt is a 400 context_length_exceeded
-    max_tokens: int = 1024  # the largest max_tokens a request may ask for
-    max_n: int = 8  # choices per request
-    max_prompts: int = 64  # prompts of one /v1/completions request
-    max_body_bytes: int = 1_000_000
+    max_prompt_tokens: int = field(
+        default=2048,
+        metadata={"help": "a longer prompt is a 400 context_length_exceeded."},
+    )
+    max_tokens: int = field(default=1024, metadata={"help": "the largest max_tokens a request may ask for."})
+    max_n: int = field(default=8, metadata={"help": "choices per request."})
+    max_prompts: int = field(default=64, metadata={"help": "prompts of one /v1/completions request."})
+    max_body_bytes: int = field(default=1_000_000, metadata={"help": "Largest request body (larger: 413)."})
 
 
 @dataclass
 class ServeConfig:
-    model: ModelConfig = MISSING
-    prompt: PromptConfig = MISSING
-    # served name -> PEFT adapter folder; a dict that takes new keys without Hydra's '+': adapters.<name>=<dir>
-    adapters: dict[str, str] = field(default_factory=lambda: OmegaConf.create({}, flags={"struct": False}))
-    base_name: str = MISSING  # the base model's id in /v1/models and in requests
-    decoding: DecodingConfig = field(default_factory=DecodingConfig)  # server defaults; requests override some
-    batching: BatchingConfig = field(default_factory=BatchingConfig)
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
-    host: str = "127.0.0.1"
-    port: int = 8000
-    metrics_window: int = 10000  # latencies kept for the percentiles
-    log_level: str = "info"
+    model: ModelConfig = field(default=MISSING, metadata={"help": "The base model (conf/model/)."})
+    prompt: PromptConfig = field(
+        default=MISSING,
+        metadata={"help": "The prompt that premise/hypothesis requests are rendered with (conf/prompt/)."},
+    )
+    adapters: dict[str, str] = field(
+        default_factory=lambda: OmegaConf.create({}, flags={"struct": False}),
+        metadata={
+            "help": "served name -> PEFT adapter folder; a dict that takes new keys without Hydra's"
+            " '+': adapters.<name>=<dir>."
+        },
+    )
+    base_name: str = field(
+        default=MISSING,
+        metadata={"help": "the base model's id in /v1/models and in requests."},
+    )
+    decoding: DecodingConfig = field(
+        default_factory=DecodingConfig,
+        metadata={"help": "server defaults; requests override some."},
+    )
+    batching: BatchingConfig = field(
+        default_factory=BatchingConfig,
+        metadata={"help": "How requests share decoding batches."},
+    )
+    limits: LimitsConfig = field(
+        default_factory=LimitsConfig,
+        metadata={"help": "Per-request limits (larger requests get a 4xx)."},
+    )
+    host: str = field(
+        default="127.0.0.1",
+        metadata={"help": "Interface to listen on (loopback only by default: there is no authentication)."},
+    )
+    port: int = field(default=8000, metadata={"help": "TCP port (0: any free port, logged)."})
+    metrics_window: int = field(default=10000, metadata={"help": "latencies kept for the percentiles."})
+    log_level: str = field(default="info", metadata={"help": "uvicorn's log level."})
 
 
-def register_configs() -> None:
-    register_model_configs()
-    ConfigStore.instance().store(name="serve_schema", node=ServeConfig)
-
-
-register_configs()
+register_schema(ServeConfig, name="serve_schema")
 
 
 class ServeError(RuntimeError):

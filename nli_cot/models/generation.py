@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,24 +51,54 @@ from nli_cot.core.parsing import ParseResult
 # predict.yaml and serve.yaml.
 @dataclass
 class JsonFrameConfig:
-    open: str = '{"thought_process": "'
-    middle: str = '", "predicted_label": '
-    close: str = "}"
+    open: str = field(
+        default='{"thought_process": "',
+        metadata={"help": "Text of the JSON answer before the thought."},
+    )
+    middle: str = field(
+        default='", "predicted_label": ',
+        metadata={"help": "Text between the thought and the label."},
+    )
+    close: str = field(default="}", metadata={"help": "Text after the label."})
 
 
 @dataclass
 class DecodingConfig:
-    max_new_tokens: int = 512
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    stop_at_json_close: bool = True
-    constrained: bool = False
-    label_probs: bool = False
-    self_consistency: int = 1  # k > 1: k sampled answers per pair and a majority vote
-    json_frame: JsonFrameConfig = field(default_factory=JsonFrameConfig)
+    max_new_tokens: int = field(default=512, metadata={"help": "Decoding budget per answer."})
+    do_sample: bool = field(default=False, metadata={"help": "Sample (true) or decode greedily (false)."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (sampling only)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (sampling only; 1.0: off)."})
+    top_k: int = field(default=0, metadata={"help": "Top-k sampling (sampling only; 0: off)."})
+    repetition_penalty: float = field(
+        default=1.0,
+        metadata={"help": "transformers' repetition penalty (1.0: off)."},
+    )
+    stop_at_json_close: bool = field(
+        default=True,
+        metadata={"help": "Stop a row once its JSON answer closes (nothing after it is parsed)."},
+    )
+    constrained: bool = field(
+        default=False,
+        metadata={
+            "help": "Constrained decoding: the answer is always the NLI JSON frame with a 0/1 label (a decoding"
+            " mode: DECODING_MODES)."
+        },
+    )
+    label_probs: bool = field(
+        default=False,
+        metadata={"help": "Record P(\"0\") and P(\"1\") at the label position (a decoding mode: DECODING_MODES)."},
+    )
+    self_consistency: int = field(
+        default=1,
+        metadata={"help": "k > 1: k sampled answers per pair and a majority vote."},
+    )
+    json_frame: JsonFrameConfig = field(
+        default_factory=JsonFrameConfig,
+        metadata={
+            "help": "The exact text of a training completion around the thought and label "
+            "(prompts.completion_text)."
+        },
+    )
 
 
 class VocabIndex:
@@ -501,6 +531,41 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tenso
     return ids, mask
 
 
+# ------------------------------------------------------------------------------------------- decoding modes
+
+
+@dataclass
+class ModeContext:
+    """What a decoding mode's builder gets: the config, the vocabulary and the batch's shape."""
+
+    cfg: Any  # a DecodingConfig (or a DictConfig with its fields)
+    vocab: VocabIndex
+    rows: int  # prompts x samples
+    prompt_len: int  # the left-padded prompt width: generated tokens start here
+    completion_prefix: str
+    readout: LabelProbReadout | None = None  # set by the label_probs mode; each Generation carries its reading
+
+
+def _label_probs_mode(ctx: ModeContext) -> LogitsProcessor:
+    ctx.readout = LabelProbReadout(ctx.vocab, ctx.rows, ctx.prompt_len)
+    return ctx.readout
+
+
+def _constrained_mode(ctx: ModeContext) -> LogitsProcessor:
+    grammar = frame_grammar(ctx.cfg, ctx.completion_prefix)
+    return JsonConstraint(ctx.vocab, grammar, ctx.rows, ctx.prompt_len, ctx.cfg.max_new_tokens)
+
+
+# A decoding mode is a bool field of DecodingConfig (help text, default, the YAML `decoding` node of predict and
+# serve) plus a builder here: when the field is true, generate_batch adds the builder's logits processor. In this
+# order: label_probs first, so it reads the model's own distribution before any mask. Adding a mode = that field +
+# one entry (tests/test_decoding_modes.py plugs one in).
+DECODING_MODES: dict[str, Callable[[ModeContext], LogitsProcessor]] = {
+    "label_probs": _label_probs_mode,
+    "constrained": _constrained_mode,
+}
+
+
 def generate_batch(
     model: Any,
     tokenizer: Any,
@@ -522,14 +587,12 @@ def generate_batch(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     input_ids, attention = left_pad(prompts, pad_id)
     device = next(model.parameters()).device
-    processors = LogitsProcessorList()
     width = input_ids.shape[1]
-    readout = LabelProbReadout(vocab, rows, width) if cfg.label_probs else None
-    if readout:
-        processors.append(readout)  # first: it reads the model's own distribution, before any mask
-    if cfg.constrained:
-        grammar = frame_grammar(cfg, completion_prefix)
-        processors.append(JsonConstraint(vocab, grammar, rows, width, cfg.max_new_tokens))
+    ctx = ModeContext(cfg, vocab, rows, width, completion_prefix)
+    processors = LogitsProcessorList(
+        build(ctx) for name, build in DECODING_MODES.items() if getattr(cfg, name, False)
+    )
+    readout = ctx.readout
     stop = JsonCloseStopping(vocab, rows, width) if cfg.stop_at_json_close else None
     criteria = StoppingCriteriaList([stop] if stop else [])
     gen_cfg = _generation_config(cfg, tokenizer, num_samples)

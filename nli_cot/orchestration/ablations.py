@@ -29,7 +29,7 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,25 @@ DEFAULT_CHAIN = CONF_DIR / "ablations.yaml"
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 # Set by the chain per run, so not part of a stage's identity when deciding to skip it.
 _CHAIN_KEYS = ("init_adapter_from", "resume")
+
+
+@dataclass
+class ChainStage:
+    experiment: str = field(default="???", metadata={"help": "The experiment preset (conf/experiment/) this stage trains."})
+    warm_start_from: str | None = field(
+        default=None,
+        metadata={"help": "An earlier stage whose final checkpoint this one starts from (init_adapter_from)."},
+    )
+
+
+@dataclass
+class ChainConfig:
+    """The chain file (conf/ablations.yaml): checked against this schema when it is read (load_chain)."""
+
+    output_dir: str = field(
+        default="outputs/ablations", metadata={"help": "Each stage's run dir is <output_dir>/<its run_name>."}
+    )
+    stages: list[ChainStage] = field(default_factory=list, metadata={"help": "The stages, run in this order."})
 
 
 class ChainError(RuntimeError):
@@ -72,7 +91,13 @@ def load_chain(path: Path) -> dict[str, Any]:
 
     if not Path(path).is_file():
         raise ChainError(f"{path}: chain config not found")
-    chain = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        chain = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(ChainConfig), OmegaConf.load(path)),
+                                       resolve=True)
+    except OmegaConfBaseException as err:
+        raise ChainError(f"{path}: {one_line(err)}") from None
     names = [s["experiment"] for s in chain.get("stages", [])]
     for s in chain.get("stages", []):
         dep = s.get("warm_start_from")
@@ -87,9 +112,8 @@ def compose_run_name(experiment: str, overrides: list[str]) -> str:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from nli_cot.core.config import register_configs
+    import nli_cot.core.config  # noqa: F401  (importing it registers the training schemas)
 
-    register_configs()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides=[f"+experiment={experiment}", *overrides])

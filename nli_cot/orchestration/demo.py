@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,57 @@ import numpy as np
 from omegaconf import DictConfig
 
 from nli_cot.core import stats
+from nli_cot.core.config import register_schema
 from nli_cot.core.records import write_json_atomic
+from nli_cot.evaluation.evaluate import BootstrapConfig
+
+
+@dataclass
+class DemoGpuConfig:
+    """What changes when a CUDA GPU is present (the CPU values stay the documented default)."""
+
+    train_steps: int = field(default=400, metadata={"help": "Optimiser steps of the training run on a GPU."})
+    eval_every: int = field(default=100, metadata={"help": "Steps between dev evaluations/checkpoints on a GPU."})
+    n_held_out: int | None = field(
+        default=None, metadata={"help": "Pairs of dev and of test on a GPU; None: n_held_out."}
+    )
+    overrides: list[str] = field(
+        default_factory=list, metadata={"help": "Extra overrides of training and prediction on a GPU."}
+    )
+
+
+@dataclass
+class DemoConfig:
+    """`make demo` / `python -m nli_cot.demo` (conf/demo.yaml)."""
+
+    out_dir: str = field(default="outputs/demo", metadata={"help": "The run, predictions, evaluations and summary."})
+    data_dir: str = field(default="data/demo", metadata={"help": "Where the synthetic task's files are written."})
+    seed: int = field(default=0, metadata={"help": "Seed of the data generator and of training."})
+    split: str = field(default="test", metadata={"help": "dev | test: the held-out split the table scores."})
+    n_train: int = field(default=4000, metadata={"help": "Synthetic training pairs generated."})
+    n_held_out: int = field(
+        default=96, metadata={"help": "Pairs of dev and of test each; a multiple of 2 x len(families)."}
+    )
+    families: list[str] = field(default_factory=list, metadata={"help": "Rule families of the synthetic task."})
+    train_steps: int = field(default=32, metadata={"help": "Optimiser steps of the training run (CPU)."})
+    eval_every: int = field(default=16, metadata={"help": "Steps between dev evaluations and checkpoints (CPU)."})
+    predict_batch_size: int = field(default=96, metadata={"help": "Pairs decoded together by both prediction stages."})
+    max_new_tokens: int = field(default=48, metadata={"help": "Decoding budget of both prediction stages."})
+    prompt_name: str = field(default="demo_chat", metadata={"help": "The prompt config of training and prediction."})
+    train_overrides: list[str] = field(default_factory=list, metadata={"help": "Extra overrides of training."})
+    predict_overrides: list[str] = field(
+        default_factory=list, metadata={"help": "Extra overrides of both prediction stages."}
+    )
+    bootstrap: BootstrapConfig = field(
+        default_factory=BootstrapConfig, metadata={"help": "The CIs of the before/after table."}
+    )
+    gpu: DemoGpuConfig | None = field(
+        default_factory=DemoGpuConfig, metadata={"help": "Used instead on a CUDA GPU; null: the CPU values everywhere."}
+    )
+
+
+register_schema(DemoConfig, name="demo_schema")
+
 
 # (stage, seconds, 1-minute load average at its end) of every stage this invocation ran
 TIMINGS: list[tuple[str, float, float]] = []

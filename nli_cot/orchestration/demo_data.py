@@ -48,8 +48,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+from nli_cot.core.config import register_schema
 
 log = logging.getLogger(__name__)
 
@@ -500,15 +501,21 @@ def words(text: str) -> set[str]:
 
 @dataclass
 class DemoDataConfig:
-    out_dir: str = MISSING
-    n_train: int = 1000
-    n_dev: int = 100
-    n_test: int = 200
-    seed: int = 0
-    families: list[str] = field(default_factory=lambda: list(FAMILIES))
+    out_dir: str = field(
+        default=MISSING,
+        metadata={"help": "Folder of train.jsonl, dev.jsonl and test.jsonl."},
+    )
+    n_train: int = field(default=1000, metadata={"help": "Training pairs."})
+    n_dev: int = field(default=100, metadata={"help": "Dev pairs (their own vocabulary)."})
+    n_test: int = field(default=200, metadata={"help": "Test pairs (a third vocabulary)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the generator."})
+    families: list[str] = field(
+        default_factory=lambda: list(FAMILIES),
+        metadata={"help": "Which rule families the pairs come from."},
+    )
 
 
-ConfigStore.instance().store(name="demo_data_schema", node=DemoDataConfig)
+register_schema(DemoDataConfig, name="demo_data_schema")
 
 
 @hydra.main(config_path="../../conf", config_name="demo_data", version_base="1.3")

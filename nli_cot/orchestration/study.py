@@ -53,6 +53,7 @@ from omegaconf import DictConfig, OmegaConf
 from nli_cot.core.records import write_json_atomic
 from nli_cot.orchestration.study_engine import Engine, EngineConfig, check_engine, marker_path
 from nli_cot.orchestration.study_graph import StudyGraph
+from nli_cot.orchestration.study_schema import StudyConfig  # noqa: F401  (registers the study's schema)
 
 FINGERPRINTED = ("base_model", "model_tokenizer", "prompt_name", "data", "train", "predict", "teachers", "evaluate",
                 "baselines")

@@ -26,15 +26,15 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from nli_cot.core.checks import check_config
+from nli_cot.core.config import register_schema
 from nli_cot.core.parsing import OBJECT_RULES, parse_output
 from nli_cot.core.records import RecordWriter, read_records
 from nli_cot.teacher.stage_runner import (
@@ -45,7 +45,6 @@ from nli_cot.teacher.stage_runner import (
     guarded,
     pct,
     print_table,
-    register_shared_configs,
     run_teacher,
     write_summary,
 )
@@ -57,15 +56,33 @@ SELECT_MODES = ("wrong", "unparsed", "wrong_or_unparsed")
 
 @dataclass
 class ReflectConfig:
-    teacher: TeacherConfig = MISSING
-    reflect_prompt: ReflectPromptConfig = MISSING
-    data_root: str = "../shared/data"
-    data_name: str = "original_sample"
-    thoughts: str = MISSING  # input: a thoughts stage output
-    output: str = MISSING
-    select: str = "wrong_or_unparsed"
-    progress: bool = True
-    allow_mixed: bool = False
+    teacher: TeacherConfig = field(
+        default=MISSING,
+        metadata={"help": "The teacher that writes the reflections (conf/teacher/)."},
+    )
+    reflect_prompt: ReflectPromptConfig = field(
+        default=MISSING,
+        metadata={"help": "The reflection prompt (conf/reflect_prompt/)."},
+    )
+    data_root: str = field(default="../shared/data", metadata={"help": "Folder of the shared data sets."})
+    data_name: str = field(
+        default="original_sample",
+        metadata={"help": "The pairs name the thoughts stage wrote under (its pairs.name)."},
+    )
+    thoughts: str = field(default=MISSING, metadata={"help": "input: a thoughts stage output."})
+    output: str = field(
+        default=MISSING,
+        metadata={"help": "Reflections JSONL (resumed: finished ids are never requested again)."},
+    )
+    select: str = field(
+        default="wrong_or_unparsed",
+        metadata={"help": "Which thoughts get a reflection: wrong | unparsed | wrong_or_unparsed."},
+    )
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+    allow_mixed: bool = field(
+        default=False,
+        metadata={"help": "Resume onto records made by another teacher or prompt."},
+    )
 
 
 @dataclass(frozen=True)
@@ -258,12 +275,7 @@ def print_reflect_summary(s: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------- source-project import
 
 
-def _store() -> None:
-    register_shared_configs()
-    ConfigStore.instance().store(name="reflect_schema", node=ReflectConfig)
-
-
-_store()
+register_schema(ReflectConfig, name="reflect_schema")
 
 
 @hydra.main(config_path="../../conf", config_name="reflect", version_base="1.3")

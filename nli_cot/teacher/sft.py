@@ -42,11 +42,10 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from nli_cot.core.checks import ConfigCheckError, check_config
-from nli_cot.core.config import ModelConfig, PromptConfig
+from nli_cot.core.config import DatasetConfig, ModelConfig, PromptConfig, register_schema
 from nli_cot.core.pairs import PairColumns, PairsConfig, PairsError, id_hash, load_pairs
 from nli_cot.core.records import (
     RecordFileError,
@@ -60,7 +59,6 @@ from nli_cot.teacher.stage_runner import (
     import_source_reflections,
     import_source_thoughts,
     print_table,
-    register_shared_configs,
 )
 
 EXIT_BAD_INPUT = 2
@@ -69,44 +67,132 @@ SOURCE_KINDS = ("correct", "reflected", "human", "sft")
 
 @dataclass
 class SftSource:
-    kind: str = MISSING  # correct | reflected | human | sft
-    path: str = MISSING
-    format: str = "nli_cot"  # nli_cot | source_project (correct/reflected only)
-    id_prefix: str = "original-sample-"  # source_project imports: ids become <prefix><source id>
-    max_examples: int | None = None
-    tag: str | None = None  # the `source` value written; default: kind (sft: the record's own source)
+    kind: str = field(default=MISSING, metadata={"help": "correct (thoughts whose label matched gold) | reflected (improved thoughts of reflections) | human (explanations of pairs) | sft (an SFT set)."})
+    path: str = field(
+        default=MISSING,
+        metadata={"help": "The source file (thoughts, reflections, pairs with explanations or an SFT set)."},
+    )
+    format: str = field(
+        default="nli_cot",
+        metadata={"help": "nli_cot | source_project (correct/reflected only)"},
+    )
+    id_prefix: str = field(
+        default="original-sample-",
+        metadata={"help": "source_project imports: ids become <prefix><source id>."},
+    )
+    max_examples: int | None = field(
+        default=None,
+        metadata={"help": "Take at most this many (a deterministic sample by id hash); null: all."},
+    )
+    tag: str | None = field(
+        default=None,
+        metadata={"help": "the `source` value written; default: kind (sft: the record's own source)"},
+    )
     # human
-    explanation_field: str = "explanations"
-    explanations: str = "first"  # first | longest | all
-    template: str = "{explanation} {verdict}"
-    verdict_entailed: str = "So the hypothesis can be inferred from the premise."
-    verdict_not_entailed: str = "So the hypothesis cannot be inferred from the premise."
+    explanation_field: str = field(
+        default="explanations",
+        metadata={"help": "kind=human: the pairs field holding the human explanations."},
+    )
+    explanations: str = field(default="first", metadata={"help": "kind=human: which explanation: first | longest | all (distinct ones, joined)."})
+    template: str = field(
+        default="{explanation} {verdict}",
+        metadata={"help": "kind=human: the thought written from an explanation ({explanation}, {verdict})."},
+    )
+    verdict_entailed: str = field(
+        default="So the hypothesis can be inferred from the premise.",
+        metadata={"help": "kind=human: the verdict sentence of an entailed pair."},
+    )
+    verdict_not_entailed: str = field(
+        default="So the hypothesis cannot be inferred from the premise.",
+        metadata={"help": "kind=human: the verdict sentence of a pair that is not entailed."},
+    )
 
 
 @dataclass
 class SftStrategyConfig:
-    name: str = MISSING
-    sources: list[SftSource] = field(default_factory=list)
-    reflected_mismatch: str = "drop"  # drop | gold
-    reject_parse_rules: list[str] = field(default_factory=lambda: ["truncated", "unparseable"])
+    name: str = field(
+        default=MISSING,
+        metadata={"help": "Name of the strategy: the folder the SFT set is written to."},
+    )
+    sources: list[SftSource] = field(
+        default_factory=list,
+        metadata={
+            "help": "Where the examples come from, in order (a duplicated pair keeps the first "
+            "source's version)."
+        },
+    )
+    reflected_mismatch: str = field(default="drop", metadata={"help": "A reflection whose label still disagrees with gold: drop (counted) | gold (kept with the gold label)."})
+    reject_parse_rules: list[str] = field(
+        default_factory=lambda: ["truncated", "unparseable"],
+        metadata={"help": "Teacher answers parsed by these rules (nli_cot.core.parsing) are not trained on."},
+    )
+
+
+register_schema(SftStrategyConfig, group="sft_strategy")
 
 
 @dataclass
 class SftConfig:
-    sft_strategy: SftStrategyConfig = MISSING
-    model: ModelConfig = MISSING  # whose tokenizer counts the tokens
-    prompt: PromptConfig = MISSING  # the template training will render with
-    data_root: str = "../shared/data"
-    data_name: str = "original_sample"
-    thoughts_dir: str = "data/thoughts"
-    reflections_dir: str = "data/reflections"
-    name: str = MISSING
-    output_dir: str = MISSING
-    max_tokens: int = 512
-    dev_fraction: float = 0.05
-    split_seed: int = 0
-    dedupe: bool = True
-    plot: bool = True
+    sft_strategy: SftStrategyConfig = field(
+        default=MISSING,
+        metadata={"help": "How the SFT set is made (conf/sft_strategy/)."},
+    )
+    dataset: DatasetConfig = field(
+        default=MISSING,
+        metadata={
+            "help": "The training side of the set written here (conf/dataset/sft.yaml): its max_seq_length is"
+            " the token budget (max_tokens), its paths are output_dir's files."
+        },
+    )
+    model: ModelConfig = field(default=MISSING, metadata={"help": "whose tokenizer counts the tokens."})
+    prompt: PromptConfig = field(
+        default=MISSING,
+        metadata={"help": "the template training will render with."},
+    )
+    data_root: str = field(
+        default="../shared/data",
+        metadata={"help": "Folder of the shared data sets (strategy source paths interpolate it)."},
+    )
+    data_name: str = field(
+        default="original_sample",
+        metadata={
+            "help": "Which thoughts/reflections files: <dir>/<data_name>.jsonl (the thoughts "
+            "stage's pairs.name)."
+        },
+    )
+    thoughts_dir: str = field(
+        default="data/thoughts",
+        metadata={"help": "Folder of the thoughts stage's outputs."},
+    )
+    reflections_dir: str = field(
+        default="data/reflections",
+        metadata={"help": "Folder of the reflect stage's outputs."},
+    )
+    name: str = field(default=MISSING, metadata={"help": "Name of the SFT set (stats and summary)."})
+    output_dir: str = field(
+        default=MISSING,
+        metadata={
+            "help": "Where train.jsonl, dev.jsonl, dropped.jsonl, stats.json and lengths.png are "
+            "written."
+        },
+    )
+    max_tokens: int = field(
+        default="${dataset.max_seq_length}",
+        metadata={
+            "help": "Token budget of an example (prompt + completion): longer ones are dropped and "
+            "counted. Derived from dataset.max_seq_length, the training side's budget, so the two agree."
+        },
+    )
+    dev_fraction: float = field(
+        default=0.05,
+        metadata={"help": "Share of the examples in dev.jsonl, chosen by a salted hash of the id."},
+    )
+    split_seed: int = field(default=0, metadata={"help": "Salt of the id hash of the dev split."})
+    dedupe: bool = field(
+        default=True,
+        metadata={"help": "Drop duplicated pairs (the first source's version is kept)."},
+    )
+    plot: bool = field(default=True, metadata={"help": "Write lengths.png."})
 
 
 # ------------------------------------------------------------------------------------------------- sources
@@ -519,14 +605,7 @@ def print_sft_summary(s: dict[str, Any]) -> None:
     )
 
 
-def _store() -> None:
-    register_shared_configs()
-    cs = ConfigStore.instance()
-    cs.store(name="sft_schema", node=SftConfig)
-    cs.store(group="sft_strategy", name="sft_strategy_schema", node=SftStrategyConfig)
-
-
-_store()
+register_schema(SftConfig, name="sft_schema")
 
 
 @hydra.main(config_path="../../conf", config_name="sft", version_base="1.3")

@@ -15,13 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
-
 from nli_cot.core.checks import ConfigCheckError
-from nli_cot.core.pairs import PairsConfig, PairsError
+from nli_cot.core.pairs import PairsError
 from nli_cot.core.records import RecordFileError, RecordWriter, atomic_write_text
-from nli_cot.teacher.teacher_prompts import ReflectPromptConfig, TeacherPromptConfig, prompt_hash
-from nli_cot.teacher.teachers import Messages, Reply, TeacherConfig, TeacherFatalError
+from nli_cot.teacher.teacher_prompts import prompt_hash
+from nli_cot.teacher.teachers import Messages, Reply, TeacherFatalError
 
 EXIT_BAD_INPUT = 2
 EXIT_INCOMPLETE = 3
@@ -29,18 +27,6 @@ EXIT_INCOMPLETE = 3
 
 class StageError(RuntimeError):
     """A user-facing problem with a stage's inputs or outputs (one line, no traceback)."""
-
-def register_shared_configs() -> None:
-    """The groups the teacher stages and sft compose (idempotent), plus the training groups they reuse."""
-    from nli_cot.core.config import register_configs as register_training_configs
-
-    register_training_configs()  # the `model` and `prompt` groups that teachers and sft reuse
-    cs = ConfigStore.instance()
-    cs.store(group="pairs", name="pairs_schema", node=PairsConfig)
-    cs.store(group="teacher", name="teacher_schema", node=TeacherConfig)
-    cs.store(group="teacher_prompt", name="teacher_prompt_schema", node=TeacherPromptConfig)
-    cs.store(group="reflect_prompt", name="reflect_prompt_schema", node=ReflectPromptConfig)
-
 
 @dataclass
 class RunCounts:

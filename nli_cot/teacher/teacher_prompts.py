@@ -22,28 +22,67 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import MISSING, OmegaConf
 
+from nli_cot.core.config import register_schema
+
 
 @dataclass
 class TeacherPromptConfig:
-    name: str = MISSING
-    system: str = MISSING
-    user_template: str = "Premise: {premise}\nHypothesis: {hypothesis}"
+    name: str = field(
+        default=MISSING,
+        metadata={
+            "help": "Short name of this prompt (recorded with every thought; part of the prompt "
+            "hash)."
+        },
+    )
+    system: str = field(default=MISSING, metadata={"help": "The system message."})
+    user_template: str = field(
+        default="Premise: {premise}\nHypothesis: {hypothesis}",
+        metadata={"help": "The user turn; {premise} and {hypothesis} are filled in."},
+    )
 
 
 @dataclass
 class ReflectPromptConfig:
-    name: str = MISSING
-    system: str = MISSING
-    user_template: str = MISSING  # fields: premise, hypothesis, initial_thought, initial_label, true_label
-    label_names: dict[str, str] = MISSING  # "0"/"1" -> how a label is written in the prompt
-    unreadable_label: str = "none (the answer could not be read)"
-    unreadable_thought: str = "(no reasoning could be read; the raw answer was: {raw})"
-    max_raw_chars: int = 2000  # an unparseable raw answer is cut to this many characters in the prompt
+    name: str = field(
+        default=MISSING,
+        metadata={
+            "help": "Short name of this prompt (recorded with every reflection; part of the prompt "
+            "hash)."
+        },
+    )
+    system: str = field(default=MISSING, metadata={"help": "The system message."})
+    user_template: str = field(
+        default=MISSING,
+        metadata={"help": "fields: premise, hypothesis, initial_thought, initial_label, true_label."},
+    )
+    label_names: dict[str, str] = field(
+        default=MISSING,
+        metadata={"help": "\"0\"/\"1\" -> how a label is written in the prompt."},
+    )
+    unreadable_label: str = field(
+        default="none (the answer could not be read)",
+        metadata={"help": "What the prompt says as the first attempt's label when none could be read."},
+    )
+    unreadable_thought: str = field(
+        default="(no reasoning could be read; the raw answer was: {raw})",
+        metadata={
+            "help": "What the prompt says as the first attempt's thought when none could be read "
+            "({raw}: the raw answer)."
+        },
+    )
+    max_raw_chars: int = field(
+        default=2000,
+        metadata={"help": "an unparseable raw answer is cut to this many characters in the prompt."},
+    )
+
+
+register_schema(TeacherPromptConfig, group="teacher_prompt")
+register_schema(ReflectPromptConfig, group="reflect_prompt")
 
 
 Messages = list[dict[str, str]]

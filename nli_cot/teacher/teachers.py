@@ -48,7 +48,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from nli_cot.core.config import ModelConfig
+from nli_cot.core.config import ModelConfig, register_schema
 
 Messages = list[dict[str, str]]
 
@@ -59,37 +59,80 @@ class TeacherFatalError(RuntimeError):
 
 @dataclass
 class TeacherConfig:
-    name: str = MISSING
-    kind: str = "openai"  # openai | local
-    model: str = MISSING  # model name sent to the endpoint; for local, the directory or hub id
-    # sampling
-    temperature: float = 0.0
-    max_tokens: int = 512
-    seed: int | None = None
-    # openai-compatible endpoint
-    base_url: str = "http://127.0.0.1:8000/v1"
-    api_key_env: str | None = None
-    json_mode: bool = False  # send response_format={"type": "json_object"}
-    extra_body: dict[str, Any] = field(default_factory=dict)
-    concurrency: int = 4
-    timeout_s: float = 60.0
-    max_retries: int = 5
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 30.0
-    max_requests: int | None = None  # HTTP requests per run, retries included; None: unlimited
-    max_consecutive_failures: int = 20
-    # pricing, per million tokens, for the summary's cost line
-    price_prompt_per_m: float = 0.0
-    price_completion_per_m: float = 0.0
-    # local transformers model, built by nli_cot.models.modeling like every other model
-    model_config: ModelConfig | None = (
-        None  # a `model` group config; None: hub/dir `model` + `tokenizer`, no 4-bit
+    name: str = field(
+        default=MISSING,
+        metadata={"help": "Short name of this teacher config (recorded with every thought)."},
     )
-    tokenizer: str | None = None  # default: same as model
-    adapter: str | None = None  # PEFT adapter directory
-    batch_size: int = 8
-    device: str = "auto"  # auto: cuda if available, else cpu
-    chat_format: str = "auto"  # auto | template | inst
+    kind: str = field(default="openai", metadata={"help": "openai | local."})
+    model: str = field(
+        default=MISSING,
+        metadata={"help": "model name sent to the endpoint; for local, the directory or hub id."},
+    )
+    # sampling
+    temperature: float = field(default=0.0, metadata={"help": "Sampling temperature (0: greedy)."})
+    max_tokens: int = field(default=512, metadata={"help": "Answer budget per request."})
+    seed: int | None = field(
+        default=None,
+        metadata={"help": "Sampling seed sent to the endpoint / used locally; null: none."},
+    )
+    # openai-compatible endpoint
+    base_url: str = field(
+        default="http://127.0.0.1:8000/v1",
+        metadata={"help": "kind=openai: the endpoint's /v1 URL."},
+    )
+    api_key_env: str | None = field(
+        default=None,
+        metadata={"help": "kind=openai: environment variable holding the API key; null: no key."},
+    )
+    json_mode: bool = field(
+        default=False,
+        metadata={"help": "send response_format={\"type\": \"json_object\"}."},
+    )
+    extra_body: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "kind=openai: extra JSON fields of every request."},
+    )
+    concurrency: int = field(default=4, metadata={"help": "kind=openai: requests in flight at once."})
+    timeout_s: float = field(
+        default=60.0,
+        metadata={"help": "kind=openai: seconds per request before it counts as failed."},
+    )
+    max_retries: int = field(
+        default=5,
+        metadata={"help": "kind=openai: retries of a failed request (exponential backoff)."},
+    )
+    backoff_base_s: float = field(default=1.0, metadata={"help": "kind=openai: first retry delay."})
+    backoff_max_s: float = field(default=30.0, metadata={"help": "kind=openai: longest retry delay."})
+    max_requests: int | None = field(
+        default=None,
+        metadata={"help": "HTTP requests per run, retries included; None: unlimited."},
+    )
+    max_consecutive_failures: int = field(
+        default=20,
+        metadata={"help": "Stop the run after this many failed requests in a row."},
+    )
+    # pricing, per million tokens, for the summary's cost line
+    price_prompt_per_m: float = field(
+        default=0.0,
+        metadata={"help": "USD per million prompt tokens (the summary's cost line only)."},
+    )
+    price_completion_per_m: float = field(
+        default=0.0,
+        metadata={"help": "USD per million completion tokens (the summary's cost line only)."},
+    )
+    # local transformers model, built by nli_cot.models.modeling like every other model
+    model_config: ModelConfig | None = field(
+        default=None,
+        metadata={"help": "a `model` group config; None: hub/dir `model` + `tokenizer`, no 4-bit."},
+    )
+    tokenizer: str | None = field(default=None, metadata={"help": "default: same as model."})
+    adapter: str | None = field(default=None, metadata={"help": "PEFT adapter directory."})
+    batch_size: int = field(default=8, metadata={"help": "kind=local: prompts decoded together."})
+    device: str = field(default="auto", metadata={"help": "auto: cuda if available, else cpu."})
+    chat_format: str = field(default="auto", metadata={"help": "auto | template | inst."})
+
+
+register_schema(TeacherConfig, group="teacher")
 
 
 @dataclass

@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from nli_cot.core.checks import check_config
+from nli_cot.core.config import register_schema
 from nli_cot.core.pairs import PairsConfig, load_pairs
 from nli_cot.core.parsing import parse_output
 from nli_cot.core.records import RecordWriter, read_records
@@ -48,7 +48,6 @@ from nli_cot.teacher.stage_runner import (
     guarded,
     pct,
     print_table,
-    register_shared_configs,
     run_teacher,
     write_summary,
 )
@@ -62,19 +61,31 @@ from nli_cot.teacher.teachers import Reply, TeacherConfig, make_teacher, provena
 
 @dataclass
 class ThoughtsConfig:
-    pairs: PairsConfig = MISSING
-    teacher: TeacherConfig = MISSING
-    teacher_prompt: TeacherPromptConfig = MISSING
-    data_root: str = "../shared/data"
-    output: str = MISSING
-    progress: bool = True
-    allow_mixed: bool = False  # resume onto records made by another teacher or prompt
+    pairs: PairsConfig = field(
+        default=MISSING,
+        metadata={"help": "The pairs the teacher reasons about (conf/pairs/)."},
+    )
+    teacher: TeacherConfig = field(default=MISSING, metadata={"help": "The teacher (conf/teacher/)."})
+    teacher_prompt: TeacherPromptConfig = field(
+        default=MISSING,
+        metadata={"help": "The teacher's prompt (conf/teacher_prompt/)."},
+    )
+    data_root: str = field(
+        default="../shared/data",
+        metadata={"help": "Folder of the shared data sets (pairs paths interpolate it)."},
+    )
+    output: str = field(
+        default=MISSING,
+        metadata={"help": "Thoughts JSONL (resumed: finished ids are never requested again)."},
+    )
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+    allow_mixed: bool = field(
+        default=False,
+        metadata={"help": "resume onto records made by another teacher or prompt."},
+    )
 
 
-def register_configs() -> None:
-    """Schemas of this stage and the groups it shares with reflect and sft (idempotent)."""
-    register_shared_configs()
-    ConfigStore.instance().store(name="thoughts_schema", node=ThoughtsConfig)
+register_schema(ThoughtsConfig, name="thoughts_schema")
 
 
 # ----------------------------------------------------------------------------------------------- this stage
@@ -220,7 +231,6 @@ def print_thoughts_summary(s: dict[str, Any]) -> None:
 
 
 
-register_configs()
 
 
 @hydra.main(config_path="../../conf", config_name="thoughts", version_base="1.3")

@@ -33,10 +33,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from nli_cot.core.config import register_configs
+from nli_cot.core import config as _schemas  # noqa: F401  (importing it registers the training schemas)
 
 log = logging.getLogger("nli_cot.train")
-register_configs()
 
 CHOICES = {
     "model.source": ("hub", "tiny", "gguf"),
