@@ -10,6 +10,7 @@ import logging
 import os
 import runpy
 import shutil
+import signal
 import subprocess
 import sys
 import traceback
@@ -75,7 +76,8 @@ def run_inprocess(module: str, args: list[str], cwd: Path = REPO) -> subprocess.
     reports it. For end-to-end runs whose process boundary is not what the test proves (that stays `run_module`)."""
     import torch
 
-    saved = {"env": dict(os.environ), "cwd": os.getcwd(), "argv": sys.argv[:], "threads": torch.get_num_threads()}
+    saved = {"env": dict(os.environ), "cwd": os.getcwd(), "argv": sys.argv[:], "threads": torch.get_num_threads(),
+             "sigterm": signal.getsignal(signal.SIGTERM)}
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
     out, err = io.StringIO(), io.StringIO()
@@ -114,6 +116,7 @@ def run_inprocess(module: str, args: list[str], cwd: Path = REPO) -> subprocess.
         os.environ.clear()
         os.environ.update(saved["env"])
         torch.set_num_threads(saved["threads"])
+        signal.signal(signal.SIGTERM, saved["sigterm"])  # e.g. nli_cot.demo's __main__ installs its own
     return subprocess.CompletedProcess([sys.executable, "-m", module, *args], code, out.getvalue(), err.getvalue())
 
 

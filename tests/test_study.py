@@ -148,6 +148,7 @@ def teacher_url(shared_data):  # the whole-graph runs read the real pairs (data_
 
 
 @pytest.mark.slow
+@pytest.mark.acceptance
 def test_study_runs_every_condition_resumes_and_reports(tmp_path, teacher_url):
     grid = "train.lr_grid=[1e-3]"  # one value: the grid path (select_lr) without paying for a second run
     first = _study(tmp_path, teacher_url, grid)
