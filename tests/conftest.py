@@ -75,7 +75,22 @@ def run_inprocess(module: str, args: list[str], cwd: Path = REPO) -> subprocess.
     come back as `run_module`'s do. An uncaught exception is exit status 1 with its traceback on stderr, as Python
     reports it. For end-to-end runs whose process boundary is not what the test proves (that stays `run_module`)."""
     import torch
+    from hydra.core.config_store import ConfigStore
 
+    def tree(node):  # the ConfigStore's nested dicts, copied; its leaves (ConfigNodes) kept as they are
+        return {k: tree(v) if isinstance(v, dict) else v for k, v in node.items()}
+
+    def put_back(saved_node, node):  # what was registered before wins; what the run added (Hydra's plugins) stays
+        for k, v in saved_node.items():
+            if isinstance(v, dict) and isinstance(node.get(k), dict):
+                put_back(v, node[k])
+            else:
+                node[k] = v
+
+    # runpy runs the module as `__main__`: the schemas it registers are classes of that namespace, which is gone
+    # once the run ends (a fresh interpreter's registrations die with it); the store gets its own back afterwards.
+    store = ConfigStore.instance()
+    saved_store = tree(store.repo)
     saved = {"env": dict(os.environ), "cwd": os.getcwd(), "argv": sys.argv[:], "threads": torch.get_num_threads(),
              "sigterm": signal.getsignal(signal.SIGTERM)}
     root = logging.getLogger()
@@ -103,6 +118,7 @@ def run_inprocess(module: str, args: list[str], cwd: Path = REPO) -> subprocess.
         from hydra.core.global_hydra import GlobalHydra
 
         GlobalHydra.instance().clear()
+        put_back(saved_store, store.repo)
         for handler in root.handlers[:]:  # the run's handlers (its train.log) must not outlive it
             root.removeHandler(handler)
             if handler not in saved_handlers:
