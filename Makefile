@@ -21,11 +21,11 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-test: install  ## the whole test suite (what CI runs); the 20 slowest tests are listed at the end
+test: install  ## the whole test suite (what CI runs): unit, end-to-end, acceptance; the 20 slowest are listed at the end
 	$(ENV) $(BIN)/python -m pytest -q --durations=20
 
-test-fast: install  ## unit tests only, no end-to-end training runs
-	$(ENV) $(BIN)/python -m pytest -q -m "not slow"
+test-fast: install  ## the pyramid's lower layers: unit and stage tests, no slow end-to-end runs, no acceptance runs
+	$(ENV) $(BIN)/python -m pytest -q -m "not slow and not acceptance"
 
 lint: install
 	$(BIN)/ruff check nli_cot tests experiments

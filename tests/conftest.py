@@ -1,10 +1,19 @@
-"""Shared test set-up: offline everywhere, paths to the repo, its configs and the shared data."""
+"""Shared test set-up: offline everywhere, paths to the repo, its configs and the shared data; `python -m` runs in a
+fresh interpreter (`run_module`, for what tests the process boundary) or in this one (`run_inprocess`, the same
+`__main__` block without the 10-18 s of imports); one tiny trained run shared by the whole session (`trained_run`)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
+import runpy
+import shutil
+import signal
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -58,3 +67,97 @@ def run_module(module: str, args: list[str], cwd: Path = REPO, timeout: int = 60
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def run_inprocess(module: str, args: list[str], cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """`python -m <module> <args>` inside this interpreter: the module's own `__main__` block (its preflight, the
+    Hydra app, its `sys.exit`) runs via runpy with `sys.argv` set, in ``cwd``; its exit status, stdout and stderr
+    come back as `run_module`'s do. An uncaught exception is exit status 1 with its traceback on stderr, as Python
+    reports it. For end-to-end runs whose process boundary is not what the test proves (that stays `run_module`)."""
+    import torch
+    from hydra.core.config_store import ConfigStore
+
+    def tree(node):  # the ConfigStore's nested dicts, copied; its leaves (ConfigNodes) kept as they are
+        return {k: tree(v) if isinstance(v, dict) else v for k, v in node.items()}
+
+    def put_back(saved_node, node):  # what was registered before wins; what the run added (Hydra's plugins) stays
+        for k, v in saved_node.items():
+            if isinstance(v, dict) and isinstance(node.get(k), dict):
+                put_back(v, node[k])
+            else:
+                node[k] = v
+
+    # runpy runs the module as `__main__`: the schemas it registers are classes of that namespace, which is gone
+    # once the run ends (a fresh interpreter's registrations die with it); the store gets its own back afterwards.
+    store = ConfigStore.instance()
+    saved_store = tree(store.repo)
+    saved = {"env": dict(os.environ), "cwd": os.getcwd(), "argv": sys.argv[:], "threads": torch.get_num_threads(),
+             "sigterm": signal.getsignal(signal.SIGTERM)}
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    out, err = io.StringIO(), io.StringIO()
+    code: int = 0
+    try:
+        for handler in saved_handlers:  # a fresh interpreter's logging: no handler yet (basicConfig must work)
+            root.removeHandler(handler)
+        os.chdir(cwd)
+        sys.argv = [module, *args]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_module(module, run_name="__main__", alter_sys=True)
+            except SystemExit as exit_:
+                if exit_.code is None or isinstance(exit_.code, int):
+                    code = exit_.code or 0
+                else:  # sys.exit("message"): printed on stderr, status 1
+                    print(exit_.code, file=sys.stderr)
+                    code = 1
+            except Exception:  # what an interpreter prints before it exits with 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        from hydra.core.global_hydra import GlobalHydra
+
+        GlobalHydra.instance().clear()
+        put_back(saved_store, store.repo)
+        for handler in root.handlers[:]:  # the run's handlers (its train.log) must not outlive it
+            root.removeHandler(handler)
+            if handler not in saved_handlers:
+                handler.close()
+        for handler in saved_handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(saved_level)
+        os.chdir(saved["cwd"])
+        sys.argv = saved["argv"]
+        os.environ.clear()
+        os.environ.update(saved["env"])
+        torch.set_num_threads(saved["threads"])
+        signal.signal(signal.SIGTERM, saved["sigterm"])  # e.g. nli_cot.demo's __main__ installs its own
+    return subprocess.CompletedProcess([sys.executable, "-m", module, *args], code, out.getvalue(), err.getvalue())
+
+
+# The run `trained_run` trains once per session (the tiny random Mistral, the real recipe through `python -m
+# nli_cot.train`'s own `__main__`): 6 steps of abl1's default path, CSV logs, a checkpoint every 2 steps, the newest
+# two and the best kept. Tests that need "some trained adapter" read it and never write into it (copy it first).
+TRAINED_RUN = "Mistral_Thinking_Abl1"
+TRAIN_ARGS = [
+    "+experiment=abl1", "model=tiny_mistral", "dataset=sample", "logger=csv",
+    "trainer.per_device_batch_size=4", "trainer.eval_batch_size=16", "trainer.log_every_n_steps=1",
+    "trainer.save_steps=2", "trainer.eval_every_n_steps=2", "optimizer.lr=5e-3", "trainer.early_stopping_patience=null",
+]
+TRAINED_STEPS = ["trainer.max_steps=6", "trainer.save_total_limit=2"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """The hydra.run.dir of one finished tiny training run (its run folder is ``<dir>/Mistral_Thinking_Abl1``)."""
+    out = tmp_path_factory.mktemp("trained_run")
+    proc = run_inprocess("nli_cot.train", [*TRAIN_ARGS, *TRAINED_STEPS, f"hydra.run.dir={out}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    """A private copy of a shared run dir, for tests that write into it."""
+    shutil.copytree(run, dest)
+    return dest

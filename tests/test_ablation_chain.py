@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_module
+from conftest import run_inprocess
 
 from nli_cot.orchestration.ablations import (
     DEFAULT_CHAIN,
@@ -141,7 +141,7 @@ def test_user_mistakes_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
 @pytest.mark.slow
 def test_real_chain_warm_starts_abl0_2_from_abl0_1(tmp_path: Path, names: dict[str, str]) -> None:
     args = ["--output-dir", str(tmp_path), "--stages", "abl0_1,abl0_2", *TINY]
-    proc = run_module("nli_cot.ablations", args)
+    proc = run_inprocess("nli_cot.ablations", args)  # its stages are real `python -m nli_cot.train` processes
     assert proc.returncode == 0, proc.stderr[-3000:]
     abl01, abl02 = tmp_path / names["abl0_1"], tmp_path / names["abl0_2"]
     for run in (abl01, abl02):
@@ -149,5 +149,5 @@ def test_real_chain_warm_starts_abl0_2_from_abl0_1(tmp_path: Path, names: dict[s
     recorded = json.loads((abl02 / "status.json").read_text())["overrides"]
     assert f"init_adapter_from={abl01 / 'checkpoint-2'}" in recorded
     assert f"warm start: adapter weights from {abl01 / 'checkpoint-2'}" in (tmp_path / "train.log").read_text()
-    again = run_module("nli_cot.ablations", args)
+    again = run_inprocess("nli_cot.ablations", args)
     assert again.returncode == 0 and again.stderr.count("already finished") == 2

@@ -2,6 +2,10 @@
 
 One test group per class: no data is success; a file's own ids; ranges; unknown keys; causes kept; typographic
 model outputs. Every user mistake ends as one line on stderr, exit 2, no traceback.
+
+The CLIs run their `python -m` `__main__` in-process (`run_inprocess`: the same preflight, Hydra app and exit status);
+one train mistake and the reflect one go through a real interpreter, as do the one-line errors of
+tests/test_predict.py (predict), tests/test_thoughts.py (thoughts) and tests/test_sft.py (sft).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REPO, compose, run_module
+from conftest import REPO, compose, run_inprocess, run_module
 
 import nli_cot.teacher.thoughts  # noqa: F401  (registers the pairs and teacher schemas)
 from nli_cot.core.pairs import PairsConfig, PairsError, load_pairs
@@ -36,9 +40,8 @@ def _one_line_error(proc, *expect: str) -> str:
 
 
 def _thoughts(tmp_path: Path, data: Path, *extra: str):
-    return run_module("nli_cot.thoughts", ["teacher=fake", "pairs=csv", f"pairs.path={data}", *extra,
-                                           f"output={tmp_path / 'o.jsonl'}", f"hydra.run.dir={tmp_path / 'h'}"],
-                      timeout=180)
+    return run_inprocess("nli_cot.thoughts", ["teacher=fake", "pairs=csv", f"pairs.path={data}", *extra,
+                                              f"output={tmp_path / 'o.jsonl'}", f"hydra.run.dir={tmp_path / 'h'}"])
 
 
 def test_header_only_file_is_an_error_in_thoughts_and_predict(tmp_path: Path) -> None:
@@ -46,9 +49,8 @@ def test_header_only_file_is_an_error_in_thoughts_and_predict(tmp_path: Path) ->
     data.write_text(HEADER)
     _one_line_error(_thoughts(tmp_path, data), f"{data}: no valid pairs (no data rows)")
     assert not (tmp_path / "o.jsonl").exists() or not (tmp_path / "o.jsonl").read_text()
-    proc = run_module("nli_cot.predict", ["model=tiny_mistral", "pairs=csv", f"pairs.path={data}",
-                                          f"output={tmp_path / 'p.jsonl'}", f"hydra.run.dir={tmp_path / 'h2'}"],
-                      timeout=300)
+    proc = run_inprocess("nli_cot.predict", ["model=tiny_mistral", "pairs=csv", f"pairs.path={data}",
+                                             f"output={tmp_path / 'p.jsonl'}", f"hydra.run.dir={tmp_path / 'h2'}"])
     _one_line_error(proc, f"{data}: no valid pairs")
 
 
@@ -138,7 +140,9 @@ TRAIN = ["model=tiny_mistral", "logger=none"]
     ("optimizer.lr=fast", "could not be converted to Float"),
 ])
 def test_train_rejects_before_anything_loads(override: str, expect: str) -> None:
-    line = _one_line_error(run_module("nli_cot.train", [*TRAIN, override], timeout=120), expect)
+    # one of them through a fresh interpreter (what a user types), the others run the same __main__ in-process
+    run = run_module if override == "optimizer.lr=-1" else run_inprocess
+    line = _one_line_error(run("nli_cot.train", [*TRAIN, override]), expect)
     assert "+" not in line.replace(override, "")  # never suggests the `+key=value` form for a schema'd group
 
 
@@ -151,7 +155,7 @@ def test_train_rejects_before_anything_loads(override: str, expect: str) -> None
     ("nli_cot.sft", ["dev_fraction=1.5"], "dev_fraction must be in [0, 1], got 1.5"),
 ])
 def test_every_stage_checks_ranges_and_keys(module: str, args: list[str], expect: str, tmp_path: Path) -> None:
-    _one_line_error(run_module(module, [*args, f"hydra.run.dir={tmp_path}"], timeout=180), expect)
+    _one_line_error(run_inprocess(module, [*args, f"hydra.run.dir={tmp_path}"]), expect)
 
 
 def test_validate_applies_the_same_checks_in_multirun_jobs() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import compose, run_module
+from conftest import compose, run_inprocess
 from omegaconf import OmegaConf
 
 # The model card's values (model-card.md), one row per ablation.
@@ -74,7 +74,7 @@ def test_schema_rejects_unknown_key() -> None:
     ],
 )
 def test_bad_override_gives_a_short_error_and_no_traceback(override: str, expect: str) -> None:
-    proc = run_module("nli_cot.train", ["model=tiny_mistral", "logger=none", override], timeout=300)
+    proc = run_inprocess("nli_cot.train", ["model=tiny_mistral", "logger=none", override])  # the __main__, in-process
     assert proc.returncode != 0
     assert expect in proc.stderr
     assert "Traceback" not in proc.stderr

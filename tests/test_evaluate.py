@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_inprocess
 from hydra import compose, initialize_config_dir
 
 from nli_cot.evaluation.evaluate import EvaluationError, run
@@ -157,15 +158,8 @@ def test_cli(tmp_path: Path) -> None:
     preds = tmp_path / "pred.jsonl"
     write_predictions(preds, n=20)
     out = tmp_path / "eval"
-    cmd = [
-        sys.executable,
-        "-m",
-        "nli_cot.evaluate",
-        f"predictions={preds}",
-        f"out_dir={out}",
-        "bootstrap.n_resamples=50",
-    ]
-    done = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    # the successful run: the same __main__ in-process; the error's exit status through a real interpreter
+    done = run_inprocess("nli_cot.evaluate", [f"predictions={preds}", f"out_dir={out}", "bootstrap.n_resamples=50"])
     assert done.returncode == 0, done.stderr
     assert (out / "metrics.json").exists() and (out / ".hydra" / "config.yaml").exists()
 

@@ -1,6 +1,7 @@
-"""nli_cot.export on a real tiny-model run (4 CPU steps): the card's subfolder loading gives the original logits, the
-model card's front matter parses with huggingface_hub and its numbers are the metrics files', user mistakes are one
-line and exit 2, a push without network or token leaves the folder."""
+"""nli_cot.export on a real tiny-model run (the session's shared `trained_run`, tests/conftest.py): the card's
+subfolder loading gives the original logits, the model card's front matter parses with huggingface_hub and its
+numbers are the metrics files', user mistakes are one line and exit 2 (one of them through a real process), a push
+without network or token leaves the folder."""
 
 from __future__ import annotations
 
@@ -9,15 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose, run_module
+from conftest import TRAINED_RUN, compose, run_inprocess, run_module
 
-RUN = "Mistral_Thinking_Abl1"
-TRAIN_ARGS = [
-    "+experiment=abl1", "model=tiny_mistral", "dataset=sample", "logger=csv",
-    "trainer.per_device_batch_size=4", "trainer.eval_batch_size=16", "trainer.log_every_n_steps=1",
-    "trainer.save_steps=2", "trainer.eval_every_n_steps=2", "optimizer.lr=5e-3", "trainer.early_stopping_patience=null",
-    "trainer.max_steps=4",
-]
+RUN = TRAINED_RUN
+
+
+def _checkpoints(run: Path) -> list[str]:
+    """The run's checkpoint folders by step (the shared run keeps the newest two and the best)."""
+    return sorted((p.name for p in run.glob("checkpoint-*")), key=lambda name: int(name.split("-")[1]))
 
 
 def _predictions(path: Path, seed: int, n: int = 40) -> None:
@@ -44,27 +44,25 @@ def _evaluate(tmp: Path, name: str, seed: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> dict[str, Path]:
+def exported(tmp_path_factory, trained_run: Path) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("export")
-    proc = run_module("nli_cot.train", TRAIN_ARGS + [f"hydra.run.dir={tmp / 'train'}"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
     evals = [_evaluate(tmp, "esnli_test", 0), _evaluate(tmp, "rte_dev", 1)]
     from nli_cot.evaluation.compare import compare
 
     compare([str(e) for e in evals], tmp / "compare", exact_below=25, dpi=60, plots=False)
     out = tmp / "hub"
-    proc = run_module("nli_cot.export", [str(tmp / "train" / RUN), f"out={out}", "checkpoints=all",
+    proc = run_inprocess("nli_cot.export", [str(trained_run / RUN), f"out={out}", "checkpoints=all",
                                          f"evals=[{evals[0]},{evals[1]}]", f"compare={tmp / 'compare'}",
                                          "repo_id=someone/tiny-nli", "push=someone/tiny-nli"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"tmp": tmp, "run": tmp / "train" / RUN, "out": out, "evals": evals, "stdout": proc.stdout}
+    return {"tmp": tmp, "run": trained_run / RUN, "out": out, "evals": evals, "stdout": proc.stdout}
 
 
 @pytest.mark.slow
 def test_layout_and_offline_push(exported) -> None:
     out = exported["out"]
     folders = sorted(p.name for p in (out / RUN).iterdir())
-    assert folders == ["checkpoint-2", "checkpoint-4"]
+    assert folders == sorted(_checkpoints(exported["run"])) and len(folders) >= 2  # checkpoints=all: every one
     for name in folders:
         files = {p.name for p in (out / RUN / name).iterdir()}
         assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json",
@@ -85,8 +83,8 @@ def test_card_snippet_gives_the_checkpoints_logits(exported, tiny_model_cfg, mis
     ids = torch.tensor([[1, 3, 1000, 2000, 4, 5000, 17]])
     with torch.no_grad():
         plain = load_base_model(tiny_model_cfg, mistral_tokenizer)(ids).logits
-    for step in (2, 4):
-        sub = f"{RUN}/checkpoint-{step}"
+    for name in _checkpoints(exported["run"]):
+        sub = f"{RUN}/{name}"
         exported_model = PeftModel.from_pretrained(load_base_model(tiny_model_cfg, mistral_tokenizer),
                                                    str(exported["out"]), subfolder=sub).eval()
         original = PeftModel.from_pretrained(load_base_model(tiny_model_cfg, mistral_tokenizer),
@@ -117,7 +115,7 @@ def test_front_matter_parses_and_equals_the_metrics_files(exported) -> None:
     assert got == expected
 
     body = card.text
-    state = json.loads((exported["run"] / "checkpoint-4" / "trainer_state.json").read_text())
+    state = json.loads((exported["run"] / _checkpoints(exported["run"])[-1] / "trainer_state.json").read_text())
     cfg = state["config"]
     m = json.loads((exported["evals"][0] / "metrics.json").read_text())
     acc = m["accuracy"]
@@ -160,13 +158,14 @@ def test_user_mistakes_are_one_line_exit_2(exported, tmp_path: Path) -> None:
         export(cfg(f"out={tmp_path / 'c'}", f"evals=[{exported['evals'][0]}]", "eval_checkpoint=checkpoint-99"))
     # One checkpoint folder as the source; the default (best) of a run dir is the run's best checkpoint.
     summary = export(cfg(f"out={tmp_path / 'd'}"))
-    best = json.loads((exported["run"] / "checkpoint-4" / "trainer_state.json").read_text())["best_checkpoint"]
+    last, first = _checkpoints(exported["run"])[-1], _checkpoints(exported["run"])[0]
+    best = json.loads((exported["run"] / last / "trainer_state.json").read_text())["best_checkpoint"]
     assert summary["subfolders"] == [f"{RUN}/{best}"]
-    summary = export(compose([f"source={exported['run'] / 'checkpoint-2'}", f"out={tmp_path / 'e'}"], "export"))
-    assert summary["subfolders"] == [f"{RUN}/checkpoint-2"] and summary["evals"] == []
+    summary = export(compose([f"source={exported['run'] / first}", f"out={tmp_path / 'e'}"], "export"))
+    assert summary["subfolders"] == [f"{RUN}/{first}"] and summary["evals"] == []
     with pytest.raises(ExportError, match="out: missing"):
         export(cfg())
-    proc = run_module("nli_cot.export", [str(exported["run"]), "outt=x"])  # a typo in a key: Hydra's check
+    proc = run_inprocess("nli_cot.export", [str(exported["run"]), "outt=x"])  # a typo in a key: Hydra's check
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "outt" in proc.stderr
 
 

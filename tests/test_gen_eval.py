@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import REPO, compose, run_module
+from conftest import REPO, compose, run_inprocess
 
 from nli_cot.core.metrics import macro_f1
 from nli_cot.core.prompts import encode_prompt
@@ -90,7 +90,7 @@ def test_left_padded_greedy_answers_are_scored(mistral_tokenizer) -> None:
 
 @pytest.mark.slow
 def test_training_logs_accuracy_and_picks_the_best_checkpoint_by_it(tmp_path: Path) -> None:
-    proc = run_module("nli_cot.train", [
+    proc = run_inprocess("nli_cot.train", [
         "+experiment=abl1", "model=tiny_mistral", "dataset=sample", "logger=csv", "optimizer=adamw",
         "trainer.max_steps=2", "trainer.save_steps=1", "trainer.eval_every_n_steps=1",
         "trainer.per_device_batch_size=2", "trainer.grad_accum=1", "trainer.eval_batch_size=2",

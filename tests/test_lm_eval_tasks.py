@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REPO, compose, run_module
+from conftest import REPO, compose, run_inprocess, run_module
 
 lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is the optional extra `harness`: pip install -e '.[harness]'")
 
@@ -117,7 +117,7 @@ def _short_sft(shared_data: Path, path: Path, n: int = 160) -> None:
 def adapter(tmp_path_factory, shared_data: Path) -> Path:
     tmp = tmp_path_factory.mktemp("lm_eval")
     _short_sft(shared_data, tmp / "sft.jsonl")
-    proc = run_module("nli_cot.train", ADAPTER_ARGS + [f"dataset.train_path={tmp / 'sft.jsonl'}",
+    proc = run_inprocess("nli_cot.train", ADAPTER_ARGS + [f"dataset.train_path={tmp / 'sft.jsonl'}",
                                                       f"hydra.run.dir={tmp / 'run'}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp / "run" / "label_only" / f"checkpoint-{STEPS}"

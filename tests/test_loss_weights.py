@@ -177,10 +177,10 @@ def test_bad_settings_are_named(settings, message) -> None:
 
 
 def test_train_cli_rejects_a_weight_that_weighs_nothing(tmp_path) -> None:
-    from conftest import run_module
+    from conftest import run_inprocess
 
-    proc = run_module("nli_cot.train", ["+experiment=abl1", "model=tiny_mistral", "dataset=sample", "logger=none",
-                                        "dataset.loss_weight=3", f"hydra.run.dir={tmp_path}",
-                                        f"output_dir={tmp_path}"], timeout=120)
+    proc = run_inprocess("nli_cot.train", ["+experiment=abl1", "model=tiny_mistral", "dataset=sample", "logger=none",
+                                           "dataset.loss_weight=3", f"hydra.run.dir={tmp_path}",
+                                           f"output_dir={tmp_path}"])
     assert proc.returncode != 0
     assert "dataset.loss_weight=3.0 weights no token" in proc.stderr + proc.stdout

@@ -45,6 +45,7 @@ def _data(shared_data: Path) -> None:
     """Every test here reads shared pairs: skip cleanly without them."""
 
 
+@pytest.mark.slow  # an end-to-end run: `make test`, not `make test-fast`
 def test_predict_evaluate_compare_end_to_end(tmp_path: Path) -> None:
     free = tmp_path / "free.jsonl"
     constrained = tmp_path / "constrained.jsonl"
@@ -110,6 +111,7 @@ def test_resume_refuses_another_config(tmp_path: Path) -> None:
     assert len(read_records(out)) == 3
 
 
+@pytest.mark.slow  # an end-to-end run: `make test`, not `make test-fast`
 def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     out = tmp_path / "killed.jsonl"
     args = _overrides(out, limit=6, batch_size=2, **{"decoding.max_new_tokens": 32})

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO, compose
+from conftest import REPO, compose, run_inprocess
 
 from nli_cot.inference.serve import free_port, wait_healthy
 
@@ -310,6 +310,6 @@ def test_cli_serves_and_rejects_bad_config(server):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    bad = subprocess.run([sys.executable, "-m", "nli_cot.serve", "model=tiny_mistral", "batching.max_batch_size=0"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    # the served process above is the process boundary; the refusal runs the same __main__ in-process
+    bad = run_inprocess("nli_cot.serve", ["model=tiny_mistral", "batching.max_batch_size=0"])
     assert bad.returncode == 2 and "batching.max_batch_size" in bad.stderr

@@ -308,6 +308,7 @@ def test_study_with_no_time_left_starts_nothing_and_says_what_is_left(tmp_path, 
     assert (tmp_path / "results" / "r.md").is_file()  # the (empty) report is still written
 
 
+@pytest.mark.slow
 def test_study_failing_job_skips_its_dependents_and_the_rest_continue(tmp_path, teacher_url):
     r = _study(tmp_path, teacher_url, "conditions=[zero_shot,label_only]", "fail_jobs=[sft:human]")
     assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_module
+from conftest import REPO, run_inprocess, run_module
 
 from nli_cot.core.sweep import already_finished, objective, split_override
 from nli_cot.evaluation.report import collect, write_report
@@ -90,8 +90,11 @@ def test_optuna_preset_follows_the_monitored_metric(mode: str, direction: str) -
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def sweep(args: list[str], sweep_dir: Path) -> subprocess.CompletedProcess:
-    proc = run_module("nli_cot.train", ["-m", *TINY, *args, f"hydra.sweep.dir={sweep_dir}"])
+def sweep(args: list[str], sweep_dir: Path, inprocess: bool = False) -> subprocess.CompletedProcess:
+    """`python -m nli_cot.train -m ...`: a fresh interpreter where a launcher starts its own workers; Hydra's basic
+    launcher runs its jobs in the calling process, so there ``inprocess`` runs the same `__main__` here."""
+    run = run_inprocess if inprocess else run_module
+    proc = run("nli_cot.train", ["-m", *TINY, *args, f"hydra.sweep.dir={sweep_dir}"])
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
@@ -157,15 +160,24 @@ def test_local_parallel_four_jobs_and_rerun_skips_them(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_submitit_local_four_jobs(tmp_path: Path) -> None:
-    sweep([*GRID, "hydra/launcher=local_submitit"], tmp_path)
+def test_submitit_local_jobs(tmp_path: Path) -> None:
+    """Each job in its own submitit process, the report's numbers each job's own. Two jobs: the 2x2 grid's expansion
+    is Hydra's sweeper, not the launcher's, and is checked with four jobs by the local_parallel test above."""
+    sweep(["lora.r=4,8", "optimizer.lr=1e-3", "hydra/launcher=local_submitit"], tmp_path)
     assert (tmp_path / ".submitit").is_dir()
-    check_report(tmp_path, GRID_JOBS)
+    check_report(tmp_path, {"0": {"lora.r": 4, "optimizer.lr": 1e-3}, "1": {"lora.r": 8, "optimizer.lr": 1e-3}})
 
 
 @pytest.mark.slow
 def test_a_failing_job_is_reported_and_the_others_finish(tmp_path: Path) -> None:
-    sweep(["lora.r=4,0,8"], tmp_path)  # lora.r=0 fails validation in job 1 only
+    """Jobs are separate (each its own dir, its own adapter) and a failing one spares the others (was also
+    test_train_e2e.py::test_multirun_jobs_are_separate_and_a_failing_job_spares_the_others)."""
+    proc = sweep(["lora.r=4,0,8"], tmp_path, inprocess=True)  # lora.r=0 fails validation in job 1 only
+    assert proc.returncode == 0
+    statuses = [json.loads((tmp_path / n / RUN / "status.json").read_text())["status"] for n in ("0", "1", "2")]
+    assert statuses == ["finished", "failed", "finished"]
+    for job, r in (("0", 4), ("2", 8)):
+        assert json.loads((tmp_path / job / RUN / "checkpoint-2" / "adapter_config.json").read_text())["r"] == r
     check_report(tmp_path, {"0": {"lora.r": 4}, "2": {"lora.r": 8}}, failed={"1": "lora.r must be > 0, got 0"})
 
 
@@ -210,7 +222,7 @@ def test_optuna_search_killed_after_three_resumes_to_six(tmp_path: Path) -> None
     first = _study(tmp_path)
     assert counted_trials(first) == 3 < 6
 
-    resumed = run_module("nli_cot.train", args)
+    resumed = run_inprocess("nli_cot.train", args)  # the kill is the process boundary; the resume need not be
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     study = _study(tmp_path)
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))

@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, compose, run_module
+from conftest import REPO, compose, run_inprocess, run_module
 from fake_openai_server import FakeOpenAIServer
 
 from nli_cot.core.parsing import parse_output
@@ -227,7 +227,7 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path):
         before = {r["id"] for r in read_records(out)}
         assert 8 <= len(before) < n
         server.phase = 1  # everything from here on is the resumed run
-        proc2 = run_module("nli_cot.thoughts", args, timeout=300)
+        proc2 = run_inprocess("nli_cot.thoughts", args)  # the kill is the process boundary; the resume runs here
         assert proc2.returncode == 0, proc2.stderr[-2000:]
     records = read_records(out)
     ids = [r["id"] for r in records]

@@ -1,6 +1,8 @@
 """End-to-end training runs of the real recipe on the tiny model (CPU, seconds each): checkpoint layout and the
 model card's subfolder loading, exact resume after SIGKILL (the ablations' default fast path and the padded one),
-the fast path training as the padded one does, warm start, multirun with a failing job."""
+the fast path training as the padded one does, warm start. The run the others start from is the session's shared
+`trained_run` (tests/conftest.py); the killed runs are real processes, the rest run `python -m nli_cot.train`'s
+`__main__` in-process (`run_inprocess`). A multirun with a failing job: tests/test_sweeps.py."""
 
 from __future__ import annotations
 
@@ -17,18 +19,14 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import REPO, run_module
+from conftest import REPO, TRAIN_ARGS, TRAINED_RUN, TRAINED_STEPS, copy_run, run_inprocess
 
 pytestmark = pytest.mark.slow
 
-RUN = "Mistral_Thinking_Abl1"
+RUN = TRAINED_RUN
 # +experiment=abl1 trains through trainer=fast (the ablations' default); PADDED restores the card's padded path.
 PADDED = ["trainer=default"]
-BASE_ARGS = [
-    "+experiment=abl1", "model=tiny_mistral", "dataset=sample", "logger=csv",
-    "trainer.per_device_batch_size=4", "trainer.eval_batch_size=16", "trainer.log_every_n_steps=1",
-    "trainer.save_steps=2", "trainer.eval_every_n_steps=2", "optimizer.lr=5e-3", "trainer.early_stopping_patience=null",
-]
+BASE_ARGS = TRAIN_ARGS  # the shared run's: tests/conftest.py
 
 
 def losses_by_step(run_dir: Path) -> dict[int, float]:
@@ -56,12 +54,10 @@ def adapter_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("run")
-    proc = run_module("nli_cot.train", BASE_ARGS + ["trainer.max_steps=6", "trainer.save_total_limit=2",
-                                                    f"hydra.run.dir={out}"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+def finished_run(trained_run: Path) -> Path:
+    """6 steps of BASE_ARGS with save_total_limit=2 (TRAINED_STEPS), trained once per session; read-only here."""
+    assert TRAINED_STEPS == ["trainer.max_steps=6", "trainer.save_total_limit=2"]
+    return trained_run
 
 
 def test_checkpoint_layout(finished_run: Path) -> None:
@@ -108,15 +104,16 @@ def test_card_snippet_loads_the_checkpoint_with_subfolder(finished_run: Path, ti
     assert not torch.allclose(plain, tuned)
 
 
-def test_rerun_without_resume_refuses(finished_run: Path) -> None:
-    proc = run_module("nli_cot.train", BASE_ARGS + ["trainer.max_steps=6", f"hydra.run.dir={finished_run}"])
+def test_rerun_without_resume_refuses(finished_run: Path, tmp_path: Path) -> None:
+    again = copy_run(finished_run, tmp_path / "again")
+    proc = run_inprocess("nli_cot.train", BASE_ARGS + ["trainer.max_steps=6", f"hydra.run.dir={again}"])
     assert proc.returncode == 2
     assert "already holds checkpoints: pass resume=auto" in proc.stderr
 
 
 def test_warm_start_from_an_adapter(finished_run: Path, tmp_path: Path) -> None:
     source = finished_run / RUN / "checkpoint-6"
-    proc = run_module("nli_cot.train", BASE_ARGS + ["trainer.max_steps=2", f"init_adapter_from={source}",
+    proc = run_inprocess("nli_cot.train", BASE_ARGS + ["trainer.max_steps=2", f"init_adapter_from={source}",
                                                     "run_name=warm", f"hydra.run.dir={tmp_path}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "warm start: adapter weights from" in proc.stderr + proc.stdout
@@ -131,11 +128,11 @@ def test_warm_start_from_an_adapter(finished_run: Path, tmp_path: Path) -> None:
 def test_resume_after_sigkill_matches_an_uninterrupted_run(finished_run: Path, tmp_path: Path, path: list[str]) -> None:
     """Killed after a checkpoint and resumed with resume=auto: the same losses and final adapter as one run, through
     abl1's default fast path (its uninterrupted run is ``finished_run``) and through the padded path."""
-    steps = ["trainer.max_steps=6", "trainer.save_total_limit=2", *path]  # finished_run's arguments
+    steps = [*TRAINED_STEPS, *path]  # finished_run's arguments
     whole = finished_run
     if path:
         whole = tmp_path / "whole"
-        proc = run_module("nli_cot.train", BASE_ARGS + steps + [f"hydra.run.dir={whole}"])
+        proc = run_inprocess("nli_cot.train", BASE_ARGS + steps + [f"hydra.run.dir={whole}"])
         assert proc.returncode == 0, proc.stderr[-3000:]
 
     killed = tmp_path / "killed"
@@ -152,7 +149,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(finished_run: Path, t
     child.wait()
     assert not (killed / RUN / "checkpoint-6").exists()
 
-    proc = run_module("nli_cot.train", BASE_ARGS + steps + ["resume=auto", f"hydra.run.dir={killed}"])
+    proc = run_inprocess("nli_cot.train", BASE_ARGS + steps + ["resume=auto", f"hydra.run.dir={killed}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     want, got = losses_by_step(whole / RUN), losses_by_step(killed / RUN)
     assert sorted(got) == sorted(want) == list(range(6))
@@ -168,7 +165,7 @@ def test_resume_refuses_another_batch_layout(finished_run: Path, tmp_path: Path)
     """A fused run's loader position counts optimiser steps, a padded run's micro-batches: continuing a run under the
     other layout (e.g. one started before trainer=fast became abl1's default) would skip examples."""
     shutil.copytree(finished_run / RUN, tmp_path / RUN)
-    proc = run_module("nli_cot.train", BASE_ARGS + ["trainer.max_steps=8", "resume=auto", *PADDED,
+    proc = run_inprocess("nli_cot.train", BASE_ARGS + ["trainer.max_steps=8", "resume=auto", *PADDED,
                                                     f"hydra.run.dir={tmp_path}"])
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "was written with trainer.fuse_grad_accum=True, this run has False" in proc.stderr
@@ -228,20 +225,6 @@ def test_fast_default_trains_as_the_padded_path(tmp_path: Path) -> None:
         assert torch.allclose(fast_adapter[name], want, rtol=1e-4, atol=1e-5), name
     b = next(n for n in padded_adapter if "lora_B" in n)
     assert padded_adapter[b].abs().max() > 1e-3  # the adapter moved: the comparison is not between two zeros
-
-
-def test_multirun_jobs_are_separate_and_a_failing_job_spares_the_others(tmp_path: Path) -> None:
-    args = [a for a in BASE_ARGS if not a.startswith("trainer.save_steps")]
-    proc = run_module("nli_cot.train", ["-m", *args, "trainer.max_steps=2", "trainer.save_steps=2",
-                                        "lora.r=4,-1,8", f"hydra.sweep.dir={tmp_path}"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    status = {d.name: json.loads((d / RUN / "status.json").read_text()) for d in sorted(tmp_path.iterdir())
-              if (d / RUN / "status.json").exists()}
-    assert [s["status"] for s in status.values()] == ["finished", "failed", "finished"]
-    assert "lora.r must be > 0" in status["1"]["error"]
-    for job, r in (("0", 4), ("2", 8)):
-        cfg = json.loads((tmp_path / job / RUN / "checkpoint-2" / "adapter_config.json").read_text())
-        assert cfg["r"] == r
 
 
 @pytest.mark.parametrize("at_end", [True, False])
