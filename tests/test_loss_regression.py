@@ -39,7 +39,7 @@ class _StepLoss(pl.Callback):
 
 
 def test_tiny_recipe_losses_are_pinned(tmp_path: Path) -> None:
-    from nli_cot.train import TrainRecipe
+    from nli_cot.training.train import TrainRecipe
 
     cfg = compose(["+experiment=abl1", "model=tiny_mistral", "dataset=sample", "logger=none",
                    f"dataset.train_path={REPO / 'tests/fixtures/sft_sample.jsonl'}", f"output_dir={tmp_path}",
