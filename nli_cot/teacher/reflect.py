@@ -272,9 +272,6 @@ def print_reflect_summary(s: dict[str, Any]) -> None:
         print(f"  failed: {line}")
 
 
-# ------------------------------------------------------------------------------------- source-project import
-
-
 register_schema(ReflectConfig, name="reflect_schema")
 
 

@@ -227,12 +227,6 @@ def print_thoughts_summary(s: dict[str, Any]) -> None:
         print(f"  failed: {line}")
 
 
-
-
-
-
-
-
 @hydra.main(config_path="../../conf", config_name="thoughts", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     code = guarded(run, cfg)
