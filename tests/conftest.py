@@ -89,8 +89,11 @@ def run_inprocess(module: str, args: list[str], cwd: Path = REPO) -> subprocess.
 
     # runpy runs the module as `__main__`: the schemas it registers are classes of that namespace, which is gone
     # once the run ends (a fresh interpreter's registrations die with it); the store gets its own back afterwards.
+    from nli_cot.core.config import SCHEMAS
+
     store = ConfigStore.instance()
     saved_store = tree(store.repo)
+    saved_schemas = dict(SCHEMAS)  # register_schema's own record: `__main__` classes must not outlive the run
     saved = {"env": dict(os.environ), "cwd": os.getcwd(), "argv": sys.argv[:], "threads": torch.get_num_threads(),
              "sigterm": signal.getsignal(signal.SIGTERM)}
     root = logging.getLogger()
@@ -119,6 +122,7 @@ def run_inprocess(module: str, args: list[str], cwd: Path = REPO) -> subprocess.
 
         GlobalHydra.instance().clear()
         put_back(saved_store, store.repo)
+        SCHEMAS.update(saved_schemas)
         for handler in root.handlers[:]:  # the run's handlers (its train.log) must not outlive it
             root.removeHandler(handler)
             if handler not in saved_handlers:
