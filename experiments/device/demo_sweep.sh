@@ -44,7 +44,6 @@ log "sweep $VARIANTS -> $ROUND, jobs $JOBS, start deadline ${DEADLINE}s"
 timeout $(( $(left) - PACK_S )) python3 experiments/demo_sweep.py "$VARIANTS" --out "$ROUND" --jobs "$JOBS" \
   --deadline-s "$DEADLINE" 2>&1 | tee "$OUT/sweep.log" | grep -v '^\s*$' | tail -n 40
 if [ "${DEMO:-0}" = 1 ]; then  # the demo with its defaults (on a GPU: conf/demo.yaml gpu.*), exactly as typed
-  CHOSEN=()
   if [ "${CHOOSE:-0}" = 1 ]; then  # gpu.train_steps := the variant with the best dev accuracy (ties: fewer steps)
     STEPS=$(python3 - "$ROUND/summary.jsonl" <<'PY'
 import json, sys
@@ -56,8 +55,10 @@ PY
 )
     read -r S E <<< "$STEPS"; CHOSEN=("gpu.train_steps=$S" "gpu.eval_every=$E")
     log "chosen on dev: ${CHOSEN[*]}"; echo "${CHOSEN[*]}" > "$OUT/chosen_on_dev.txt"
+    demo_run "${CHOSEN[@]}"
+  else
+    wait "$DEMO_PID"  # started beside the sweep
   fi
-  if [ "${CHOOSE:-0}" = 1 ]; then demo_run "${CHOSEN[@]}"; else wait "$DEMO_PID"; fi
   grep -v 'it/s\]' "$OUT/demo_gpu.log" | tail -n 40
   tar czf "$OUT/demo_gpu.tgz" --exclude='*.safetensors' --exclude='*/checkpoint-*' --exclude='*/data/train.jsonl' \
     outputs/demo_gpu 2>/dev/null
