@@ -13,6 +13,7 @@
 # `bash ../shared/tools/device-wheels.sh .device-wheels trl sentencepiece`) and .bench/ (the v3 tokenizer file + bench data made
 # by `python experiments/bench_common.py data`).
 # Env: DEADLINE (s, default 560) bounds the whole run; a stage starts only with MIN_LEFT (default 60) s left.
+# WARMUP (default 2) optimiser steps dropped, STEPS (default 8) measured, per training run.
 set -u
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled
 # No PYTORCH_CUDA_ALLOC_CONF here: the card stack runs with the default allocator; nli_cot sets its own
@@ -35,7 +36,8 @@ for st in "$@"; do
   fi
   echo "=== $st at $(( $(date +%s) - T0 ))s"; s0=$(date +%s)
   REP=0; case $st in *@*) REP=${st##*@}; st=${st%@*} ;; esac
-  W=(--repeat "$REP" --workdir "/tmp/bench_runs/${st//[:\/]/_}_${REP}_$s0")   # a fresh folder per run
+  W=(--repeat "$REP" --workdir "/tmp/bench_runs/${st//[:\/]/_}_${REP}_$s0"   # a fresh folder per run
+     --warmup "${WARMUP:-2}" --steps "${STEPS:-8}")
   case $st in
     env) nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv,noheader
          timeout 90 python3 experiments/bench_common.py env --results "$TR"; cp "$TR" "$IR" ;;
