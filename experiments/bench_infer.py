@@ -255,6 +255,9 @@ MODES = {
 def cmd_run(a) -> None:
     from transformers import AutoTokenizer
 
+    from nli_cot.models.modeling import configure_cuda_memory
+
+    budget = configure_cuda_memory(a.alloc_conf, a.cuda_memory_gib)  # as predict does, before the model loads
     tok = AutoTokenizer.from_pretrained(a.model)
     if tok.pad_token_id is None:
         tok.pad_token = tok.unk_token
@@ -263,7 +266,7 @@ def cmd_run(a) -> None:
     loaded: dict = {}
     for mode in modes:
         desc, quant = MODES[mode]
-        rec = {"stage": "infer", "mode": mode, "description": desc}
+        rec = {"stage": "infer", "mode": mode, "description": desc, "memory_budget": budget, "batch_arg": a.batch}
         try:
             if loaded.get("quant") != quant:
                 loaded.clear()
@@ -353,6 +356,8 @@ def main() -> None:
     r.add_argument("--n", type=int, default=512)
     r.add_argument("--baseline_n", type=int, default=64)
     r.add_argument("--batch", type=int, default=0, help="nli modes: rows per generate call (0: all at once)")
+    r.add_argument("--alloc_conf", default=None, help="nli_cot's predict.cuda_alloc_conf (e.g. expandable_segments:True)")
+    r.add_argument("--cuda_memory_gib", type=float, default=None, help="nli_cot's predict.cuda_memory_gib (a cap)")
     p = sub.add_parser("report")
     p.add_argument("--results", required=True)
     p.add_argument("--out", default=None)

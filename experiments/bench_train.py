@@ -630,8 +630,33 @@ def speed_summary(recs: list[dict], commit: str | None = None) -> dict:
             "configs": configs}
 
 
+def infer_summary(recs: list[dict]) -> dict:
+    """Per inference mode (experiments/bench_infer.py records): examples/s, its ratio to the card's evaluation in
+    the same call, memory and the budget it ran under."""
+    runs = [r for r in recs if r.get("stage") == "infer" and r.get("status") == "ok"]
+    base = next((r for r in runs if r["mode"] == "baseline"), None)
+    out: dict[str, dict] = {}
+    for r in runs:
+        key = r["mode"] + ("@budget" if (r.get("memory_budget") or {}).get("cap_gib") else "")
+        eps = r.get("examples_per_s")
+        out[key] = {
+            "description": r.get("description"),
+            "examples_per_s": eps,
+            "ratio_to_card": eps / base["examples_per_s"] if (base and eps) else None,
+            "batch": r.get("batch"),
+            "parse_valid_rate": r.get("parse_valid_rate"),
+            "max_alloc_GiB": r.get("mem", {}).get("max_alloc_GiB"),
+            "max_reserved_GiB": r.get("mem", {}).get("max_reserved_GiB"),
+            "memory_budget": r.get("memory_budget"),
+            "oom_at_batch": r.get("oom_at_batch"),
+        }
+    return out
+
+
 def cmd_speed(a) -> None:
     out = speed_summary(read(a.results), commit=a.commit)
+    if a.infer and Path(a.infer).exists():
+        out["inference"] = infer_summary(read(a.infer))
     Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
     for name, c in out["configs"].items():
         r1, r2 = c.get("ratio_median_step", {}), c.get("ratio_whole_run", {})
@@ -669,6 +694,7 @@ def main() -> None:
     sp = sub.add_parser("speed", help="speed_summary.json from interleaved repeats")
     sp.add_argument("--results", required=True)
     sp.add_argument("--out", required=True)
+    sp.add_argument("--infer", default=None, help="bench_infer.py results to add as 'inference'")
     sp.add_argument("--commit", default=os.environ.get("NLI_COT_COMMIT"))
     a = ap.parse_args()
     if a.cmd == "speed":

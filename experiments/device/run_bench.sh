@@ -5,7 +5,8 @@
 #
 # Stages: env, model, base (card stack training; base:card_abl1 at Abl1's batch), any nli_cot training variant name of
 # experiments/bench_train.py (e.g. pf_varlen_ckpt_ce_bf16), prof:<variant> (same, plus a 2-step profile),
-# infer:<mode,...> (experiments/bench_infer.py modes), report (prints and writes the tables), speed (writes
+# infer:<mode,...> (experiments/bench_infer.py modes), budget:<modes>[:batch[:GiB]] (the same under predict's
+# memory budget: expandable segments and a cap), report (prints and writes the tables), speed (writes
 # $OUT/speed_summary.json from the repeats). A training stage may end in @N: repeat N (its own fresh work folder);
 # interleave repeats (base@0 abl0_1_default@0 base@1 ...) so drift in the machine hits both sides alike.
 # Needs, carried with the call: .device-wheels/ (bitsandbytes, hydra-core, omegaconf, antlr4, datasets, dill,
@@ -47,12 +48,17 @@ for st in "$@"; do
             --results "$TR" "${W[@]}" ;;
     prof:*) timeout "$(cap 240)" python3 experiments/bench_train.py run --side nli_cot --variant "${st#prof:}" \
             --model "$MODEL" --results "$TR" --profile_steps 2 --profile_out "$OUT/profile.txt" "${W[@]}" ;;
+    budget:*) # infer under predict's memory budget: budget:<modes>[:<batch>[:<cap GiB>]] (default batch 512, cap 40)
+            IFS=: read -r _ MODES_B BATCH_B CAP_B <<< "$st"
+            timeout "$(cap ${INFER_CAP:-400})" python3 experiments/bench_infer.py run --modes "$MODES_B" \
+            --model "$MODEL" --results "$IR" --batch "${BATCH_B:-512}" --alloc_conf expandable_segments:True \
+            --cuda_memory_gib "${CAP_B:-40}" ;;
     infer:*) timeout "$(cap ${INFER_CAP:-400})" python3 experiments/bench_infer.py run --modes "${st#infer:}" \
             --model "$MODEL" --results "$IR" ;;
     report) python3 experiments/bench_train.py report --results "$TR" --out "$OUT/train_report" | tail -n 40
             [ -f "$IR" ] && python3 experiments/bench_infer.py report --results "$IR" --out "$OUT/infer_report" \
               | tail -n 30 ;;
-    speed) python3 experiments/bench_train.py speed --results "$TR" --out "$OUT/speed_summary.json" ;;
+    speed) python3 experiments/bench_train.py speed --results "$TR" --infer "$IR" --out "$OUT/speed_summary.json" ;;
     *) timeout "$(cap ${VARIANT_CAP:-200})" python3 experiments/bench_train.py run --side nli_cot --variant "$st" \
             --model "$MODEL" --results "$TR" "${W[@]}" ;;
   esac

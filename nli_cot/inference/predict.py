@@ -131,6 +131,15 @@ class PredictConfig:
         metadata={"help": "Resume onto a file made with another model, adapter, prompt or decoding."},
     )
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+    cuda_alloc_conf: str | None = field(
+        default="expandable_segments:True",
+        metadata={"help": "CUDA caching-allocator setting (unless PYTORCH_CUDA_ALLOC_CONF is set): expandable "
+                  "segments keep reserved memory near allocated memory while the KV cache grows."},
+    )
+    cuda_memory_gib: float | None = field(
+        default=None,
+        metadata={"help": "Cap on the device memory this process may allocate (GiB); null: the whole card."},
+    )
 
 
 register_schema(PredictConfig, name="predict_schema")
@@ -259,6 +268,9 @@ def run(cfg: Any) -> dict[str, Any]:
         if not todo:
             log.info("all %d pairs already predicted in %s", len(pairs), cfg.output)
             return summary
+        from nli_cot.models.modeling import configure_cuda_memory
+
+        configure_cuda_memory(cfg.cuda_alloc_conf, cfg.cuda_memory_gib)  # before the model takes device memory
         tokenizer, model = load_model(cfg)
         batches = plan_batches(todo, tokenizer, cfg)
         summary.update(predict_batches(batches, model, tokenizer, writer, cfg, chash))

@@ -209,6 +209,25 @@ def _disable_cpu_bf16_repack(model: torch.nn.Module) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+def configure_cuda_memory(alloc_conf: str | None, cap_gib: float | None = None) -> dict[str, Any]:
+    """Before a model takes device memory: the caching allocator's setting (``expandable_segments:True``: segments
+    grow in place, so reserved memory stays near allocated memory when tensors of many lengths come and go, as a
+    growing KV cache or rows of varying length make them) unless PYTORCH_CUDA_ALLOC_CONF is set, and a cap on what
+    this process may allocate (``cap_gib``; beyond it an allocation raises out-of-memory instead of taking the card).
+    Returns what was applied; a no-op without CUDA."""
+    applied: dict[str, Any] = {"alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"), "cap_gib": None}
+    if not torch.cuda.is_available():
+        return applied
+    if alloc_conf and not applied["alloc_conf"]:
+        torch.cuda.memory._set_allocator_settings(alloc_conf)
+        applied["alloc_conf"] = alloc_conf
+    if cap_gib:
+        total = torch.cuda.get_device_properties(_local_device()).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib * 2**30 / total), _local_device())
+        applied["cap_gib"] = cap_gib
+    return applied
+
+
 def _local_device() -> int | str:
     """This process's device: Lightning's DDP launcher starts one process per GPU with LOCAL_RANK set before it
     selects the GPU, and each rank's 4-bit copy must be built on its own GPU, not on GPU 0 and moved."""

@@ -103,17 +103,6 @@ def fused_grad_scale(n_examples: int, micro_size: int, accum: int) -> float | No
     return present / accum if present < accum else None
 
 
-def configure_cuda_allocator(setting: str | None) -> str | None:
-    """Apply a caching-allocator setting (``expandable_segments:True``: little fragmentation, so reserved memory
-    stays near allocated memory with rows of varying length) unless PYTORCH_CUDA_ALLOC_CONF is set."""
-    import os
-
-    if os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or not setting or not torch.cuda.is_available():
-        return os.environ.get("PYTORCH_CUDA_ALLOC_CONF")
-    torch.cuda.memory._set_allocator_settings(setting)
-    return setting
-
-
 # ------------------------------------------------------------------------------------------ varlen attention
 class _FlashVarlen(torch.autograd.Function):
     """Causal varlen FlashAttention-2 (PyTorch's bundled kernel); q [T, Hq, D], k/v [T, Hk, D], Hq % Hk == 0."""

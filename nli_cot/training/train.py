@@ -172,9 +172,9 @@ class TrainRecipe:
 
         cfg = self.cfg
         self.ckpt_path = self._resolve_resume()
-        from nli_cot.training.fastpath import configure_cuda_allocator
+        from nli_cot.models.modeling import configure_cuda_memory
 
-        configure_cuda_allocator(cfg.trainer.cuda_alloc_conf)  # before the model takes device memory
+        configure_cuda_memory(cfg.trainer.cuda_alloc_conf)  # before the model takes device memory
         pl.seed_everything(cfg.seed, workers=True)
         resolved = OmegaConf.to_container(cfg, resolve=True)
 
