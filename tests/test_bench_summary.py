@@ -1,0 +1,49 @@
+"""The speed bench's summary (experiments/bench_train.py speed): ratios pair each repeat with the card run of the
+same repeat index, carry their spread, and add the inference modes with their memory budget."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+from conftest import REPO
+
+
+def _bench_train():
+    spec = importlib.util.spec_from_file_location("bench_train", REPO / "experiments" / "bench_train.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("bench_train", mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(variant: str, rep: int, tok: float, step_s: float, reserved: float) -> dict:
+    return {"stage": "train", "status": "ok", "variant": variant, "repeat": rep, "median_step_s": step_s,
+            "real_tok_per_step": tok * step_s, "real_tok_per_s": tok, "mem": {"max_reserved_GiB": reserved},
+            "probe_loss": 11.0}
+
+
+def test_ratios_pair_repeats_and_keep_their_spread() -> None:
+    bt = _bench_train()
+    recs = [{"stage": "env", "gpu": "GPU"}]
+    for rep, (card, ours) in enumerate([(5000, 15000), (4000, 14000), (6000, 15000)]):
+        recs += [_run("card", rep, card, 2.0, 8.0), _run("abl0_1_default", rep, ours, 1.0, 8.2)]
+    out = bt.speed_summary(recs, commit="abc")
+    c = out["configs"]["abl0_1_default"]
+    assert c["card"] == "card" and c["repeats"] == 3 and out["commit"] == "abc"
+    assert c["ratio_whole_run"] == {"median": 3.0, "min": 2.5, "max": 3.5, "n": 3}
+    assert abs(c["reserved_vs_card"] - 8.2 / 8.0) < 1e-9 and c["probe_loss_rel_diff"] == 0.0
+
+
+def test_inference_modes_carry_ratio_and_budget() -> None:
+    bt = _bench_train()
+    recs = [
+        {"stage": "infer", "status": "ok", "mode": "baseline", "examples_per_s": 2.0, "mem": {"max_reserved_GiB": 9}},
+        {"stage": "infer", "status": "ok", "mode": "nli_q4", "examples_per_s": 25.0, "batch": 512,
+         "memory_budget": {"alloc_conf": "expandable_segments:True", "cap_gib": 40},
+         "mem": {"max_alloc_GiB": 32.0, "max_reserved_GiB": 36.0}},
+        {"stage": "infer", "status": "oom", "mode": "nli_bf16"},
+    ]
+    out = bt.infer_summary(recs)
+    assert set(out) == {"baseline", "nli_q4@budget"}
+    assert out["nli_q4@budget"]["ratio_to_card"] == 12.5 and out["nli_q4@budget"]["max_reserved_GiB"] == 36.0
