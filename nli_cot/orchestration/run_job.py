@@ -61,11 +61,13 @@ def stage_module(stage: str) -> Any:
     return importlib.import_module(STAGES[stage][0])
 
 
-def compose_stage(stage: str, overrides: list[str]) -> Any:
+def compose_stage(stage: str, overrides: list[str], hydra_context: bool = False) -> Any:
     """The stage's config composed with Hydra's compose API, checked (schema, closed groups, ranges).
 
     Works inside a Hydra app too (the study's own ``@hydra.main``): its global Hydra state is set aside and
-    restored. ``hydra.*`` overrides are dropped (compose sets no run dir; run dirs are config values)."""
+    restored. ``hydra.*`` overrides are dropped (compose sets no run dir; run dirs are config values).
+    ``hydra_context`` (the runner, in its own process): ``HydraConfig`` is set as ``@hydra.main`` sets it, so a
+    stage that records its overrides (training's ``status.json``, which the ablation chain's skip reads) has them."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.initialize import get_gh_backup, restore_gh_from_backup
@@ -79,7 +81,14 @@ def compose_stage(stage: str, overrides: list[str]) -> Any:
         GlobalHydra.instance().clear()
         try:
             with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-                cfg = compose(config_name=STAGES[stage][1], overrides=task)
+                cfg = compose(config_name=STAGES[stage][1], overrides=task, return_hydra_config=hydra_context)
+            if hydra_context:
+                from hydra.core.hydra_config import HydraConfig
+                from omegaconf import open_dict
+
+                HydraConfig.instance().set_config(cfg)
+                with open_dict(cfg):
+                    del cfg["hydra"]
             check_config(cfg)
         except Exception as err:  # any composition failure is a mistake in the overrides or the config files
             raise JobSpecError(f"{stage}: {one_line(err)}") from None
@@ -107,7 +116,7 @@ def load_spec(path: Path) -> tuple[str, list[str], Any]:
 
     spec = OmegaConf.to_container(OmegaConf.load(path))
     stage, overrides = spec["stage"], list(spec["overrides"])
-    cfg = compose_stage(stage, overrides)
+    cfg = compose_stage(stage, overrides, hydra_context=True)
     now = OmegaConf.to_container(cfg, resolve=True)
     if now != spec["config"]:
         keys = sorted(k for k in set(now) | set(spec["config"]) if now.get(k) != spec["config"].get(k))
@@ -147,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     except (JobSpecError, OSError, KeyError) as err:
         print(f"error: {one_line(err) if not isinstance(err, JobSpecError) else err}", file=sys.stderr)
         return 2
+    if stage == "train":  # where `python -m nli_cot.train` logged (Hydra's job log in its run dir)
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(Path(cfg.output_dir) / "train.log", encoding="utf-8")
+        handler.setFormatter(logging.getLogger().handlers[0].formatter)
+        logging.getLogger().addHandler(handler)
     log.info("%s: %s", stage, args[0])
     return run_stage(stage, cfg)
 

@@ -266,22 +266,21 @@ class StudyGraph:
         patience = own_patience[condition] if condition in own_patience else t["early_stopping_patience"]
         max_epochs, max_steps = self.step_budget(condition)
         args = [
-            f"model={c['base_model']}", f"prompt={c['prompt_name']}", f"optimizer={t['optimizer']}", "logger=csv",
-            "dataset=human", f"dataset.name={condition}", f"dataset.train_path={sft / 'train.jsonl'}",
+            "+experiment=study",  # what every study run shares (conf/experiment/study.yaml)
+            f"model={c['base_model']}", f"prompt={c['prompt_name']}", f"optimizer={t['optimizer']}",
+            f"dataset.name={condition}", f"dataset.train_path={sft / 'train.jsonl'}",
             f"dataset.eval_path={eval_path}", f"dataset.label_only={str(condition in LABEL_ONLY).lower()}",
             f"dataset.max_seq_length={t['max_seq_length']}",
-            f"output_dir={self.run_dir(run)}", "run_name=model",
-            f"seed={seed}", "resume=auto",
+            f"output_dir={self.run_dir(run)}", f"seed={seed}",
             f"optimizer.lr={lr if lr is not None else self.chosen_lr(condition)}",
             f"optimizer.warmup_ratio={t['warmup_ratio']}",
             f"trainer.per_device_batch_size={t['batch_size']}", f"trainer.grad_accum={t['grad_accum']}",
             f"trainer.max_epochs={max_epochs}", f"trainer.max_steps={max_steps}",
             f"trainer.eval_every_n_steps={t['eval_every_n_steps']}", f"trainer.save_steps={t['eval_every_n_steps']}",
-            "trainer.save_total_limit=2", f"trainer.eval_batch_size={t['eval_batch_size']}",
+            f"trainer.eval_batch_size={t['eval_batch_size']}",
             f"trainer.early_stopping_patience={patience if patience else 'null'}",
             f"trainer.early_stopping_min_steps={t.get('early_stopping_min_steps') or 0}",
             f"trainer.precision={t['precision']}", f"trainer.log_every_n_steps={t['log_every_n_steps']}",
-            "trainer.group_by_length=true",
         ]
         gen = t.get("gen_eval") or {}
         if gen.get("enabled") and eval_path != "null":
