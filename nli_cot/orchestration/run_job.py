@@ -45,7 +45,7 @@ CLI = {"train": "nli_cot.train", "predict": "nli_cot.predict", "thoughts": "nli_
        "reflect": "nli_cot.reflect", "sft": "nli_cot.sft", "baselines": "nli_cot.baselines",
        "evaluate": "nli_cot.evaluate"}
 _COMPOSE_LOCK = threading.Lock()  # Hydra's GlobalHydra is process-wide: one composition at a time
-log = logging.getLogger("nli_cot.run_job")
+log = logging.getLogger("nli_cot.orchestration.run_job")
 
 
 class JobSpecError(ValueError):
