@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import run_inprocess
 
 from nli_cot.orchestration.ablations import (
@@ -51,7 +52,8 @@ class FakeRunner:
 
     def __call__(self, cmd: list[str]) -> int:
         self.calls.append(cmd)
-        task = cmd[cmd.index("nli_cot.train") + 1:-1]  # between the module and hydra.run.dir
+        assert cmd[1:3] == ["-m", "nli_cot.orchestration.run_job"]
+        task = spec_of(cmd)["overrides"]  # what training records in status.json
         stage = next(a.split("=", 1)[1] for a in task if a.startswith("+experiment="))
         if stage == self.fail:
             return 1
@@ -59,8 +61,13 @@ class FakeRunner:
         return 0
 
 
+def spec_of(cmd: list[str]) -> dict:
+    """The job's spec (run_job's argument): stage, overrides, the composed training config."""
+    return yaml.safe_load(Path(cmd[-1]).read_text())
+
+
 def stage_of(cmd: list[str]) -> str:
-    return next(a.split("=", 1)[1] for a in cmd if a.startswith("+experiment="))
+    return spec_of(cmd)["config"]["experiment"]
 
 
 def test_chain_runs_in_dependency_order_then_skips(tmp_path: Path, names: dict[str, str]) -> None:
@@ -68,10 +75,13 @@ def test_chain_runs_in_dependency_order_then_skips(tmp_path: Path, names: dict[s
     stages = run_chain(load_chain(DEFAULT_CHAIN), tmp_path, TINY, runner=runner)
     assert [stage_of(c) for c in runner.calls] == ["abl0_1", "abl0_2", "abl1"]
     assert [s.action for s in stages] == ["done"] * 3
-    abl0_2 = runner.calls[1]
-    assert f"init_adapter_from={tmp_path / names['abl0_1'] / 'checkpoint-2'}" in abl0_2
-    assert abl0_2[-1] == f"hydra.run.dir={tmp_path}"
-    assert not any(a.startswith("init_adapter_from") for a in runner.calls[2])
+    abl0_2 = spec_of(runner.calls[1])  # a composed, validated training config: the job's spec
+    assert runner.calls[1][-1] == str(tmp_path / names["abl0_2"] / "job.yaml") and abl0_2["stage"] == "train"
+    assert f"init_adapter_from={tmp_path / names['abl0_1'] / 'checkpoint-2'}" in abl0_2["overrides"]
+    assert abl0_2["config"]["init_adapter_from"] == str(tmp_path / names["abl0_1"] / "checkpoint-2")
+    assert abl0_2["config"]["output_dir"] == str(tmp_path) and abl0_2["config"]["run_name"] == names["abl0_2"]
+    assert abl0_2["config"]["trainer"]["max_steps"] == 2  # the chain's overrides, composed over the preset
+    assert spec_of(runner.calls[2])["config"]["init_adapter_from"] is None
     again = FakeRunner(tmp_path, names)
     stages = run_chain(load_chain(DEFAULT_CHAIN), tmp_path, TINY, runner=again)
     assert again.calls == [] and [s.action for s in stages] == ["skip"] * 3
@@ -119,7 +129,7 @@ def test_interrupted_stage_resumes_from_its_own_checkpoint(tmp_path: Path, names
     runner = FakeRunner(tmp_path, names)
     run_chain(load_chain(DEFAULT_CHAIN), tmp_path, TINY, only=["abl0_2"], runner=runner)
     (cmd,) = runner.calls
-    assert "resume=auto" in cmd and "init_adapter_from=null" in cmd
+    assert "resume=auto" in spec_of(cmd)["overrides"] and "init_adapter_from=null" in spec_of(cmd)["overrides"]
 
 
 @pytest.mark.parametrize("only", [["abl0_1"], ["abl0_2"]])
@@ -141,7 +151,7 @@ def test_user_mistakes_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
 @pytest.mark.slow
 def test_real_chain_warm_starts_abl0_2_from_abl0_1(tmp_path: Path, names: dict[str, str]) -> None:
     args = ["--output-dir", str(tmp_path), "--stages", "abl0_1,abl0_2", *TINY]
-    proc = run_inprocess("nli_cot.ablations", args)  # its stages are real `python -m nli_cot.train` processes
+    proc = run_inprocess("nli_cot.ablations", args)  # its stages are real run_job processes (training's run(cfg))
     assert proc.returncode == 0, proc.stderr[-3000:]
     abl01, abl02 = tmp_path / names["abl0_1"], tmp_path / names["abl0_2"]
     for run in (abl01, abl02):
@@ -149,5 +159,6 @@ def test_real_chain_warm_starts_abl0_2_from_abl0_1(tmp_path: Path, names: dict[s
     recorded = json.loads((abl02 / "status.json").read_text())["overrides"]
     assert f"init_adapter_from={abl01 / 'checkpoint-2'}" in recorded
     assert f"warm start: adapter weights from {abl01 / 'checkpoint-2'}" in (tmp_path / "train.log").read_text()
+    assert (abl02 / "job.yaml").is_file()  # the job's spec: the composed config it ran
     again = run_inprocess("nli_cot.ablations", args)
     assert again.returncode == 0 and again.stderr.count("already finished") == 2

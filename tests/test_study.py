@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from fake_openai_server import FakeOpenAIServer
 
 from nli_cot.core import metrics as M
@@ -186,6 +187,50 @@ def test_engine_config_is_checked_in_one_line_each():
     assert r.returncode != 0 and "error: engine.cpu_slots must be an integer >= 1, got 0" in r.stderr
 
 
+# ------------------------------------------------------------------------------------------- job specs
+
+
+def _cpu_graph(tmp_path: Path, *overrides: str) -> StudyGraph:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    import nli_cot.orchestration.study_schema  # noqa: F401  (registers the study's schema)
+
+    with initialize_config_dir(str(REPO / "conf"), version_base=None):
+        cfg = compose("study", overrides=["study=cpu", f"out_dir={tmp_path}", *overrides])
+    cfg.study_name = "cpu"  # ${hydra:runtime.choices.study}: compose sets no HydraConfig
+    return StudyGraph(OmegaConf.to_container(cfg, resolve=True), tmp_path)
+
+
+def test_a_jobs_spec_is_its_composed_validated_config_and_a_bad_override_fails_at_graph_build(tmp_path):
+    """Every stage job's config is composed (Hydra's compose API, the stage's schema) before any job starts; at
+    submission the composed config is the job's spec, which run_job composes again and runs."""
+    from nli_cot.orchestration.run_job import load_spec
+
+    noop = {k: (lambda *a: None) for k in ("prep", "prep_cmd", "evaluate", "evaluate_cmd", "select_lr")}
+    g = _cpu_graph(tmp_path, "base_model=tiny_mistral", "predict.max_new_tokens=7")
+    jobs = {j.name: j for j in g.jobs(noop)}
+    assert g.validate(list(jobs.values())) >= 5  # sft, train, predict, thoughts, reflect (one per condition)
+    argv = jobs["predict:zero_shot"].argv()
+    assert argv[1:3] == ["-m", "nli_cot.orchestration.run_job"] and argv[3] == str(tmp_path / "specs" /
+                                                                                     "predict_zero_shot.yaml")
+    spec = yaml.safe_load(Path(argv[3]).read_text())
+    assert spec["stage"] == "predict" and spec["config"]["decoding"]["max_new_tokens"] == 7
+    assert spec["config"]["model"]["name_or_path"] and spec["config"]["output"].endswith("zero_shot.jsonl")
+    stage, overrides, cfg = load_spec(Path(argv[3]))
+    assert stage == "predict" and cfg.decoding.max_new_tokens == 7 and overrides == spec["overrides"]
+    assert jobs["predict:zero_shot"].equivalent().startswith("python -m nli_cot.predict model=tiny_mistral")
+    # A mistake in the study config (an override every training run gets) fails before any job, in one line.
+    bad = _cpu_graph(tmp_path, 'train.extra=["trainer.bogus=1"]')
+    with pytest.raises(ValueError, match=r"^job train:\S+: train: trainer.bogus: unknown key in 'trainer'") as err:
+        bad.validate(bad.jobs(noop))
+    assert "\n" not in str(err.value)
+    r = subprocess.run([sys.executable, "-m", "nli_cot.study", "study=cpu", "stage=plan", f"out_dir={tmp_path / 'p'}",
+                        'predict.extra=["decoding.bogus=1"]'], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode != 0 and r.stderr.strip().startswith("error: job predict:"), r.stderr[-2000:]
+    assert len(r.stderr.strip().splitlines()) == 1 and "decoding.bogus" in r.stderr and not r.stdout.strip()
+
+
 # ---------------------------------------------------------------------------------------------- report
 
 
@@ -261,7 +306,12 @@ def test_study_runs_every_condition_resumes_and_reports(tmp_path, teacher_url):
     assert set(manifest["status"].values()) == {"done"}, manifest["status"]
     assert {"select_lr", "train:human_s0_lr1e-3", "thoughts:teacher_human"} <= set(
         manifest["status"])
-    assert "teacher.adapter=" in manifest["jobs"]["thoughts:teacher_human"]["command"]
+    thoughts = manifest["jobs"]["thoughts:teacher_human"]
+    assert "nli_cot.orchestration.run_job" in thoughts["command"] and "teacher.adapter=" in thoughts["equivalent"]
+    spec = yaml.safe_load((tmp_path / "study" / "specs" / "thoughts_teacher_human.yaml").read_text())
+    assert spec["stage"] == "thoughts" and "checkpoint-" in spec["config"]["teacher"]["adapter"]
+    train = yaml.safe_load((tmp_path / "study" / "specs" / "train_label_only_s0.yaml").read_text())["config"]
+    assert train["output_dir"] == str(tmp_path / "study" / "runs" / "label_only_s0") and train["run_name"] == "model"
     report = json.loads((tmp_path / "results" / "r.json").read_text())
     assert set(report["conditions"]) == {"zero_shot", "label_only", "human", "teacher_base_combined",
                                          "teacher_base_correct_only", "teacher_human_combined",

@@ -3,8 +3,12 @@
 Abl0.1 -> Abl0.2 (warm-started from Abl0.1's final checkpoint) -> Abl1, as listed in ``conf/ablations.yaml``.
 
 Features
-- Each stage is ``python -m nli_cot.train +experiment=<stage> <overrides>`` in its own process, writing
-  ``<output_dir>/<run_name>/``; command-line overrides apply to every stage.
+- Each stage's config is composed with Hydra's compose API (``+experiment=<stage> <overrides>``, the training
+  config and schema) when the chain is planned, so a bad override stops the chain before anything starts; right
+  before the stage runs, its config (with the warm start from its dependency's final checkpoint) is stored as
+  ``<output_dir>/<run_name>/job.yaml`` and run by ``python -m nli_cot.orchestration.run_job <job.yaml>`` in its own
+  process (training's ``run(cfg)``), writing ``<output_dir>/<run_name>/``; command-line overrides apply to every
+  stage. The log shows the equivalent ``python -m nli_cot.train ...`` command.
 - Dependencies are checked before anything starts: a stage that warm-starts from another needs that run
   finished and its final (highest-step) checkpoint complete (``adapter_config.json``,
   ``adapter_model.safetensors``, ``trainer_state.json``); otherwise the chain refuses with one line naming what is
@@ -41,7 +45,7 @@ log = logging.getLogger("nli_cot.ablations")
 DEFAULT_CHAIN = CONF_DIR / "ablations.yaml"
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 # Set by the chain per run, so not part of a stage's identity when deciding to skip it.
-_CHAIN_KEYS = ("init_adapter_from", "resume")
+_CHAIN_KEYS = ("init_adapter_from", "resume", "output_dir")
 
 
 @dataclass
@@ -191,13 +195,27 @@ def plan(chain: dict[str, Any], output_dir: Path, overrides: list[str],
     return selected, stages
 
 
-def stage_command(stage: Stage, output_dir: Path, stages: dict[str, Stage]) -> list[str]:
+def stage_overrides(stage: Stage, output_dir: Path, stages: dict[str, Stage]) -> list[str]:
+    """The stage's training overrides: the chain's, its warm start (or its own resume), and the run dir."""
     extra: list[str] = []
     if stage.action == "resume":
         extra = ["resume=auto", "init_adapter_from=null"]  # its own checkpoint holds the adapter already
     elif stage.warm_start_from:
         extra = [f"init_adapter_from={final_checkpoint(stages[stage.warm_start_from], stage.experiment)}"]
-    return [sys.executable, "-m", "nli_cot.train", *stage.overrides, *extra, f"hydra.run.dir={output_dir}"]
+    return [*stage.overrides, *extra, f"output_dir={output_dir}"]
+
+
+def stage_command(stage: Stage, output_dir: Path, stages: dict[str, Stage]) -> list[str]:
+    """The stage's config composed and stored as its spec (``<run_dir>/job.yaml``); the runner's command."""
+    from nli_cot.orchestration.run_job import JobSpecError, compose_stage, write_spec
+
+    overrides = stage_overrides(stage, output_dir, stages)
+    try:
+        cfg = compose_stage("train", overrides)
+    except JobSpecError as err:
+        raise ChainError(f"stage {stage.experiment}: {err}") from None
+    spec = write_spec(stage.run_dir / "job.yaml", "train", overrides, cfg)
+    return [sys.executable, "-m", "nli_cot.orchestration.run_job", str(spec)]
 
 
 def run_chain(chain: dict[str, Any], output_dir: Path, overrides: list[str], only: list[str] | None = None,
@@ -212,10 +230,12 @@ def run_chain(chain: dict[str, Any], output_dir: Path, overrides: list[str], onl
         if dry_run and stage.warm_start_from and by_name[stage.warm_start_from].action != "skip":
             log.info("%s: would run after %s, from its final checkpoint", stage.experiment, stage.warm_start_from)
             continue
-        cmd = stage_command(stage, output_dir, by_name)
-        log.info("%s: %s", stage.experiment, shlex.join(cmd))
+        equivalent = ["python", "-m", "nli_cot.train", *stage_overrides(stage, output_dir, by_name)]
+        log.info("%s: %s", stage.experiment, shlex.join(equivalent))
         if dry_run:
             continue
+        cmd = stage_command(stage, output_dir, by_name)
+        log.info("%s: %s", stage.experiment, shlex.join(cmd))
         code = runner(cmd)
         status = (read_status(stage.run_dir) or {}).get("status")
         if code != 0 or status != "finished":

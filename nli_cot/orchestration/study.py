@@ -7,9 +7,12 @@ e-SNLI test, MNLI dev matched and RTE dev. ``make study`` runs ``study=review`` 
 2026-11 design, ``study=cpu`` a reduced CPU version.
 
 Features
-- Every stage is the project's own CLI (``nli_cot.sft|thoughts|reflect|train|predict``) run as a subprocess, so
-  the study proves the commands a user types; evaluation and comparison call ``nli_cot.evaluate`` /
-  ``nli_cot.compare`` in process (the manifest records the equivalent command).
+- Every stage job's config is composed with Hydra's compose API (the stage's own config and schema, as its CLI
+  composes it) and validated before any job starts (a bad override fails in one line naming the job); when the
+  job is submitted its composed config is stored as its spec (``<out_dir>/specs/<job>.yaml``) and run by
+  ``python -m nli_cot.orchestration.run_job <spec>`` (the stage's ``run(cfg)`` in a fresh process). The manifest
+  records that command and the equivalent CLI one (``python -m nli_cot.train ...``). Evaluation calls
+  ``nli_cot.evaluation.evaluate.run`` in process.
 - A job graph (``nli_cot.orchestration.study_graph``) run on Dask distributed (``nli_cot.orchestration.study_engine``): locally a cluster of
   one worker per GPU slot (``engine.slots_per_gpu`` per card, one ``CUDA_VISIBLE_DEVICES`` each) plus
   ``engine.cpu_slots`` CPU workers; ``engine.address=tcp://host:8786`` sends the same tasks to an existing
@@ -83,7 +86,7 @@ def check_settings(out: Path, cfg: dict[str, Any], force: bool) -> None:
     write_json_atomic(path, fp)
 
 
-MERGED_DIRS = ("eval", "runs", "sft", "teachers", "predictions", "jobs", "logs", "hydra")
+MERGED_DIRS = ("eval", "runs", "sft", "teachers", "predictions", "jobs", "logs", "specs", "hydra")
 
 
 def merge_out_dir(src: Path, dst: Path) -> dict[str, list[str]]:
@@ -171,9 +174,8 @@ class LocalJobs:
 
     def evaluate(self, mid: str) -> dict[str, Any]:
         """Split one model's predictions by test set and evaluate each set (nli_cot.evaluation.evaluate.run)."""
-        from hydra import compose
-
         from nli_cot.evaluation.evaluate import run as evaluate_run
+        from nli_cot.orchestration.run_job import compose_stage
         from nli_cot.orchestration.study_data import set_of_ids
 
         sets = set_of_ids(self.g.data)
@@ -187,7 +189,7 @@ class LocalJobs:
         for test_set, lines in sorted(by_set.items()):
             path = split_dir / f"{test_set}.jsonl"
             path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-            cfg = compose(config_name="evaluate", overrides=self._eval_overrides(mid, test_set))
+            cfg = compose_stage("evaluate", self._eval_overrides(mid, test_set))
             m = evaluate_run(cfg)
             result[test_set] = {"n": m["n"], "accuracy": m["accuracy"]["value"]}
         return result
@@ -243,6 +245,11 @@ def main_run(cfg: dict[str, Any]) -> int:
     local = LocalJobs(cfg, graph)
     jobs = graph.jobs({"prep": local.prep, "prep_cmd": local.prep_cmd, "evaluate": local.evaluate,
                        "evaluate_cmd": local.evaluate_cmd, "select_lr": local.select_lr})
+    if cfg["stage"] in ("run", "plan"):
+        try:  # every stage job's config composes, before any job starts
+            graph.validate(jobs)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
     deadline = cfg["deadline_s"]
     stop_at = None if deadline is None else t0 + float(deadline) - float(cfg["report_reserve_s"])
     if cfg["stage"] == "plan":

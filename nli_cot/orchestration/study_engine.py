@@ -16,7 +16,10 @@ What Dask does
 
 What this module adds (the rest of the former home-made scheduler)
 - A job is submitted only when its dependencies are done, and its command is built then (``argv()``), so it can
-  read what they wrote (the best checkpoint, the chosen learning rate); the manifest records the exact command.
+  read what they wrote (the best checkpoint, the chosen learning rate); the manifest records the exact command
+  (for the study's stage jobs: ``python -m nli_cot.orchestration.run_job <spec>``, with ``equivalent``, the CLI
+  command a user would type for the same job). A command that cannot be built fails its job (and skips its
+  dependents), not the driver.
 - Resumable: a finished job leaves an atomic marker (``<state_dir>/<job>.json``); a later invocation skips it.
   Interrupted and failed jobs have no marker and run again (the stage CLIs resume inside).
 - Deadline: no job starts with less than ``start_margin_s`` left before ``stop_at`` (a queued task that a worker
@@ -71,9 +74,10 @@ class Job:
     priority: tuple = ()
     deps: list[str] = field(default_factory=list)
     argv: Callable[[], list[str]] | None = None  # subprocess command, built when the job is submitted
+                                                 # (an exception there fails the job, not the driver)
     fn: Callable[[], dict[str, Any] | None] | None = None  # local job; returns a result dict for the marker
     check: Callable[[], None] | None = None  # before submitting: raise NoData to skip the job as no_data
-    equivalent: Callable[[], str] | None = None  # local job: the CLI command that does the same thing
+    equivalent: Callable[[], str] | None = None  # the CLI command that does the same thing (called after argv)
     meta: dict[str, Any] = field(default_factory=dict)  # condition, seed, stage: copied into the manifest
 
 
@@ -120,8 +124,12 @@ def marker_path(state_dir: Path, name: str) -> Path:
     return state_dir / f"{_safe(name)}.json"
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
+    """A job name as a file name (``train:human_s0`` -> ``train_human_s0``)."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+_safe = safe_name
 
 
 def _now() -> str:
@@ -432,7 +440,15 @@ class Engine:
                                     command)
             self._attempt(job.name, {**base, "status": "running", "command": command, "in_process": True})
             return
-        argv = job.argv() if job.argv else []
+        try:
+            argv = job.argv() if job.argv else []
+            equivalent = job.equivalent() if job.equivalent and job.argv else None
+        except Exception as err:  # the job's config did not compose (e.g. a value a dependency wrote)
+            why = f"{type(err).__name__}: {err}".splitlines()[0]
+            self._attempt(job.name, {**base, "status": "failed", "error": why, "exit_code": None, "end": _now()})
+            self.say(f"[failed] {job.name}: {why}")
+            self._finish(job.name, "failed", reason=why)
+            return
         if job.name in self.fail_jobs:  # drill: this job fails on purpose (tests of failure handling)
             argv = [self.python, "-c", "import sys; print('fail_jobs: failing on purpose'); sys.exit(1)"]
         client = self._connect()
@@ -442,6 +458,8 @@ class Engine:
             self.kill_grace_s, self.stop_event, key=f"{_safe(job.name)}-{uuid.uuid4().hex[:8]}",
             resources={resource: 1}, priority=self.rank[job.name], pure=False, retries=0)
         record = {**base, "status": "queued", "command": " ".join(argv), "command_argv": argv}
+        if equivalent:
+            record["equivalent"] = equivalent
         self.queued[job.name] = record
         self.status[job.name] = "queued"
         self._attempt(job.name, record)

@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nli_cot.orchestration.study_engine import Job, NoData
+from nli_cot.orchestration.run_job import CLI, JobSpecError, compose_stage, write_spec
+from nli_cot.orchestration.study_engine import Job, NoData, safe_name
 
 TEACHER_CONDITIONS = ("teacher_base_combined", "teacher_base_correct_only", "teacher_human_combined",
                       "teacher_human_correct_only")
@@ -73,6 +75,9 @@ class StudyGraph:
         self.cfg = cfg
         self.out = out_dir.resolve()
         self.python = python or sys.executable
+        self.dry = False  # validate(): placeholders stand in for what dependencies will write
+        self.specs: dict[str, tuple[str, Callable[[], list[str]]]] = {}  # job -> (stage, its overrides)
+        self.overrides_of: dict[str, list[str]] = {}  # job -> the overrides of its last spec
         self.data = self.out / "data"
         bad = [c for c in cfg["conditions"] if c not in CONDITIONS]
         if bad:
@@ -128,8 +133,15 @@ class StudyGraph:
                 return self.run_dir(choice["run"])
         return self.run_dir(mid)
 
+    def sft_stats(self, name: str) -> dict[str, Any]:
+        if self.dry:
+            return {"train": {"count": 1}, "dev": {"count": 1}}
+        return json.loads((self.sft_dir(name) / "stats.json").read_text())
+
     def checkpoint(self, mid: str) -> Path:
         """The best checkpoint (dev loss) of a finished run; for human seed 0 under a grid, of the chosen lr."""
+        if self.dry:
+            return self.run_dir(mid) / "model" / "checkpoint-0"
         run = self.trained_run(mid)
         status = json.loads((run / "model" / "status.json").read_text())
         best = (status.get("best") or {}).get("checkpoint")
@@ -142,11 +154,53 @@ class StudyGraph:
 
     # ------------------------------------------------------------------------------------- commands
 
+    # Each *_cmd is the command a user would type for the job (``python -m nli_cot.<stage> <overrides>``); the job
+    # itself runs the same overrides as a composed config (a spec file) through ``nli_cot.orchestration.run_job``.
+
     def _py(self, module: str, *args: str) -> list[str]:
         return [self.python, "-m", module, *args]
 
-    def _hydra_dir(self, job: str) -> str:
-        return f"hydra.run.dir={self.out / 'hydra' / job.replace(':', '_')}"
+    def spec_path(self, job: str) -> Path:
+        return self.out / "specs" / f"{safe_name(job)}.yaml"
+
+    def stage_job(self, name: str, stage: str, cmd: Callable[[], list[str]]) -> dict[str, Any]:
+        """``Job`` fields of a stage job: its spec is composed when the job is submitted (dependencies done)."""
+        self.specs[name] = (stage, lambda: cmd()[3:])
+        return {"argv": lambda: self.job_argv(name), "equivalent": lambda: self.equivalent(name)}
+
+    def job_argv(self, name: str) -> list[str]:
+        """Compose the job's config, store it as its spec (``<out>/specs/<job>.yaml``), return the runner's argv."""
+        stage, overrides = self.specs[name][0], self.specs[name][1]()
+        path = write_spec(self.spec_path(name), stage, overrides, compose_stage(stage, overrides))
+        self.overrides_of[name] = overrides
+        return [self.python, "-m", "nli_cot.orchestration.run_job", str(path)]
+
+    def equivalent(self, name: str) -> str:
+        stage = self.specs[name][0]
+        return " ".join(["python", "-m", CLI[stage], *self.overrides_of.get(name, [])])
+
+    def validate(self, jobs: list[Job]) -> int:
+        """Compose one job per (stage, condition, lr run) before any job starts, with placeholders for what
+        dependencies will write (SFT set sizes, checkpoints); a bad override or group option is a ValueError of
+        one line naming the job. Returns the number of configs composed."""
+        seen: set[tuple] = set()
+        self.dry = True
+        try:
+            for job in jobs:
+                if job.name not in self.specs:
+                    continue
+                stage, build = self.specs[job.name]
+                key = (stage, job.meta.get("condition"), job.meta.get("lr"))
+                if key in seen:
+                    continue
+                seen.add(key)
+                try:
+                    compose_stage(stage, build())
+                except JobSpecError as err:
+                    raise ValueError(f"job {job.name}: {err}") from None
+        finally:
+            self.dry = False
+        return len(seen)
 
     def sft_cmd(self, name: str, strategy: str, teacher: str | None) -> list[str]:
         c = self.cfg
@@ -154,7 +208,7 @@ class StudyGraph:
                 f"model.tokenizer={c['model_tokenizer'] if c['model_tokenizer'] else 'null'}",
                 f"name={name}", f"output_dir={self.sft_dir(name)}", f"data_root={c['data_root']}",
                 f"dev_fraction={c['data']['sft_dev_fraction']}", f"max_tokens={c['data']['max_tokens']}",
-                f"plot={str(c.get('plots', True)).lower()}", self._hydra_dir(f"sft_{name}")]
+                f"plot={str(c.get('plots', True)).lower()}"]
         if teacher is None:
             args.append(f"sft_strategy.sources.0.path={self.data / 'train_pairs.jsonl'}")
         else:
@@ -176,15 +230,13 @@ class StudyGraph:
         return self._py("nli_cot.thoughts", *self._teacher_args(teacher), "pairs=esnli", "pairs.name=study_train",
                         f"pairs.path={self.pairs_for_teacher()}", "pairs.extra_fields=[]",
                         f"teacher_prompt={t['prompt']}",
-                        f"output={self.teacher_dir(teacher) / 'thoughts' / 'train.jsonl'}",
-                        self._hydra_dir(f"thoughts_{teacher}"))
+                        f"output={self.teacher_dir(teacher) / 'thoughts' / 'train.jsonl'}")
 
     def reflect_cmd(self, teacher: str) -> list[str]:
         d = self.teacher_dir(teacher)
         prompt = self.cfg["teachers"][TEACHERS[teacher]].get("reflect_prompt", "default")
         return self._py("nli_cot.reflect", *self._teacher_args(teacher), "data_name=train", f"reflect_prompt={prompt}",
-                        f"thoughts={d / 'thoughts' / 'train.jsonl'}", f"output={d / 'reflections' / 'train.jsonl'}",
-                        self._hydra_dir(f"reflect_{teacher}"))
+                        f"thoughts={d / 'thoughts' / 'train.jsonl'}", f"output={d / 'reflections' / 'train.jsonl'}")
 
     def step_budget(self, condition: str | None = None) -> tuple[int, int]:
         """(max_epochs, max_steps) of every training run.
@@ -200,7 +252,7 @@ class StudyGraph:
             return int(own), int(t["max_steps"])
         if not t.get("equal_steps") or (condition is not None and condition not in REASONING):
             return int(t["max_epochs"]), int(t["max_steps"])
-        n = json.loads((self.sft_dir("human") / "stats.json").read_text())["train"]["count"]
+        n = self.sft_stats("human")["train"]["count"]
         per_step = int(t["batch_size"]) * int(t["grad_accum"])
         steps = max(1, -(-int(n) // per_step) * int(t["max_epochs"]))
         return -1, steps if int(t["max_steps"]) <= 0 else min(steps, int(t["max_steps"]))
@@ -208,28 +260,27 @@ class StudyGraph:
     def train_cmd(self, condition: str, seed: int, run: str, lr: float | None = None) -> list[str]:
         c, t = self.cfg, self.cfg["train"]
         sft = self.sft_dir(SFT_SET[condition])
-        stats = json.loads((sft / "stats.json").read_text())
+        stats = self.sft_stats(SFT_SET[condition])
         eval_path = str(sft / "dev.jsonl") if stats["dev"]["count"] else "null"
         own_patience = t.get("patience_by_condition") or {}
         patience = own_patience[condition] if condition in own_patience else t["early_stopping_patience"]
         max_epochs, max_steps = self.step_budget(condition)
         args = [
-            f"model={c['base_model']}", f"prompt={c['prompt_name']}", f"optimizer={t['optimizer']}", "logger=csv",
-            "dataset=human", f"dataset.name={condition}", f"dataset.train_path={sft / 'train.jsonl'}",
+            "+experiment=study",  # what every study run shares (conf/experiment/study.yaml)
+            f"model={c['base_model']}", f"prompt={c['prompt_name']}", f"optimizer={t['optimizer']}",
+            f"dataset.name={condition}", f"dataset.train_path={sft / 'train.jsonl'}",
             f"dataset.eval_path={eval_path}", f"dataset.label_only={str(condition in LABEL_ONLY).lower()}",
             f"dataset.max_seq_length={t['max_seq_length']}",
-            f"hydra.run.dir={self.run_dir(run)}", "run_name=model",
-            f"seed={seed}", "resume=auto",
+            f"output_dir={self.run_dir(run)}", f"seed={seed}",
             f"optimizer.lr={lr if lr is not None else self.chosen_lr(condition)}",
             f"optimizer.warmup_ratio={t['warmup_ratio']}",
             f"trainer.per_device_batch_size={t['batch_size']}", f"trainer.grad_accum={t['grad_accum']}",
             f"trainer.max_epochs={max_epochs}", f"trainer.max_steps={max_steps}",
             f"trainer.eval_every_n_steps={t['eval_every_n_steps']}", f"trainer.save_steps={t['eval_every_n_steps']}",
-            "trainer.save_total_limit=2", f"trainer.eval_batch_size={t['eval_batch_size']}",
+            f"trainer.eval_batch_size={t['eval_batch_size']}",
             f"trainer.early_stopping_patience={patience if patience else 'null'}",
             f"trainer.early_stopping_min_steps={t.get('early_stopping_min_steps') or 0}",
             f"trainer.precision={t['precision']}", f"trainer.log_every_n_steps={t['log_every_n_steps']}",
-            "trainer.group_by_length=true",
         ]
         gen = t.get("gen_eval") or {}
         if gen.get("enabled") and eval_path != "null":
@@ -250,7 +301,7 @@ class StudyGraph:
                 f"run_name={mid}", f"batch_size={batch}",
                 f"decoding.max_new_tokens={max_new or p['max_new_tokens']}",
                 f"decoding.label_probs={str(bool(p.get('label_probs'))).lower()}",
-                f"model.dtype={p['dtype']}", "progress=false", self._hydra_dir(f"predict_{mid}")]
+                f"model.dtype={p['dtype']}", "progress=false"]
         if condition == "zero_shot_constrained":
             args.append("decoding.constrained=true")
         if condition not in ZERO_SHOT:
@@ -272,12 +323,12 @@ class StudyGraph:
         s = self.sft_dir("label_all")
         return self._py("nli_cot.baselines", f"kind={kind}", f"train={s / 'train.jsonl'}", f"dev={s / 'dev.jsonl'}",
                         f"test={self.test_file(kind)}", f"output={self.predictions(mid)}", f"seed={seed}",
-                        self._hydra_dir(f"baseline_{mid}"), *((b.get(kind) or {}).get("extra") or []))
+                        *((b.get(kind) or {}).get("extra") or []))
 
     # ----------------------------------------------------------------------------------------- checks
 
     def _require_sft(self, name: str) -> None:
-        stats = json.loads((self.sft_dir(name) / "stats.json").read_text())
+        stats = self.sft_stats(name)
         if stats["train"]["count"] == 0:
             raise NoData(f"SFT set {name} is empty ({json.dumps(stats['sources'])[:300]})")
 
@@ -298,7 +349,8 @@ class StudyGraph:
         needs_human_set = bool(conds & {"label_only", "human"}) or "teacher_human" in teachers or (
             equal_steps and bool(teachers)) or (bool(self.grid("label")) and bool(conds & set(LABEL_ONLY)))
         if needs_human_set:
-            jobs.append(Job("sft:human", "cpu", (s0, -1), ["prep"], argv=lambda: self.sft_cmd("human", "human", None),
+            jobs.append(Job("sft:human", "cpu", (s0, -1), ["prep"],
+                            **self.stage_job("sft:human", "sft", lambda: self.sft_cmd("human", "human", None)),
                             meta={"stage": "sft", "condition": "human"}))
 
         def set_job(condition: str) -> str:
@@ -314,7 +366,7 @@ class StudyGraph:
             mid = model_id(condition, seed)
             pred = f"predict:{mid}"
             jobs.append(Job(pred, "gpu", pri(seed, group, 5), ["prep"] + ([train_dep] if train_dep else []),
-                            argv=lambda: self.predict_cmd(mid, condition),
+                            **self.stage_job(pred, "predict", lambda: self.predict_cmd(mid, condition)),
                             meta={"stage": "predict", "condition": condition, "seed": seed}))
             add_evaluate(condition, seed, pred, group)
 
@@ -328,7 +380,7 @@ class StudyGraph:
             mid = model_id(condition, seed)
             name = f"train:{mid}"
             jobs.append(Job(name, "gpu", pri(seed, group, step), deps,
-                            argv=lambda: self.train_cmd(condition, seed, mid),
+                            **self.stage_job(name, "train", lambda: self.train_cmd(condition, seed, mid)),
                             check=lambda: self._require_sft(SFT_SET[condition]),
                             meta={"stage": "train", "condition": condition, "seed": seed}))
             return name
@@ -347,7 +399,8 @@ class StudyGraph:
                 name = f"train:{run}"
                 names.append(name)
                 jobs.append(Job(name, "gpu", pri(s0, anchor, 1), [set_job(anchor)],
-                                argv=lambda lr=lr, run=run, a=anchor: self.train_cmd(a, s0, run, lr),
+                                **self.stage_job(name, "train",
+                                                 lambda lr=lr, run=run, a=anchor: self.train_cmd(a, s0, run, lr)),
                                 check=lambda a=anchor: self._require_sft(SFT_SET[a]),
                                 meta={"stage": "train", "condition": anchor, "seed": s0, "lr": lr}))
             sel = SELECT_JOB[family]
@@ -373,10 +426,12 @@ class StudyGraph:
                 tdeps = [human_s0_ready] if teacher == "teacher_human" else []
                 if seed == s0:
                     jobs.append(Job(f"thoughts:{teacher}", "gpu", pri(s0, teacher, 0), ["prep", *tdeps],
-                                    argv=lambda t=teacher: self.thoughts_cmd(t),
+                                    **self.stage_job(f"thoughts:{teacher}", "thoughts",
+                                                     lambda t=teacher: self.thoughts_cmd(t)),
                                     meta={"stage": "thoughts", "condition": teacher}))
                     jobs.append(Job(f"reflect:{teacher}", "gpu", pri(s0, teacher, 1), [f"thoughts:{teacher}"],
-                                    argv=lambda t=teacher: self.reflect_cmd(t),
+                                    **self.stage_job(f"reflect:{teacher}", "reflect",
+                                                     lambda t=teacher: self.reflect_cmd(t)),
                                     meta={"stage": "reflect", "condition": teacher}))
                 for recipe in ("combined", "correct_only"):
                     condition = f"{teacher}_{recipe}"
@@ -384,7 +439,8 @@ class StudyGraph:
                         continue
                     if seed == s0:
                         jobs.append(Job(f"sft:{condition}", "cpu", pri(s0, teacher, 2), [f"reflect:{teacher}"],
-                                        argv=lambda c=condition, r=recipe, t=teacher: self.sft_cmd(c, r, t),
+                                        **self.stage_job(f"sft:{condition}", "sft",
+                                                         lambda c=condition, r=recipe, t=teacher: self.sft_cmd(c, r, t)),
                                         meta={"stage": "sft", "condition": condition}))
                     step_dep = ["sft:human"] if equal_steps else []  # its size sets the step budget
                     dep = train_job(condition, seed, [f"sft:{condition}", *step_dep, *ready["reasoning"]], teacher, 3)
@@ -396,7 +452,8 @@ class StudyGraph:
                 mid = model_id(kind, sd)
                 name = f"baseline:{mid}"
                 jobs.append(Job(name, "gpu" if kind == "cross_encoder" else "cpu", pri(sd, "baseline", 4), ["prep"],
-                                argv=lambda k=kind, m=mid, s=seed: self.baseline_cmd(k, m, s),
+                                **self.stage_job(name, "baselines",
+                                                 lambda k=kind, m=mid, s=seed: self.baseline_cmd(k, m, s)),
                                 meta={"stage": "baseline", "condition": kind, "seed": sd}))
                 add_evaluate(kind, sd, name, "baseline")
         return jobs

@@ -538,7 +538,7 @@ def build(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, Any]:
                      "condition": (e.get("meta") or {}).get("condition"), "seed": (e.get("meta") or {}).get("seed"),
                      "gpu": last.get("gpu"), "exit_code": last.get("exit_code"), "wall_s": last.get("wall_s"),
                      "start": last.get("start"), "end": last.get("end"), "attempts": len(e.get("attempts", [])),
-                     "command": last.get("command")})
+                     "command": last.get("equivalent") or last.get("command")})
     training = []
     for cond in conditions:
         for sd in ([] if cond in SEEDLESS or cond not in (*LABEL_ONLY, *REASONING) else seeds):
