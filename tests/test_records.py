@@ -119,3 +119,16 @@ def test_sigkill_never_leaves_a_counted_half_record(tmp_path):
     lines = p.read_bytes().split(b"\n")
     assert lines[-1] == b""
     assert all(json.loads(x) for x in lines[:-1])
+
+
+def test_json_rows_reads_lines_or_one_array_and_names_each_problem():
+    from nli_cot.core.records import JsonTextError, json_rows
+
+    rows = list(json_rows('{"a": 1}\n\n{"a": 2,}\n[3]\n'))
+    assert [(n, line) for n, line, _, _ in rows] == [(1, 1), (2, 3), (3, 4)]  # blank lines are not rows
+    assert rows[0][2:] == ({"a": 1}, None)
+    assert rows[1][2] is None and rows[1][3].startswith("invalid JSON (") and "column" in rows[1][3]
+    assert rows[2][2:] == ([3], None)  # not an object: the caller's call
+    assert list(json_rows(' [{"a": 1}, 2]')) == [(1, None, {"a": 1}, None), (2, None, 2, None)]
+    with pytest.raises(JsonTextError, match=r"line 2: invalid JSON"):
+        list(json_rows('[{"a": 1},\n oops]'))

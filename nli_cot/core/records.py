@@ -19,6 +19,9 @@ Limits
 
 Whole-file writes live here too (``atomic_write_text``, ``write_json_atomic``, ``atomic_savefig``): a temporary
 sibling, fsynced, then renamed over the target, so a reader sees the old file or the new one, never half of one.
+
+``json_rows`` reads a JSON-lines text (or one JSON array) row by row with the reason a line is not JSON: the one
+reader of that layout for pairs (``nli_cot.core.pairs``) and SFT sets (``nli_cot.training.data``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import json
 import math
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +75,47 @@ def atomic_savefig(fig: Any, path: str | os.PathLike[str], dpi: int | None = Non
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
     fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     os.replace(tmp, path)
+
+
+class JsonTextError(ValueError):
+    """A text that is one JSON array and not valid JSON (nothing of it is usable); ``str``: where and why."""
+
+
+def _json_problem(err: Exception) -> str:
+    """Why ``json.loads`` failed, in one phrase."""
+    if isinstance(err, json.JSONDecodeError):
+        return f"invalid JSON ({err.msg}, column {err.colno})"
+    return f"invalid JSON ({type(err).__name__}: {err})"  # nested too deeply, an integer of > 4300 digits
+
+
+def json_rows(text: str) -> Iterator[tuple[int, int | None, Any, str | None]]:
+    """The rows of a JSON-lines text, or of a text that is one JSON array (its first non-blank character ``[``).
+
+    Yields (row number from 1, line number or None for an array item, value, problem): ``problem`` says in one
+    phrase why a line is not JSON (value None); the caller decides whether that stops it or skips the row.
+    Blank lines are not rows. A broken array raises ``JsonTextError`` before any row.
+    """
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise JsonTextError(f"line {err.lineno}: {_json_problem(err)}") from None
+        except (RecursionError, ValueError) as err:
+            raise JsonTextError(_json_problem(err)) from None
+        for i, value in enumerate(items, start=1):
+            yield i, None, value, None
+        return
+    row = 0
+    for line_no, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        row += 1
+        try:
+            value = json.loads(line)
+        except (RecursionError, ValueError) as err:  # JSONDecodeError is a ValueError
+            yield row, line_no, None, _json_problem(err)
+            continue
+        yield row, line_no, value, None
 
 
 class RecordFileError(ValueError):
