@@ -132,3 +132,18 @@ def test_json_rows_reads_lines_or_one_array_and_names_each_problem():
     assert list(json_rows(' [{"a": 1}, 2]')) == [(1, None, {"a": 1}, None), (2, None, 2, None)]
     with pytest.raises(JsonTextError, match=r"line 2: invalid JSON"):
         list(json_rows('[{"a": 1},\n oops]'))
+
+
+def test_unpaired_surrogates_are_written_as_replacement_characters(tmp_path):
+    """A decoded token can be half a character (an unpaired UTF-16 surrogate): no UTF-8 file can hold it, so the
+    writers put U+FFFD there instead of failing mid-run; a pair written as two halves is its character."""
+    from nli_cot.core.records import utf8_safe, write_jsonl_atomic
+
+    assert utf8_safe("plain é") == "plain é"
+    assert utf8_safe("a\ud800b\udc00") == "a\ufffdb\ufffd"
+    assert utf8_safe("\ud83d\ude00") == "\U0001f600"
+    with RecordWriter(tmp_path / "r.jsonl") as w:
+        w.append({"id": "a", "text": "half \ud800 here"})
+    assert read_records(tmp_path / "r.jsonl") == [{"id": "a", "text": "half \ufffd here"}]
+    write_jsonl_atomic(tmp_path / "w.jsonl", [{"id": "b", "text": "\udfff"}])
+    assert read_records(tmp_path / "w.jsonl") == [{"id": "b", "text": "\ufffd"}]

@@ -30,10 +30,22 @@ import csv
 import json
 import math
 import os
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def utf8_safe(text: str) -> str:
+    """``text`` as it can be written as UTF-8: a high+low surrogate pair becomes its character, an unpaired
+    surrogate (a decoder's half of a character, a ``\\ud800`` escape a model wrote and ``json.loads`` read)
+    becomes U+FFFD. Text without surrogates comes back as it is."""
+    if not _SURROGATE.search(text):
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -41,6 +53,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    text = utf8_safe(text)
     with tmp.open("w", encoding="utf-8") as fh:
         fh.write(text)
         fh.flush()
@@ -220,7 +233,7 @@ class RecordWriter:
         if self.id_field not in record:
             raise ValueError(f"{self.path}: record has no '{self.id_field}' field")
         rid = record[self.id_field]
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        line = (utf8_safe(json.dumps(record, ensure_ascii=False)) + "\n").encode("utf-8")
         with self._mutex:
             if rid in self.done_ids:
                 raise DuplicateRecordError(f"{self.path}: id {rid!r} is already recorded")
