@@ -303,3 +303,16 @@ def test_majority_vote() -> None:
     assert (tie.label, tie.index) == (0, 1)  # tie: the earliest sample among the tied labels
     none = majority_vote([_p(None), _p(None)])
     assert (none.label, none.share, none.index) == (None, 0.0, None)
+
+
+def test_decoded_text_is_valid_utf8():
+    """A tokenizer can decode a token to half a character (an unpaired surrogate); the answer's text has U+FFFD."""
+    from nli_cot.models.generation import decode_text
+
+    class HalfCharacter:
+        def decode(self, ids, skip_special_tokens=False, clean_up_tokenization_spaces=True):
+            assert skip_special_tokens and not clean_up_tokenization_spaces
+            return "ok \ud800" if ids else ""
+
+    assert decode_text(HalfCharacter(), [5]) == "ok \ufffd"
+    (decode_text(HalfCharacter(), [5]) + "\n").encode("utf-8")

@@ -14,8 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
-from conftest import REPO, compose
+from tiny_training import train_tiny
 
 # abl1's default path (trainer=fast: packed rows, chunked CE, fused grad-accum), seed 42, micro-batches of 4,
 # grad_accum 2: step 2 is an epoch's short last step (one micro-batch: half a step's loss is applied); step 0
@@ -25,33 +24,12 @@ PINNED_EVAL_LOSS = 10.282967567443848
 PINNED_LORA_B_ABS_SUM = 158.62868118286133  # sum |B| over every LoRA B matrix after the 4 steps: moves with every gradient
 
 
-class _StepLoss(pl.Callback):
-    """Per optimiser step, the loss whose gradient the step applies (the sum of its micro-batches' losses)."""
-
-    def __init__(self) -> None:
-        self.by_step: dict[int, float] = {}
-
-    def on_train_batch_start(self, trainer: pl.Trainer, *_: object) -> None:
-        self._step = trainer.global_step
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, *_: object) -> None:
-        self.by_step[self._step] = self.by_step.get(self._step, 0.0) + float(outputs["loss"])
-
-
 def test_tiny_recipe_losses_are_pinned(tmp_path: Path) -> None:
-    from nli_cot.training.train import TrainRecipe
-
-    cfg = compose(["+experiment=abl1", "model=tiny_mistral", "dataset=sample", "logger=none",
-                   f"dataset.train_path={REPO / 'tests/fixtures/sft_sample.jsonl'}", f"output_dir={tmp_path}",
-                   "dataset.max_train_examples=20", "dataset.max_eval_examples=8", "trainer.per_device_batch_size=4",
-                   "trainer.max_steps=4", "lora.dropout=0", "optimizer.lr=2e-2", "optimizer.name=adamw",
-                   "trainer.early_stopping_patience=null", "trainer.save_steps=4", "trainer.eval_every_n_steps=4"])
-    recipe = TrainRecipe(cfg)
-    recipe.setup()
-    losses = _StepLoss()
-    recipe.trainer.callbacks.append(losses)
-    summary = recipe.train()
-    got = [losses.by_step[s] for s in sorted(losses.by_step)]
+    recipe, summary, by_step = train_tiny(tmp_path, [
+        "dataset.max_train_examples=20", "dataset.max_eval_examples=8", "trainer.per_device_batch_size=4",
+        "trainer.max_steps=4", "lora.dropout=0", "optimizer.lr=2e-2", "optimizer.name=adamw",
+        "trainer.early_stopping_patience=null", "trainer.save_steps=4", "trainer.eval_every_n_steps=4"])
+    got = [by_step[s] for s in sorted(by_step)]
     got_eval = summary["metrics"]["eval/loss"]
     got_b = sum(float(p.detach().abs().sum()) for n, p in recipe.module.model.named_parameters() if "lora_B" in n)
     message = (f"re-pin if intended: PINNED_STEP_LOSSES = {got!r}, PINNED_EVAL_LOSS = {got_eval!r}, "

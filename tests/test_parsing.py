@@ -291,3 +291,11 @@ def test_source_teacher_invalid_answers() -> None:
     for answer in answers:
         result = parse_output(answer)
         assert (result.label, result.rule) == (1, "conclusion_sentence")
+
+
+def test_an_escaped_unpaired_surrogate_reads_as_a_replacement_character():
+    """Constrained decoding lets a model write any \\uXXXX escape; json.loads reads \\ud800 into an unpaired surrogate
+    that no JSON response or record file can carry (serve once answered 500): the thought has U+FFFD there."""
+    p = parse_output('{"thought_process": "a \\ud800 b \\ud83d\\ude00", "predicted_label": 1}')
+    assert (p.label, p.thought, p.rule, p.ok) == (1, "a \ufffd b \U0001f600", "json", True)
+    assert parse_output("Step 1: raw \ud800 half.\nLabel: 0").thought == "Step 1: raw \ufffd half."

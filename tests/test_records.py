@@ -119,3 +119,31 @@ def test_sigkill_never_leaves_a_counted_half_record(tmp_path):
     lines = p.read_bytes().split(b"\n")
     assert lines[-1] == b""
     assert all(json.loads(x) for x in lines[:-1])
+
+
+def test_json_rows_reads_lines_or_one_array_and_names_each_problem():
+    from nli_cot.core.records import JsonTextError, json_rows
+
+    rows = list(json_rows('{"a": 1}\n\n{"a": 2,}\n[3]\n'))
+    assert [(n, line) for n, line, _, _ in rows] == [(1, 1), (2, 3), (3, 4)]  # blank lines are not rows
+    assert rows[0][2:] == ({"a": 1}, None)
+    assert rows[1][2] is None and rows[1][3].startswith("invalid JSON (") and "column" in rows[1][3]
+    assert rows[2][2:] == ([3], None)  # not an object: the caller's call
+    assert list(json_rows(' [{"a": 1}, 2]')) == [(1, None, {"a": 1}, None), (2, None, 2, None)]
+    with pytest.raises(JsonTextError, match=r"line 2: invalid JSON"):
+        list(json_rows('[{"a": 1},\n oops]'))
+
+
+def test_unpaired_surrogates_are_written_as_replacement_characters(tmp_path):
+    """A decoded token can be half a character (an unpaired UTF-16 surrogate): no UTF-8 file can hold it, so the
+    writers put U+FFFD there instead of failing mid-run; a pair written as two halves is its character."""
+    from nli_cot.core.records import utf8_safe, write_jsonl_atomic
+
+    assert utf8_safe("plain é") == "plain é"
+    assert utf8_safe("a\ud800b\udc00") == "a\ufffdb\ufffd"
+    assert utf8_safe("\ud83d\ude00") == "\U0001f600"
+    with RecordWriter(tmp_path / "r.jsonl") as w:
+        w.append({"id": "a", "text": "half \ud800 here"})
+    assert read_records(tmp_path / "r.jsonl") == [{"id": "a", "text": "half \ufffd here"}]
+    write_jsonl_atomic(tmp_path / "w.jsonl", [{"id": "b", "text": "\udfff"}])
+    assert read_records(tmp_path / "w.jsonl") == [{"id": "b", "text": "\ufffd"}]

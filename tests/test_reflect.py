@@ -8,6 +8,7 @@ import json
 import pytest
 from conftest import compose
 from fake_openai_server import FakeOpenAIServer
+from test_thoughts import overrides as thoughts_overrides
 
 from nli_cot.core.records import read_records
 from nli_cot.teacher.reflect import parse_reflection, run, select_records
@@ -74,19 +75,7 @@ def make_thoughts(tmp_path, server, n: int = 8):
         fh.write("id,premise,hypothesis,label\n")
         for i in range(n):
             fh.write(f"q{i},Premise {i}.,Hypothesis {i},1\n")
-    cfg = compose(
-        [
-            "teacher=fake",
-            f"teacher.base_url={server.url}",
-            "pairs=csv",
-            f"pairs.path={pairs}",
-            "pairs.columns.id=id",
-            "pairs.id_prefix=''",
-            f"output={tmp_path / 'thoughts.jsonl'}",
-            "progress=false",
-        ],
-        "thoughts",
-    )
+    cfg = compose(thoughts_overrides(tmp_path, server.url, str(pairs)), "thoughts")
     run_thoughts(cfg)
     return cfg.output
 

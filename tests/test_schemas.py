@@ -192,7 +192,11 @@ def test_a_second_schema_under_a_registered_name_is_refused():
     from nli_cot.core.config import LoraConfig, register_schema
 
     schemas()
-    register_schema(LoraConfig, group="lora")  # the same class again (a module run as __main__): fine
+    from hydra.core.config_store import ConfigStore
+
+    stored = ConfigStore.instance().repo["lora"]["lora_schema.yaml"]
+    register_schema(LoraConfig, group="lora")  # the same class again: a no-op, the store is not touched
+    assert ConfigStore.instance().repo["lora"]["lora_schema.yaml"] is stored
 
     @dataclasses.dataclass
     class OtherLora:
@@ -200,3 +204,53 @@ def test_a_second_schema_under_a_registered_name_is_refused():
 
     with pytest.raises(RuntimeError, match="lora/lora_schema registered twice"):
         register_schema(OtherLora, group="lora")
+
+
+SCHEMA_MODULE = """
+from dataclasses import dataclass, field
+
+from nli_cot.core.config import register_schema
+
+
+@dataclass
+class ZzConfig:
+    x: int = field(default=1, metadata={"help": "x"})
+
+
+register_schema(ZzConfig, name="zz_test_schema")
+"""
+
+
+def test_a_module_run_again_as_main_keeps_the_importable_schema(tmp_path, monkeypatch):
+    """`python -m pkg.stage` after `import pkg.stage` (or the reverse) defines the class twice, same name, same file:
+    the registration stays the importable module's class either way, and the store is not touched by a no-op."""
+    import runpy
+    import sys
+
+    from hydra.core.config_store import ConfigStore
+
+    from nli_cot.core.config import SCHEMAS
+
+    path = tmp_path / "zz_schema_mod.py"
+    path.write_text(SCHEMA_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    repo = ConfigStore.instance().repo
+    key = (None, "zz_test_schema")
+    try:
+        module = importlib.import_module("zz_schema_mod")
+        stored = repo["zz_test_schema.yaml"]
+        runpy.run_path(str(path), run_name="__main__")  # the module run again: a no-op
+        assert SCHEMAS[key] is module.ZzConfig and repo["zz_test_schema.yaml"] is stored
+
+        del SCHEMAS[key], repo["zz_test_schema.yaml"], sys.modules["zz_schema_mod"]
+        runpy.run_path(str(path), run_name="__main__")  # first as __main__, then imported: the import wins
+        assert SCHEMAS[key].__module__ == "__main__"
+        module = importlib.import_module("zz_schema_mod")
+        assert SCHEMAS[key] is module.ZzConfig
+        assert OmegaConf.get_type(OmegaConf.structured(repo["zz_test_schema.yaml"].node)) is module.ZzConfig
+        runpy.run_path(str(path), run_name="__main__")  # and stays
+        assert SCHEMAS[key] is module.ZzConfig
+    finally:
+        SCHEMAS.pop(key, None)
+        repo.pop("zz_test_schema.yaml", None)
+        sys.modules.pop("zz_schema_mod", None)

@@ -282,6 +282,47 @@ def test_decode_failure_is_a_500_and_the_server_goes_on(server, client):
         engine.generate = real
 
 
+# A raw unpaired surrogate (a token decoding to half a character) and a JSON escape of one that the parser reads
+# into one: neither can be encoded as UTF-8, so rendering either once made a 500.
+SURROGATE_ANSWER = '{"thought_process": "half \ud800 and \\ud800 escaped", "predicted_label": 1}'
+
+
+def test_unpaired_surrogates_are_replacement_characters_not_a_500(server, client):
+    from nli_cot.models.generation import BatchResult, Generation
+
+    engine = server["app"].app.state.api.engine
+    real = engine.generate
+
+    def fake(prompts, key, streamer=None):
+        if streamer is not None:
+            streamer.end()  # nothing streamed token by token: the final text comes as the last delta
+        gen = Generation(SURROGATE_ANSWER, 9, "json_closed")
+        return BatchResult([[gen] * key.n for _ in prompts], 0.0, [len(p) for p in prompts])
+
+    engine.generate = fake
+    try:
+        r = client.chat.completions.create(model="nli", messages=[], max_tokens=MAX_TOKENS,
+                                           extra_body={**PAIR, "nli": True})
+        assert r.choices[0].message.content == SURROGATE_ANSWER.replace("\ud800", "\ufffd")
+        assert r.choices[0].model_extra["nli"]["thought_process"] == "half \ufffd and \ufffd escaped"
+        r = client.completions.create(model="tiny_mistral", prompt="[INST] Hi [/INST]", max_tokens=6)
+        assert "\ufffd" in r.choices[0].text
+        chunks = list(client.chat.completions.create(model="nli", messages=[], max_tokens=MAX_TOKENS, stream=True,
+                                                     extra_body={**PAIR, "nli": True}))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks)
+        assert text == SURROGATE_ANSWER.replace("\ud800", "\ufffd")
+        assert chunks[-1].choices[0].model_extra["nli"]["thought_process"] == "half \ufffd and \ufffd escaped"
+    finally:
+        engine.generate = real
+
+
+def test_the_json_response_renders_unpaired_surrogates_as_replacement_characters():
+    from nli_cot.inference.serve import Utf8JSONResponse
+
+    body = Utf8JSONResponse({"a": "x\ud800y", "b": ["\ud83d\ude00"], "c": "caf\u00e9"}).body
+    assert json.loads(body.decode("utf-8")) == {"a": "x\ufffdy", "b": ["\U0001f600"], "c": "caf\u00e9"}
+
+
 def test_groups_and_percentiles():
     from nli_cot.inference.serve import Batcher, DecodeKey, Job, Metrics
 

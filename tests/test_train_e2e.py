@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from conftest import REPO, TRAIN_ARGS, TRAINED_RUN, TRAINED_STEPS, copy_run, run_inprocess
+from tiny_training import train_tiny
 
 pytestmark = pytest.mark.slow
 
@@ -172,34 +172,10 @@ def test_resume_refuses_another_batch_layout(finished_run: Path, tmp_path: Path)
     assert "Traceback" not in proc.stderr
 
 
-class _AppliedLoss(pl.Callback):
-    """Per optimiser step, the loss whose gradient the step applies: the sum of Lightning's per-batch losses (each
-    already divided by grad_accum when accumulating; the fused path's one batch per step carries the whole step)."""
-
-    def __init__(self) -> None:
-        self.by_step: dict[int, float] = {}
-
-    def on_train_batch_start(self, trainer: pl.Trainer, *_: object) -> None:
-        self._step = trainer.global_step
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, *_: object) -> None:
-        self.by_step[self._step] = self.by_step.get(self._step, 0.0) + float(outputs["loss"])
-
-
 def _train_in_process(out: Path, extra: list[str]) -> tuple[dict[int, float], dict[str, torch.Tensor]]:
-    from conftest import compose
-
-    from nli_cot.training.train import TrainRecipe
-
-    cfg = compose(["+experiment=abl1", "model=tiny_mistral", "dataset=sample", "logger=none",
-                   f"dataset.train_path={REPO / 'tests/fixtures/sft_sample.jsonl'}", f"output_dir={out}", *extra])
-    recipe = TrainRecipe(cfg)
-    recipe.setup()
-    losses = _AppliedLoss()
-    recipe.trainer.callbacks.append(losses)
-    recipe.train()
+    recipe, _, by_step = train_tiny(out, extra)
     adapter = {n: p.detach().clone() for n, p in recipe.module.model.named_parameters() if p.requires_grad}
-    return losses.by_step, adapter
+    return by_step, adapter
 
 
 def test_fast_default_trains_as_the_padded_path(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ compose them (``model`` and ``prompt`` are read by every stage that loads a mode
 ``core/pairs.py``, ``decoding`` in ``models/generation.py``, ``teacher`` in ``teacher/teachers.py``,
 ``teacher_prompt``/``reflect_prompt`` in ``teacher/teacher_prompts.py``, ``sft_strategy`` in ``teacher/sft.py``,
 each stage's top-level schema in its own module (the study's in ``orchestration/study_schema.py``). Each is registered once, by the module that defines it,
-when that module is imported (``register_schema``; a second registration of a name by another schema raises).
+when that module is imported (``register_schema``: the same class again is a no-op, another class under a taken
+name raises).
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ from omegaconf import MISSING
 SCHEMAS: dict[tuple[str | None, str], type] = {}
 
 
+# key -> (qualified name, file) of its schema, taken when registered: a finished `__main__` run's class no longer
+# says its file (``inspect.getfile`` would name whatever `__main__` is now).
+_WHERE: dict[tuple[str | None, str], tuple[str, str]] = {}
+
+
 def _where(node: type) -> tuple[str, str]:
     return node.__qualname__, inspect.getfile(node)
 
@@ -35,8 +41,12 @@ def _where(node: type) -> tuple[str, str]:
 def register_schema(node: type, group: str | None = None, name: str | None = None) -> None:
     """Store ``node`` in Hydra's ConfigStore as ``<group>/<group>_schema`` (or the top-level ``name``).
 
-    YAML files extend it through their defaults list (``- <group>_schema``). Registering the same name again
-    with the same class (a module run again as ``__main__``) is a no-op; with another class it is a mistake.
+    YAML files extend it through their defaults list (``- <group>_schema``). Registering a taken name again with
+    the same class is a no-op (the first registration stays, the store is not touched); the same class includes
+    the copy a module run again as ``__main__`` defines (same qualified name, same file), except that the
+    importable module's class replaces such a ``__main__`` copy (an import after a ``__main__`` run leaves the
+    importable class registered, not one of a finished run).
+    Another class under a taken name is a mistake: ``RuntimeError`` naming both.
     """
     if name is None:
         if group is None:
@@ -44,11 +54,15 @@ def register_schema(node: type, group: str | None = None, name: str | None = Non
         name = f"{group}_schema"
     key = (group, name)
     old = SCHEMAS.get(key)
-    if old is not None and _where(old) != _where(node):
-        where = f"{group}/{name}" if group else name
-        raise RuntimeError(f"config schema {where} registered twice: by {old.__module__}.{old.__qualname__} "
-                           f"and by {node.__module__}.{node.__qualname__}")
-    SCHEMAS[key] = node
+    where = _where(node)
+    if old is not None:
+        if (_WHERE[key] if key in _WHERE else _where(old)) != where:
+            at = f"{group}/{name}" if group else name
+            raise RuntimeError(f"config schema {at} registered twice: by {old.__module__}.{old.__qualname__} "
+                               f"and by {node.__module__}.{node.__qualname__}")
+        if old is node or old.__module__ != "__main__" or node.__module__ == "__main__":
+            return
+    SCHEMAS[key], _WHERE[key] = node, where
     ConfigStore.instance().store(group=group, name=name, node=node)
 
 

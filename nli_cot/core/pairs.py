@@ -47,6 +47,7 @@ from typing import Any
 from omegaconf import MISSING, OmegaConf
 
 from nli_cot.core.config import register_schema
+from nli_cot.core.records import JsonTextError, json_rows
 
 
 def id_hash(example_id: Any, salt: int) -> float:
@@ -267,39 +268,15 @@ def _read_csv(cfg: PairsConfig, needed: list[str]) -> Iterator[_Raw]:
 
 
 def _read_jsonl(cfg: PairsConfig) -> Iterator[_Raw]:
-    text = _read_text(cfg)
-    if text.lstrip().startswith("["):  # a JSON array file
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PairsError(f"{cfg.path}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
-        except (RecursionError, ValueError) as exc:  # nested too deeply, an integer of > 4300 digits
-            raise PairsError(f"{cfg.path}: invalid JSON ({type(exc).__name__}: {exc})") from None
-        for i, values in enumerate(rows, start=1):
-            if isinstance(values, dict):
-                yield _Raw(i, None, values)
-            else:
-                yield _Raw(i, None, None, ("-", "malformed", "not a JSON object"))
-        return
-    row = 0
-    for line_no, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue  # blank lines, e.g. a trailing one, are not rows
-        row += 1
-        try:
-            values = json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield _Raw(
-                row, line_no, None, ("-", "malformed", f"invalid JSON ({exc.msg}, column {exc.colno})")
-            )
-            continue
-        except (RecursionError, ValueError) as exc:  # nested too deeply, an integer of > 4300 digits
-            yield _Raw(row, line_no, None, ("-", "malformed", f"invalid JSON ({type(exc).__name__}: {exc})"))
-            continue
-        if not isinstance(values, dict):
-            yield _Raw(row, line_no, None, ("-", "malformed", "not a JSON object"))
-            continue
-        yield _Raw(row, line_no, values)
+    try:
+        rows = list(json_rows(_read_text(cfg)))
+    except JsonTextError as err:
+        raise PairsError(f"{cfg.path}: {err}") from None
+    for row, line_no, values, problem in rows:
+        if problem is not None or not isinstance(values, dict):
+            yield _Raw(row, line_no, None, ("-", "malformed", problem or "not a JSON object"))
+        else:
+            yield _Raw(row, line_no, values)
 
 
 def _read_table_rows(rows: Iterator[dict[str, Any]]) -> Iterator[_Raw]:

@@ -54,6 +54,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from nli_cot.core.records import utf8_safe
+
 # Least to most uncertain; a result reports the most uncertain rule it needed.
 RULES: tuple[str, ...] = (
     "json",
@@ -392,7 +394,18 @@ def _clean(text: str) -> str:
 
 
 def parse_output(text: str) -> ParseResult:
-    """Read the label and thought from one raw model output; see the module docstring for the rules."""
+    """Read the label and thought from one raw model output; see the module docstring for the rules.
+
+    The thought is valid UTF-8 text (``utf8_safe``): a ``\\ud800`` escape inside the answer's JSON string reads as
+    an unpaired surrogate, which no JSON response or record file can carry; it becomes U+FFFD.
+    """
+    result = _read_output(text)
+    if result.thought is None:
+        return result
+    return ParseResult(result.label, utf8_safe(result.thought), result.rule, result.ok)
+
+
+def _read_output(text: str) -> ParseResult:
     if not isinstance(text, str):
         return ParseResult(None, None, "unparseable", False)
     first = _parse(text)

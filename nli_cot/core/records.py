@@ -19,6 +19,9 @@ Limits
 
 Whole-file writes live here too (``atomic_write_text``, ``write_json_atomic``, ``atomic_savefig``): a temporary
 sibling, fsynced, then renamed over the target, so a reader sees the old file or the new one, never half of one.
+
+``json_rows`` reads a JSON-lines text (or one JSON array) row by row with the reason a line is not JSON: the one
+reader of that layout for pairs (``nli_cot.core.pairs``) and SFT sets (``nli_cot.training.data``).
 """
 
 from __future__ import annotations
@@ -27,9 +30,22 @@ import csv
 import json
 import math
 import os
+import re
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def utf8_safe(text: str) -> str:
+    """``text`` as it can be written as UTF-8: a high+low surrogate pair becomes its character, an unpaired
+    surrogate (a decoder's half of a character, a ``\\ud800`` escape a model wrote and ``json.loads`` read)
+    becomes U+FFFD. Text without surrogates comes back as it is."""
+    if not _SURROGATE.search(text):
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -37,6 +53,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    text = utf8_safe(text)
     with tmp.open("w", encoding="utf-8") as fh:
         fh.write(text)
         fh.flush()
@@ -71,6 +88,47 @@ def atomic_savefig(fig: Any, path: str | os.PathLike[str], dpi: int | None = Non
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
     fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     os.replace(tmp, path)
+
+
+class JsonTextError(ValueError):
+    """A text that is one JSON array and not valid JSON (nothing of it is usable); ``str``: where and why."""
+
+
+def _json_problem(err: Exception) -> str:
+    """Why ``json.loads`` failed, in one phrase."""
+    if isinstance(err, json.JSONDecodeError):
+        return f"invalid JSON ({err.msg}, column {err.colno})"
+    return f"invalid JSON ({type(err).__name__}: {err})"  # nested too deeply, an integer of > 4300 digits
+
+
+def json_rows(text: str) -> Iterator[tuple[int, int | None, Any, str | None]]:
+    """The rows of a JSON-lines text, or of a text that is one JSON array (its first non-blank character ``[``).
+
+    Yields (row number from 1, line number or None for an array item, value, problem): ``problem`` says in one
+    phrase why a line is not JSON (value None); the caller decides whether that stops it or skips the row.
+    Blank lines are not rows. A broken array raises ``JsonTextError`` before any row.
+    """
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise JsonTextError(f"line {err.lineno}: {_json_problem(err)}") from None
+        except (RecursionError, ValueError) as err:
+            raise JsonTextError(_json_problem(err)) from None
+        for i, value in enumerate(items, start=1):
+            yield i, None, value, None
+        return
+    row = 0
+    for line_no, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        row += 1
+        try:
+            value = json.loads(line)
+        except (RecursionError, ValueError) as err:  # JSONDecodeError is a ValueError
+            yield row, line_no, None, _json_problem(err)
+            continue
+        yield row, line_no, value, None
 
 
 class RecordFileError(ValueError):
@@ -175,7 +233,7 @@ class RecordWriter:
         if self.id_field not in record:
             raise ValueError(f"{self.path}: record has no '{self.id_field}' field")
         rid = record[self.id_field]
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        line = (utf8_safe(json.dumps(record, ensure_ascii=False)) + "\n").encode("utf-8")
         with self._mutex:
             if rid in self.done_ids:
                 raise DuplicateRecordError(f"{self.path}: id {rid!r} is already recorded")

@@ -77,7 +77,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nli_cot.core.config import ModelConfig, PromptConfig, register_schema
 from nli_cot.core.parsing import parse_output
-from nli_cot.models.generation import BatchResult, DecodingConfig, Generation, frame_grammar, generate_batch
+from nli_cot.core.records import utf8_safe
+from nli_cot.models.generation import (
+    BatchResult,
+    DecodingConfig,
+    Generation,
+    decode_text,
+    frame_grammar,
+    generate_batch,
+)
 
 log = logging.getLogger(__name__)
 EXIT_BAD_INPUT = 2
@@ -795,7 +803,7 @@ class Api:
             choice.update(extra or {})
             obj = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
                    "created": created, "model": parsed.model, "choices": [choice]}
-            return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+            return f"data: {utf8_safe(json.dumps(obj, ensure_ascii=False))}\n\n"
 
         eos = set(self.engine.tokenizer.all_special_ids)
         future = job.future
@@ -810,8 +818,7 @@ class Api:
                 if got is None:
                     break
                 ids += [t for t in got if t not in eos]
-                text = self.content(self.tokenizer.decode(ids, skip_special_tokens=True,
-                                                          clean_up_tokenization_spaces=False), parsed)
+                text = self.content(decode_text(self.tokenizer, ids), parsed)
                 if text.endswith("\ufffd") or not text.startswith(sent) or len(text) == len(sent):
                     continue  # a partial UTF-8 character, or nothing new
                 yield chunk(text[len(sent) :])
@@ -854,6 +861,16 @@ class Api:
 # --------------------------------------------------------------------------------------------- app
 
 
+class Utf8JSONResponse(JSONResponse):
+    """Every JSON body of the app: strings made valid UTF-8 (``utf8_safe``) while rendering, so an unpaired
+    surrogate (a decoded token's half character, a ``\\ud800`` escape the model wrote and the parser read, a
+    request's own string echoed in an error) is U+FFFD in the answer, not a 500 from the encoder."""
+
+    def render(self, content: Any) -> bytes:
+        text = json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"))
+        return utf8_safe(text).encode("utf-8")
+
+
 def create_app(cfg: Any, engine: Engine | None = None) -> Any:
     """The FastAPI app of ``cfg``; ``engine`` (loaded model) may be passed in, e.g. shared by tests."""
     engine = engine or Engine.load(cfg)
@@ -867,11 +884,11 @@ def create_app(cfg: Any, engine: Engine | None = None) -> Any:
         yield
         await batcher.stop()
 
-    app = FastAPI(title="nli_cot serve", lifespan=lifespan)
+    app = FastAPI(title="nli_cot serve", lifespan=lifespan, default_response_class=Utf8JSONResponse)
     app.state.api = api
 
     def error(err: ApiError) -> JSONResponse:
-        return JSONResponse(err.body(), status_code=err.status)
+        return Utf8JSONResponse(err.body(), status_code=err.status)
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, err: ApiError) -> JSONResponse:

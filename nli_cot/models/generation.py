@@ -43,6 +43,7 @@ from transformers import (
 )
 
 from nli_cot.core.parsing import ParseResult
+from nli_cot.core.records import utf8_safe
 
 # --------------------------------------------------------------------------------------------- vocabulary
 
@@ -566,6 +567,13 @@ DECODING_MODES: dict[str, Callable[[ModeContext], LogitsProcessor]] = {
 }
 
 
+def decode_text(tokenizer: Any, ids: Sequence[int]) -> str:
+    """Generated ids -> the answer's text, valid UTF-8 (``utf8_safe``: a token that decodes to half of a character,
+    an unpaired surrogate, would make the JSON response or record of this text fail): batch decoding and serve's
+    stream both decode through here."""
+    return utf8_safe(tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
+
 def generate_batch(
     model: Any,
     tokenizer: Any,
@@ -625,7 +633,7 @@ def generate_batch(
         text_ids = ids[:n]
         if reason == "eos":
             text_ids = text_ids[:-1]
-        text = tokenizer.decode(text_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        text = decode_text(tokenizer, text_ids)
         results.append(Generation(text, n, reason, readout.readings[r] if readout else None, ids[:n]))
     per_prompt = [results[i * num_samples : (i + 1) * num_samples] for i in range(len(prompts))]
     return BatchResult(per_prompt, seconds, [len(p) for p in prompts])

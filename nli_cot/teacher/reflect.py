@@ -25,7 +25,6 @@ Limits
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,20 +35,18 @@ from omegaconf import MISSING, DictConfig
 from nli_cot.core.checks import check_config
 from nli_cot.core.config import register_schema
 from nli_cot.core.parsing import OBJECT_RULES, parse_output
-from nli_cot.core.records import RecordWriter, read_records
+from nli_cot.core.records import read_records
 from nli_cot.teacher.stage_runner import (
-    RunCounts,
     StageError,
-    check_not_mixed,
-    cost,
-    guarded,
+    exit_if_failed,
     pct,
-    print_table,
-    run_teacher,
+    print_stage_summary,
+    run_and_file,
+    run_stage,
     write_summary,
 )
 from nli_cot.teacher.teacher_prompts import ReflectPromptConfig, prompt_hash, reflection_messages
-from nli_cot.teacher.teachers import Reply, TeacherConfig, make_teacher, provenance, teacher_id
+from nli_cot.teacher.teachers import Reply, TeacherConfig, provenance, teacher_id
 
 SELECT_MODES = ("wrong", "unparsed", "wrong_or_unparsed")
 
@@ -184,54 +181,33 @@ def run(cfg: Any) -> dict[str, Any]:
     selected = select_records(thoughts, cfg.select)
     phash = prompt_hash(cfg.reflect_prompt)
     tid = teacher_id(cfg.teacher)
-    writer = RecordWriter(cfg.output, lock=True)
-    try:
-        check_not_mixed(read_records(cfg.output), tid, phash, cfg.output, cfg.allow_mixed)
-        counts = RunCounts(input=len(selected))
-        todo = [r for r in selected if r["id"] not in writer.done_ids]
-        counts.already_done = len(selected) - len(todo)
-        by_id = {r["id"]: r for r in todo}
-        if todo:
-            teacher = make_teacher(cfg.teacher)
-            p = cfg.reflect_prompt
-            jobs = [
-                (
-                    r["id"],
-                    reflection_messages(
-                        r["premise"],
-                        r["hypothesis"],
-                        r.get("thought_process"),
-                        r.get("predicted_label"),
-                        r["label"],
-                        p,
-                        raw=r.get("raw"),
-                    ),
-                )
-                for r in todo
-            ]
-            running = {"n": 0, "agree": 0}
+    p = cfg.reflect_prompt
+    running = {"n": 0, "agree": 0}
 
-            def postfix(rec: dict[str, Any]) -> dict[str, Any]:
-                running["n"] += 1
-                running["agree"] += bool(rec["agrees"])
-                return {"agree": f"{running['agree'] / running['n']:.2f}"}
+    def postfix(rec: dict[str, Any]) -> dict[str, Any]:
+        running["n"] += 1
+        running["agree"] += bool(rec["agrees"])
+        return {"agree": f"{running['agree'] / running['n']:.2f}"}
 
-            try:
-                run_teacher(
-                    jobs,
-                    teacher,
-                    writer,
-                    lambda key, reply: reflection_record(by_id[key], reply, tid, p.name, phash),
-                    counts,
-                    "reflect",
-                    cfg.progress,
-                    postfix,
-                )
-            finally:
-                teacher.close()
-    finally:
-        writer.close()
-    file_stats = reflections_file_stats(read_records(cfg.output))
+    counts = run_stage(
+        cfg,
+        "reflect",
+        tid,
+        phash,
+        selected,
+        lambda r: r["id"],
+        lambda r: reflection_messages(
+            r["premise"],
+            r["hypothesis"],
+            r.get("thought_process"),
+            r.get("predicted_label"),
+            r["label"],
+            p,
+            raw=r.get("raw"),
+        ),
+        lambda r, reply: reflection_record(r, reply, tid, p.name, phash),
+        postfix,
+    )
     summary = {
         "stage": "reflect",
         "thoughts": cfg.thoughts,
@@ -240,10 +216,7 @@ def run(cfg: Any) -> dict[str, Any]:
         "prompt_hash": phash,
         "thoughts_records": len(thoughts),
         "selected": len(selected),
-        "run": dict(counts.__dict__),
-        "file": file_stats,
-        "cost_usd_run": cost(counts.prompt_tokens, counts.completion_tokens, cfg.teacher),
-        "cost_usd_file": cost(file_stats["prompt_tokens"], file_stats["completion_tokens"], cfg.teacher),
+        **run_and_file(counts, reflections_file_stats(read_records(cfg.output)), cfg.teacher),
     }
     write_summary(cfg.output, summary)
     print_reflect_summary(summary)
@@ -251,25 +224,16 @@ def run(cfg: Any) -> dict[str, Any]:
 
 
 def print_reflect_summary(s: dict[str, Any]) -> None:
-    run_c, f = s["run"], s["file"]
-    rows = [
-        ("thoughts records", str(s["thoughts_records"])),
-        ("selected (wrong/unparsed)", str(s["selected"])),
-        ("skipped (already done)", str(run_c["already_done"])),
-        ("done this run", str(run_c["done"])),
-        ("failed this run", str(run_c["failed"])),
-        ("budget-skipped", str(run_c["budget_skipped"])),
-        ("records in file", str(f["records"])),
-        ("parse failures", str(f["parse_failures"])),
-        ("reflected label = gold", pct(f["agree"], f["records"])),
-        ("still disagree with gold", str(f["disagree"])),
-        ("tokens this run (prompt/compl.)", f"{run_c['prompt_tokens']:,} / {run_c['completion_tokens']:,}"),
-        ("tokens in file (prompt/compl.)", f"{f['prompt_tokens']:,} / {f['completion_tokens']:,}"),
-        ("cost this run / file (USD)", f"{s['cost_usd_run']:.4f} / {s['cost_usd_file']:.4f}"),
-    ]
-    print_table(f"reflect: {s['output']} ({s['teacher']}, prompt {s['prompt_hash']})", rows)
-    for line in run_c["failures"][:5]:
-        print(f"  failed: {line}")
+    f = s["file"]
+    print_stage_summary(
+        f"reflect: {s['output']} ({s['teacher']}, prompt {s['prompt_hash']})",
+        s,
+        [("thoughts records", str(s["thoughts_records"])), ("selected (wrong/unparsed)", str(s["selected"]))],
+        [
+            ("reflected label = gold", pct(f["agree"], f["records"])),
+            ("still disagree with gold", str(f["disagree"])),
+        ],
+    )
 
 
 register_schema(ReflectConfig, name="reflect_schema")
@@ -277,9 +241,7 @@ register_schema(ReflectConfig, name="reflect_schema")
 
 @hydra.main(config_path="../../conf", config_name="reflect", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    code = guarded(run, cfg)
-    if code:
-        sys.exit(code)
+    exit_if_failed(run, cfg)
 
 
 if __name__ == "__main__":

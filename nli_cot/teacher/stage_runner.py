@@ -13,13 +13,15 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from nli_cot.core.checks import ConfigCheckError
 from nli_cot.core.pairs import PairsError
-from nli_cot.core.records import RecordFileError, RecordWriter, atomic_write_text
+from nli_cot.core.records import RecordFileError, RecordWriter, atomic_write_text, read_records
 from nli_cot.teacher.teacher_prompts import prompt_hash
-from nli_cot.teacher.teachers import Messages, Reply, TeacherFatalError
+from nli_cot.teacher.teachers import Messages, Reply, TeacherFatalError, make_teacher
+
+T = TypeVar("T")
 
 EXIT_BAD_INPUT = 2
 EXIT_INCOMPLETE = 3
@@ -97,6 +99,85 @@ def run_teacher(
         bar.close()
 
 
+def run_stage(
+    cfg: Any,
+    desc: str,
+    tid: str,
+    phash: str,
+    items: list[T],
+    item_id: Callable[[T], str],
+    messages: Callable[[T], Messages],
+    make_record: Callable[[T, Reply], dict[str, Any]],
+    postfix: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> RunCounts:
+    """A teacher stage's run: every item whose id is not yet in ``cfg.output`` goes to ``cfg.teacher``, one record
+    per reply is appended as it arrives; refuses to resume onto another teacher's or prompt's records unless
+    ``cfg.allow_mixed``."""
+    output = cfg.output
+    writer = RecordWriter(output, lock=True)
+    try:
+        check_not_mixed(read_records(output), tid, phash, output, cfg.allow_mixed)
+        counts = RunCounts(input=len(items))
+        todo = [it for it in items if item_id(it) not in writer.done_ids]
+        counts.already_done = len(items) - len(todo)
+        if todo:
+            by_id = {item_id(it): it for it in todo}
+            teacher = make_teacher(cfg.teacher)
+            try:
+                run_teacher(
+                    [(item_id(it), messages(it)) for it in todo],
+                    teacher,
+                    writer,
+                    lambda key, reply: make_record(by_id[key], reply),
+                    counts,
+                    desc,
+                    cfg.progress,
+                    postfix,
+                )
+            finally:
+                teacher.close()
+    finally:
+        writer.close()
+    return counts
+
+
+def run_and_file(counts: RunCounts, file_stats: dict[str, Any], teacher_cfg: Any) -> dict[str, Any]:
+    """The summary keys every teacher stage has: this run's counts, the file's totals, and what both cost."""
+    return {
+        "run": dict(counts.__dict__),
+        "file": file_stats,
+        "cost_usd_run": cost(counts.prompt_tokens, counts.completion_tokens, teacher_cfg),
+        "cost_usd_file": cost(file_stats["prompt_tokens"], file_stats["completion_tokens"], teacher_cfg),
+    }
+
+
+def print_stage_summary(
+    title: str, s: dict[str, Any], head: list[tuple[str, str]], middle: list[tuple[str, str]]
+) -> None:
+    """A teacher stage's summary table: ``head`` rows, the run's and file's counts, ``middle`` rows, tokens and
+    cost; then the first failures."""
+    run_c, f = s["run"], s["file"]
+    rows = [
+        *head,
+        ("skipped (already done)", str(run_c["already_done"])),
+        ("done this run", str(run_c["done"])),
+        ("failed this run", str(run_c["failed"])),
+        ("budget-skipped", str(run_c["budget_skipped"])),
+        ("records in file", str(f["records"])),
+        ("parse failures", str(f["parse_failures"])),
+        *middle,
+        (
+            "tokens this run (prompt/compl.)",
+            f"{fmt_int(run_c['prompt_tokens'])} / {fmt_int(run_c['completion_tokens'])}",
+        ),
+        ("tokens in file (prompt/compl.)", f"{fmt_int(f['prompt_tokens'])} / {fmt_int(f['completion_tokens'])}"),
+        ("cost this run / file (USD)", f"{s['cost_usd_run']:.4f} / {s['cost_usd_file']:.4f}"),
+    ]
+    print_table(title, rows)
+    for line in run_c["failures"][:5]:
+        print(f"  failed: {line}")
+
+
 def fmt_int(n: int) -> str:
     return f"{n:,}"
 
@@ -132,6 +213,13 @@ def cost(prompt_tokens: int, completion_tokens: int, teacher_cfg: Any) -> float:
 
 def exit_code(summary: dict[str, Any]) -> int:
     return EXIT_INCOMPLETE if summary["run"]["failed"] else 0
+
+
+def exit_if_failed(fn: Callable[[Any], dict[str, Any]], cfg: Any) -> None:
+    """A teacher stage's ``main``: run it ``guarded`` and exit with its code when that is not 0."""
+    code = guarded(fn, cfg)
+    if code:
+        sys.exit(code)
 
 
 def guarded(fn: Callable[[Any], dict[str, Any]], cfg: Any) -> int:

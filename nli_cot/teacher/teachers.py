@@ -49,6 +49,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from nli_cot.core.config import ModelConfig, register_schema
+from nli_cot.core.records import utf8_safe
 
 Messages = list[dict[str, str]]
 
@@ -434,7 +435,7 @@ class LocalTeacher:
         per_item = (time.monotonic() - start) / len(items)
         eos = self.tokenizer.eos_token_id
         for (key, prompt_ids), (gen, n) in zip(items, outs, strict=True):
-            text = self.tokenizer.decode(gen, skip_special_tokens=True)
+            text = utf8_safe(self.tokenizer.decode(gen, skip_special_tokens=True))
             finish = "stop" if gen and gen[-1] == eos else "length"
             yield key, Reply(text, "ok", finish, len(prompt_ids), n, per_item, 1)
 

@@ -27,7 +27,6 @@ Limits
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,24 +38,17 @@ from nli_cot.core.checks import check_config
 from nli_cot.core.config import register_schema
 from nli_cot.core.pairs import PairsConfig, load_pairs
 from nli_cot.core.parsing import parse_output
-from nli_cot.core.records import RecordWriter, read_records
+from nli_cot.core.records import read_records
 from nli_cot.teacher.stage_runner import (
-    RunCounts,
-    check_not_mixed,
-    cost,
-    fmt_int,
-    guarded,
+    exit_if_failed,
     pct,
-    print_table,
-    run_teacher,
+    print_stage_summary,
+    run_and_file,
+    run_stage,
     write_summary,
 )
-from nli_cot.teacher.teacher_prompts import (
-    TeacherPromptConfig,
-    prompt_hash,
-    teacher_messages,
-)
-from nli_cot.teacher.teachers import Reply, TeacherConfig, make_teacher, provenance
+from nli_cot.teacher.teacher_prompts import TeacherPromptConfig, prompt_hash, teacher_messages
+from nli_cot.teacher.teachers import Reply, TeacherConfig, provenance, teacher_id
 
 
 @dataclass
@@ -141,45 +133,27 @@ def run(cfg: Any) -> dict[str, Any]:
     check_config(cfg)  # unknown keys and numeric ranges, before any data is read or request sent
     result = load_pairs(cfg.pairs)
     pairs = result.pairs  # pairs.limit caps them
-    teacher_cfg = cfg.teacher
     phash = prompt_hash(cfg.teacher_prompt)
-    writer = RecordWriter(cfg.output, lock=True)
-    try:
-        from nli_cot.teacher.teachers import teacher_id
+    tid = teacher_id(cfg.teacher)
+    running = {"n": 0, "correct": 0, "unparsed": 0}
 
-        tid = teacher_id(teacher_cfg)
-        check_not_mixed(read_records(cfg.output), tid, phash, cfg.output, cfg.allow_mixed)
-        counts = RunCounts(input=len(pairs))
-        todo = [p for p in pairs if p.id not in writer.done_ids]
-        counts.already_done = len(pairs) - len(todo)
-        by_id = {p.id: p for p in todo}
-        if todo:
-            teacher = make_teacher(teacher_cfg)
-            jobs = [(p.id, teacher_messages(p.premise, p.hypothesis, cfg.teacher_prompt)) for p in todo]
-            running = {"n": 0, "correct": 0, "unparsed": 0}
+    def postfix(rec: dict[str, Any]) -> dict[str, Any]:
+        running["n"] += 1
+        running["correct"] += bool(rec["correct"])
+        running["unparsed"] += not rec["parse_ok"]
+        return {"acc": f"{running['correct'] / running['n']:.2f}", "unparsed": running["unparsed"]}
 
-            def postfix(rec: dict[str, Any]) -> dict[str, Any]:
-                running["n"] += 1
-                running["correct"] += bool(rec["correct"])
-                running["unparsed"] += not rec["parse_ok"]
-                return {"acc": f"{running['correct'] / running['n']:.2f}", "unparsed": running["unparsed"]}
-
-            try:
-                run_teacher(
-                    jobs,
-                    teacher,
-                    writer,
-                    lambda key, reply: thought_record(by_id[key], reply, tid, cfg.teacher_prompt.name, phash),
-                    counts,
-                    "thoughts",
-                    cfg.progress,
-                    postfix,
-                )
-            finally:
-                teacher.close()
-    finally:
-        writer.close()
-    file_stats = thoughts_file_stats(read_records(cfg.output))
+    counts = run_stage(
+        cfg,
+        "thoughts",
+        tid,
+        phash,
+        pairs,
+        lambda p: p.id,
+        lambda p: teacher_messages(p.premise, p.hypothesis, cfg.teacher_prompt),
+        lambda p, reply: thought_record(p, reply, tid, cfg.teacher_prompt.name, phash),
+        postfix,
+    )
     summary = {
         "stage": "thoughts",
         "output": cfg.output,
@@ -188,10 +162,7 @@ def run(cfg: Any) -> dict[str, Any]:
         "input_rows": result.rows_read,
         "input_skipped": len(result.skipped),
         "input_skip_counts": result.skip_counts(),
-        "run": {k: v for k, v in counts.__dict__.items()},
-        "file": file_stats,
-        "cost_usd_run": cost(counts.prompt_tokens, counts.completion_tokens, teacher_cfg),
-        "cost_usd_file": cost(file_stats["prompt_tokens"], file_stats["completion_tokens"], teacher_cfg),
+        **run_and_file(counts, thoughts_file_stats(read_records(cfg.output)), cfg.teacher),
     }
     write_summary(cfg.output, summary)
     print_thoughts_summary(summary)
@@ -199,39 +170,23 @@ def run(cfg: Any) -> dict[str, Any]:
 
 
 def print_thoughts_summary(s: dict[str, Any]) -> None:
-    run_c, f = s["run"], s["file"]
+    f = s["file"]
     c = f["confusion"]
-    rows = [
-        ("input pairs", f"{run_c['input']} (rows skipped as bad input: {s['input_skipped']})"),
-        ("skipped (already done)", str(run_c["already_done"])),
-        ("done this run", str(run_c["done"])),
-        ("failed this run", str(run_c["failed"])),
-        ("budget-skipped", str(run_c["budget_skipped"])),
-        ("records in file", str(f["records"])),
-        ("parse failures", str(f["parse_failures"])),
-        ("strict JSON answers", str(f["parse_rules"].get("json", 0))),
-        ("teacher accuracy vs gold", pct(f["correct"], f["with_gold"])),
-        ("confusion tp/fp/tn/fn/unparsed", f"{c['tp']}/{c['fp']}/{c['tn']}/{c['fn']}/{c['unparsed']}"),
-        (
-            "tokens this run (prompt/compl.)",
-            f"{fmt_int(run_c['prompt_tokens'])} / {fmt_int(run_c['completion_tokens'])}",
-        ),
-        (
-            "tokens in file (prompt/compl.)",
-            f"{fmt_int(f['prompt_tokens'])} / {fmt_int(f['completion_tokens'])}",
-        ),
-        ("cost this run / file (USD)", f"{s['cost_usd_run']:.4f} / {s['cost_usd_file']:.4f}"),
-    ]
-    print_table(f"thoughts: {s['output']} ({s['teacher']}, prompt {s['prompt_hash']})", rows)
-    for line in run_c["failures"][:5]:
-        print(f"  failed: {line}")
+    print_stage_summary(
+        f"thoughts: {s['output']} ({s['teacher']}, prompt {s['prompt_hash']})",
+        s,
+        [("input pairs", f"{s['run']['input']} (rows skipped as bad input: {s['input_skipped']})")],
+        [
+            ("strict JSON answers", str(f["parse_rules"].get("json", 0))),
+            ("teacher accuracy vs gold", pct(f["correct"], f["with_gold"])),
+            ("confusion tp/fp/tn/fn/unparsed", f"{c['tp']}/{c['fp']}/{c['tn']}/{c['fn']}/{c['unparsed']}"),
+        ],
+    )
 
 
 @hydra.main(config_path="../../conf", config_name="thoughts", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    code = guarded(run, cfg)
-    if code:
-        sys.exit(code)
+    exit_if_failed(run, cfg)
 
 
 if __name__ == "__main__":

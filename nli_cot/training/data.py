@@ -17,7 +17,6 @@ Features
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
@@ -32,6 +31,7 @@ from torch.utils.data import DataLoader
 
 from nli_cot.core.pairs import id_hash
 from nli_cot.core.prompts import completion_text, encode_example
+from nli_cot.core.records import JsonTextError, json_rows
 from nli_cot.training.fastpath import (
     fused_grad_scale,
     loss_positions,
@@ -94,25 +94,13 @@ def read_sft_records(path: str) -> list[dict]:
         line_no = data[: err.start].count(b"\n") + 1
         raise DataError(f"{path}:{line_no}: not valid utf-8 (byte 0x{data[err.start]:02x})") from None
     rows: list[dict] = []
-    if text.lstrip().startswith("["):  # one JSON array of records
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
-        except (RecursionError, ValueError) as err:
-            raise DataError(f"{path}: invalid JSON ({type(err).__name__})") from None
-        rows = [_check_sft_record(path, i, row) for i, row in enumerate(items, start=1)]
-    else:
-        for line_no, line in enumerate(text.split("\n"), start=1):
-            if not line.strip():
-                continue  # blank lines, e.g. a trailing one, are not records
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{line_no}: invalid JSON ({err.msg}, column {err.colno})") from None
-            except (RecursionError, ValueError) as err:  # nested too deeply, an integer of > 4300 digits
-                raise DataError(f"{path}:{line_no}: invalid JSON ({type(err).__name__})") from None
-            rows.append(_check_sft_record(path, line_no, row))
+    try:
+        for n, line_no, row, problem in json_rows(text):
+            if problem is not None:
+                raise DataError(f"{path}:{line_no}: {problem}")
+            rows.append(_check_sft_record(path, n if line_no is None else line_no, row))
+    except JsonTextError as err:
+        raise DataError(f"{path}: {err}") from None
     if not rows:
         raise DataError(f"{path}: no records (an empty SFT file; build it with `python -m nli_cot.sft ...`)")
     return rows
