@@ -54,7 +54,7 @@ class JobSpecError(ValueError):
 
 
 def stage_module(stage: str) -> Any:
-    """The stage's module, imported (importing it registers its schemas in Hydra's ConfigStore)."""
+    """The stage's module, imported (importing it registers its schemas)."""
     if stage not in STAGES:
         raise JobSpecError(f"unknown stage {stage!r} (stages: {', '.join(STAGES)})")
     import nli_cot.core.config  # noqa: F401  (the training schemas, which several stages compose)
