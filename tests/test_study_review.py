@@ -12,8 +12,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from nli_cot.core import stats
-from nli_cot.orchestration.study import LocalJobs
+from nli_cot.orchestration.study import LocalJobs, main_run
 from nli_cot.orchestration.study_data import (
+    check_data_sets,
     drop_leaks,
     leaks,
     norm_sentence,
@@ -105,13 +106,15 @@ def test_the_test_sets_are_config_every_one_leak_checked_and_mistakes_are_one_li
     # a set set to null is dropped (its n_test entry may stay); a new one is one line
     cfg = _review_cfg(tmp_path, "data.test_sets.mnli_dev_matched=null", "+data.test_sets.snli_test=snli/test.jsonl")
     assert StudyGraph(cfg, tmp_path).test_sets == ["esnli_test", "rte_dev", "snli_test"]
+    assert check_data_sets(cfg["data"]) == []
     for overrides, message in (
             (["+data.n_test.mnli_dev_mismatched=5"], "data.n_test: unknown test set"),
             ([f"data.test_sets.{s}=null" for s in TEST_SETS], "data.test_sets: empty"),
             ([f"data.train_source={TEST_SETS['rte_dev']}"], "it is also a test set")):
-        with pytest.raises(ValueError, match=message) as err:
-            StudyGraph(_review_cfg(tmp_path, *overrides), tmp_path)
-        assert "\n" not in str(err.value)
+        problems = check_data_sets(_review_cfg(tmp_path, *overrides)["data"])
+        assert len(problems) == 1 and message in problems[0] and "\n" not in problems[0], problems
+    with pytest.raises(SystemExit, match="^error: data.test_sets: empty"):  # the study stops at start-up
+        main_run(_review_cfg(tmp_path, *(f"data.test_sets.{s}=null" for s in TEST_SETS)))
 
 
 def test_leak_helpers_by_hand():

@@ -248,6 +248,11 @@ def plan(jobs: list, state_dir: Path) -> None:
 def main_run(cfg: dict[str, Any]) -> int:
     out = Path(cfg["out_dir"]).resolve()
     t0 = time.time()
+    from nli_cot.orchestration.study_data import check_data_sets
+
+    problems = check_data_sets(cfg["data"])
+    if problems:  # the test sets and train source, before anything reads them
+        raise SystemExit(f"error: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
     try:
         graph = StudyGraph(cfg, out, cfg["python"])
     except ValueError as e:  # a config mistake: one line, no traceback

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from nli_cot.orchestration.run_job import JobSpecError, compose_stage, equivalent_command, spec_command
-from nli_cot.orchestration.study_data import check_data_sets, test_sets_of
+from nli_cot.orchestration.study_data import test_sets_of
 from nli_cot.orchestration.study_engine import Job, NoData, safe_name
 
 TEACHER_CONDITIONS = ("teacher_base_combined", "teacher_base_correct_only", "teacher_human_combined",
@@ -85,14 +85,16 @@ class StudyGraph:
             raise ValueError(f"conditions: unknown {bad}; known: {', '.join(CONDITIONS)}")
         self.conditions = [c for c in CONDITIONS if c in cfg["conditions"]]
         self.seeds = [int(s) for s in cfg["seeds"]]
-        problems = check_data_sets(cfg["data"])
-        if problems:
-            raise ValueError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
-        self.test_sets: list[str] = list(test_sets_of(cfg["data"]))  # conf/study.yaml data.test_sets, in its order
         unknown = set(cfg["train"].get("lr_by_family") or {}) - set(GRID_KEY)
         if unknown:
             raise ValueError(f"train.lr_by_family: unknown famil{'ies' if len(unknown) > 1 else 'y'} "
                              f"{sorted(unknown)}; known: {', '.join(GRID_KEY)}")
+
+    @property
+    def test_sets(self) -> list[str]:
+        """The test sets every model is scored on: conf/study.yaml ``data.test_sets`` (checked at start-up by
+        ``study_data.check_data_sets``), in its order."""
+        return list(test_sets_of(self.cfg["data"]))
 
     # ---------------------------------------------------------------------------------------- paths
 
