@@ -31,6 +31,35 @@ def test_split_must_be_dev_or_test_and_held_out_balanced() -> None:
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
 
 
+@pytest.mark.parametrize("bad, stage, key", [('train_overrides=["trainer.bogus=1"]', "train", "trainer.bogus"),
+                                              ('predict_overrides=["batch_size=abc"]', "predict_zero_shot", "batch_size")])
+def test_a_bad_stage_override_fails_in_one_line_before_any_stage_runs(tmp_path: Path, bad: str, stage: str,
+                                                                      key: str) -> None:
+    out, data = tmp_path / "demo", tmp_path / "data"
+    proc = run_inprocess("nli_cot.demo", [bad, "gpu=null", f"out_dir={out}", f"data_dir={data}"])
+    err = proc.stderr.strip()
+    assert proc.returncode != 0 and "\n" not in err, proc.stderr[-2000:]
+    assert err.startswith(f"error: demo stage {stage}: ") and key in err, err
+    assert not data.exists() and not (out / "specs").exists()  # no stage ran, not even the data generator
+
+
+def test_every_stage_composes_and_its_spec_runs_the_stage(tmp_path: Path) -> None:
+    from nli_cot.orchestration.demo import stage_jobs
+    from nli_cot.orchestration.run_job import compose_stage, load_spec, spec_command
+
+    cfg = compose([f"out_dir={tmp_path / 'demo'}", f"data_dir={tmp_path / 'data'}"], config_name="demo")
+    jobs = stage_jobs(cfg, 96, 32, 16, [], tmp_path / "demo" / "train" / "demo_smollm2" / "checkpoint-16")
+    assert list(jobs) == ["demo_data", "predict_zero_shot", "evaluate_zero_shot", "train", "predict_fine_tuned",
+                          "evaluate_fine_tuned"]
+    train = compose_stage("train", jobs["train"][1])
+    assert train.output_dir == str(tmp_path / "demo" / "train") and train.run_name == "demo_smollm2"
+    assert train.trainer.max_steps == 32 and train.resume == "auto"
+    argv = spec_command(tmp_path / "specs" / "demo_data.yaml", *jobs["demo_data"][:2])
+    assert argv[1:3] == ["-m", "nli_cot.orchestration.run_job"]
+    stage, _, data_cfg = load_spec(Path(argv[3]))
+    assert stage == "demo_data" and data_cfg.n_dev == 96 and list(data_cfg.families) == list(cfg.families)
+
+
 def test_comparison_table_names_the_strongest_surface_baseline_and_the_paired_margin() -> None:
     from nli_cot.orchestration.demo import comparison_table
 

@@ -12,9 +12,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from nli_cot.core import stats
-from nli_cot.orchestration.study import LocalJobs
+from nli_cot.orchestration.study import LocalJobs, main_run
 from nli_cot.orchestration.study_data import (
-    TEST_SETS,
+    check_data_sets,
     drop_leaks,
     leaks,
     norm_sentence,
@@ -25,6 +25,8 @@ from nli_cot.orchestration.study_graph import StudyGraph
 from nli_cot.orchestration.study_report import paired_contrasts, targets
 
 REPO = Path(__file__).resolve().parents[1]
+STUDY_DATA = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "study.yaml").data)  # conf/study.yaml data:
+TEST_SETS, TRAIN_SOURCE = STUDY_DATA["test_sets"], STUDY_DATA["train_source"]
 
 
 def _review_cfg(tmp_path: Path, *overrides: str) -> dict:
@@ -71,7 +73,7 @@ def test_leak_check_drops_test_ids_and_sentences_and_nothing_written_leaks(tmp_p
     _fake_root(root)
     out = tmp_path / "study" / "data"
     m = prepare(str(root), out, None, {"esnli_test": 3, "mnli_dev_matched": None, "rte_dev": None}, 0,
-                pool_files=["more/pool.jsonl"], n_teacher=10, dev_fraction=0.25,
+                test_sets=TEST_SETS, train_source=TRAIN_SOURCE, pool_files=["more/pool.jsonl"], n_teacher=10, dev_fraction=0.25,
                 label_sets={"label_all": ["train", "pool"], "label_pool": ["teacher"]})
     assert m["train"]["dropped_leak"] == 1 and m["train"]["n"] == 20  # "A DOG runs!" == "a dog runs" normalised
     assert m["pool"]["dropped_leak"] == 1 and m["pool"]["n"] == 30  # the row that reuses the id mnli-3
@@ -94,6 +96,27 @@ def test_leak_check_drops_test_ids_and_sentences_and_nothing_written_leaks(tmp_p
     assert len(m["leak_check_passed"]) == 6
 
 
+def test_the_test_sets_are_config_every_one_leak_checked_and_mistakes_are_one_line(tmp_path):
+    root = tmp_path / "root"
+    _fake_root(root)
+    two = {"esnli_test": TEST_SETS["esnli_test"], "rte_dev": TEST_SETS["rte_dev"]}  # a study on two test sets
+    m = prepare(str(root), tmp_path / "data", None, {}, 0, test_sets=two, train_source=TRAIN_SOURCE)
+    assert list(m["sets"]) == ["esnli_test", "rte_dev"] and not (tmp_path / "data" / "test_mnli_dev_matched.jsonl").exists()
+    assert m["train"]["dropped_leak"] == 1  # the e-SNLI test sentence is still caught
+    # a set set to null is dropped (its n_test entry may stay); a new one is one line
+    cfg = _review_cfg(tmp_path, "data.test_sets.mnli_dev_matched=null", "+data.test_sets.snli_test=snli/test.jsonl")
+    assert StudyGraph(cfg, tmp_path).test_sets == ["esnli_test", "rte_dev", "snli_test"]
+    assert check_data_sets(cfg["data"]) == []
+    for overrides, message in (
+            (["+data.n_test.mnli_dev_mismatched=5"], "data.n_test: unknown test set"),
+            ([f"data.test_sets.{s}=null" for s in TEST_SETS], "data.test_sets: empty"),
+            ([f"data.train_source={TEST_SETS['rte_dev']}"], "it is also a test set")):
+        problems = check_data_sets(_review_cfg(tmp_path, *overrides)["data"])
+        assert len(problems) == 1 and message in problems[0] and "\n" not in problems[0], problems
+    with pytest.raises(SystemExit, match="^error: data.test_sets: empty"):  # the study stops at start-up
+        main_run(_review_cfg(tmp_path, *(f"data.test_sets.{s}=null" for s in TEST_SETS)))
+
+
 def test_leak_helpers_by_hand():
     test = [{"id": "t1", "premise": "A Cat sleeps.", "hypothesis": "An animal rests"}]
     ids, sents = {"t1"}, sentences_of(test)
@@ -109,7 +132,7 @@ def test_real_pool_is_clean_of_every_test_set(shared_data, tmp_path):
     """The shipped pool (../shared/data/more) shares no sentence with a test set; e-SNLI dev does (a few hundred
     short hypotheses), and prep drops exactly those."""
     m = prepare(str(shared_data), tmp_path / "data", None, {s: 5 for s in TEST_SETS}, 0,
-                pool_files=["more/snli_sample.jsonl", "more/cad.jsonl", "more/sick.jsonl"], n_teacher=100,
+                test_sets=TEST_SETS, train_source=TRAIN_SOURCE, pool_files=["more/snli_sample.jsonl", "more/cad.jsonl", "more/sick.jsonl"], n_teacher=100,
                 dev_fraction=0.04, label_sets={"label_pool": ["teacher"]})
     assert m["pool"]["dropped_leak"] == 0 and m["pool"]["n"] == 37568
     assert 0 < m["train"]["dropped_leak"] < 1000
@@ -192,7 +215,7 @@ def test_paired_contrasts_use_shared_ids_and_holm_over_the_family():
         all_evals["a"][s] = _evals(gold, {0: good, 1: good})
         all_evals["b"][s] = _evals(gold[:300], {0: coin[:300]}, [f"x{i}" for i in range(300)])
         all_evals["c"][s] = _evals(gold, {0: good})
-    rows = paired_contrasts(all_evals, [("a", "b"), ("a", "c")], rcfg)
+    rows = paired_contrasts(all_evals, [("a", "b"), ("a", "c")], rcfg, list(TEST_SETS))
     assert len(rows) == 2 * len(TEST_SETS) and all(r["n"] == (300 if r["vs"] == "b" else 400) for r in rows)
     ab = [r for r in rows if r["vs"] == "b"]
     assert all(r["balanced_accuracy"]["diff"] > 0.3 and r["balanced_accuracy"]["p_holm"] < 0.05 for r in ab)
@@ -208,7 +231,7 @@ def test_targets_report_met_and_unmet_with_numbers():
                  "human": {s: _evals(gold, {0: [0] * 100}) for s in TEST_SETS}}
     cells = {"label_only_all": {s: {"accuracy": {"mean": 0.95}} for s in TEST_SETS},
              "human": {s: {"accuracy": {"mean": 0.5}, "balanced_accuracy": {"ci": [0.45, 0.55]}} for s in TEST_SETS}}
-    t = {x["target"].split(" (")[0]: x for x in targets(cells, all_evals, ["label_only_all", "human"])}
+    t = {x["target"].split(" (")[0]: x for x in targets(cells, all_evals, ["label_only_all", "human"], list(TEST_SETS))}
     assert t["label_only_all reaches >= 90% accuracy on e-SNLI test"]["met"] is True
     assert t["human: balanced-accuracy CI above 50% on every test set"]["met"] is False
     diff = t["human vs label_only_all on esnli_test"]

@@ -39,6 +39,7 @@ from typing import Any
 
 from nli_cot.core.cli import CONF_DIR, one_line
 from nli_cot.core.sweep import comparable, read_status, split_override
+from nli_cot.orchestration.run_job import JobSpecError, equivalent_command, spec_command
 
 log = logging.getLogger("nli_cot.ablations")
 
@@ -207,15 +208,10 @@ def stage_overrides(stage: Stage, output_dir: Path, stages: dict[str, Stage]) ->
 
 def stage_command(stage: Stage, output_dir: Path, stages: dict[str, Stage]) -> list[str]:
     """The stage's config composed and stored as its spec (``<run_dir>/job.yaml``); the runner's command."""
-    from nli_cot.orchestration.run_job import JobSpecError, compose_stage, write_spec
-
-    overrides = stage_overrides(stage, output_dir, stages)
     try:
-        cfg = compose_stage("train", overrides)
+        return spec_command(stage.run_dir / "job.yaml", "train", stage_overrides(stage, output_dir, stages))
     except JobSpecError as err:
         raise ChainError(f"stage {stage.experiment}: {err}") from None
-    spec = write_spec(stage.run_dir / "job.yaml", "train", overrides, cfg)
-    return [sys.executable, "-m", "nli_cot.orchestration.run_job", str(spec)]
 
 
 def run_chain(chain: dict[str, Any], output_dir: Path, overrides: list[str], only: list[str] | None = None,
@@ -230,7 +226,7 @@ def run_chain(chain: dict[str, Any], output_dir: Path, overrides: list[str], onl
         if dry_run and stage.warm_start_from and by_name[stage.warm_start_from].action != "skip":
             log.info("%s: would run after %s, from its final checkpoint", stage.experiment, stage.warm_start_from)
             continue
-        equivalent = ["python", "-m", "nli_cot.train", *stage_overrides(stage, output_dir, by_name)]
+        equivalent = equivalent_command("train", stage_overrides(stage, output_dir, by_name))
         log.info("%s: %s", stage.experiment, shlex.join(equivalent))
         if dry_run:
             continue

@@ -9,9 +9,13 @@ CPU in minutes, through the same commands a researcher runs on a GPU box:
 ``split=test`` (the default) scores the test pairs, for final numbers only; ``split=dev`` scores the dev pairs
 (drawn alike, from another unseen vocabulary), for every recipe choice (experiments/demo_sweep.py uses it).
 
-Each stage is the project's own CLI, run as a subprocess exactly as a user would type it, so the demo proves the
-commands rather than a private code path. Every stage resumes: re-running the demo skips finished stages
-(predictions resume by id, training with ``resume=auto``, data is kept).
+Each stage's config is composed with Hydra's compose API (the stage's own config, schema and checks, as its CLI
+composes it) before any stage starts, so a bad ``train_overrides``/``predict_overrides`` entry stops the demo in
+one line naming the stage; right before a stage runs, its config is composed again (the fine-tuned predictions
+with the chosen checkpoint) and stored as ``<out_dir>/specs/<stage>.yaml``, and run in its own process by
+``python -m nli_cot.orchestration.run_job <spec>`` (the stage's ``run(cfg)``: the code path of the CLI whose
+command the demo prints). Every stage resumes: re-running the demo skips finished stages (predictions resume by
+id, training with ``resume=auto``, data is kept). ``compare`` (not a Hydra stage) runs in process.
 
 It ends with the before/after table (accuracy with a bootstrap CI, macro F1, parseable JSON) for zero-shot,
 fine-tuned and four surface-cue baselines fit on the training pairs (``nli_cot.demo_baselines``), the paired
@@ -28,6 +32,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -46,6 +51,7 @@ from nli_cot.core import stats
 from nli_cot.core.config import register_schema
 from nli_cot.core.records import write_json_atomic
 from nli_cot.evaluation.evaluate import BootstrapConfig
+from nli_cot.orchestration.run_job import JobSpecError, compose_stage, equivalent_command, spec_command
 
 
 @dataclass
@@ -99,9 +105,11 @@ register_schema(DemoConfig, name="demo_schema")
 TIMINGS: list[tuple[str, float, float]] = []
 
 
-def _run(args: list[str], what: str) -> None:
-    """One stage as a user would run it; its output streams to the console."""
-    print(f"\n== {what}\n$ python -m {' '.join(args)}", flush=True)
+def _run(args: list[str], what: str, equivalent: list[str] | None = None) -> None:
+    """One stage in its own process (``python -m <args>``); its output streams to the console. ``equivalent``:
+    the command a user types for the same stage, shown instead of the runner's."""
+    shown = shlex.join(equivalent) if equivalent else f"python -m {' '.join(args)}"
+    print(f"\n== {what}\n$ {shown}", flush=True)
     started = time.time()
     proc = subprocess.Popen([sys.executable, "-m", *args])
     try:
@@ -120,6 +128,65 @@ def _run(args: list[str], what: str) -> None:
     seconds, load = time.time() - started, os.getloadavg()[0]
     TIMINGS.append((what, seconds, load))
     print(f"== {what}: done in {seconds:.0f} s (load average {load:.1f})", flush=True)
+
+
+# (stage, overrides, what the console calls it) of each of the demo's stage jobs, by job name
+Jobs = dict[str, tuple[str, list[str], str]]
+
+
+def stage_jobs(cfg: DictConfig, n_held: int, steps: int, every: int, device_overrides: list[str],
+               checkpoint: Path) -> Jobs:
+    """Every stage job of the demo with its overrides (``checkpoint``: the adapter the fine-tuned predictions load,
+    a placeholder until training has run)."""
+    out, data = Path(cfg.out_dir), Path(cfg.data_dir)
+    common_predict = [
+        "pairs=demo", f"pairs.path={data / f'{cfg.split}.jsonl'}", "model=smollm2_135m", f"prompt={cfg.prompt_name}",
+        f"batch_size={cfg.predict_batch_size}", f"decoding.max_new_tokens={cfg.max_new_tokens}",
+        *device_overrides, *cfg.predict_overrides,
+    ]
+    # The held-out files hold exactly n_held_out pairs: families take turns and labels alternate in the generator,
+    # so a multiple of 2 x families is balanced per family and label (a prefix of a shuffled larger file is not).
+    # dev and test are the same size and drawn alike, each from its own unseen vocabulary.
+    data_args = [f"out_dir={data}", f"n_train={cfg.n_train}", f"n_dev={n_held}", f"n_test={n_held}",
+                 f"seed={cfg.seed}", f"families=[{','.join(cfg.families)}]"]
+    zero, tuned = out / "zero_shot.jsonl", out / "fine_tuned.jsonl"
+    return {
+        "demo_data": ("demo_data", data_args, "build demo data"),
+        "predict_zero_shot": ("predict", [*common_predict, f"output={zero}"],
+                              "zero-shot predictions of the base model"),
+        "evaluate_zero_shot": ("evaluate", [f"predictions={zero}", f"out_dir={out / 'eval_zero_shot'}",
+                                            "name=zero_shot"], "evaluate zero-shot"),
+        "train": ("train", ["+experiment=demo", f"prompt={cfg.prompt_name}", f"output_dir={out / 'train'}",
+                            "resume=auto", f"dataset.train_path={data / 'train.jsonl'}",
+                            f"dataset.eval_path={data / 'dev.jsonl'}", f"trainer.max_steps={steps}",
+                            f"trainer.eval_every_n_steps={every}", f"trainer.save_steps={every}",
+                            *device_overrides, *cfg.train_overrides],
+                  "LoRA fine-tuning (Lightning + PEFT, the ablations' code path)"),
+        # Merged into the fp32 weights, the adapter costs nothing per decoded token (no 4-bit here to re-quantise).
+        "predict_fine_tuned": ("predict", [*common_predict, f"adapter.path={checkpoint}", "adapter.merge=true",
+                                           f"output={tuned}"], "predictions of the fine-tuned model"),
+        "evaluate_fine_tuned": ("evaluate", [f"predictions={tuned}", f"out_dir={out / 'eval_fine_tuned'}",
+                                             "name=fine_tuned"], "evaluate fine-tuned"),
+    }
+
+
+def validate(jobs: Jobs) -> None:
+    """Compose every stage's config before any stage starts: a mistake is one line naming the stage."""
+    for name, (stage, overrides, _) in jobs.items():
+        try:
+            compose_stage(stage, overrides)
+        except JobSpecError as err:
+            raise SystemExit(f"error: demo stage {name}: {err}") from None
+
+
+def run_stage(jobs: Jobs, name: str, out: Path) -> None:
+    """The stage's config composed again, stored as ``<out>/specs/<name>.yaml`` and run by ``run_job``."""
+    stage, overrides, what = jobs[name]
+    try:
+        argv = spec_command(out / "specs" / f"{name}.yaml", stage, overrides)
+    except JobSpecError as err:
+        raise SystemExit(f"error: demo stage {name}: {err}") from None
+    _run(argv[2:], what, equivalent_command(stage, overrides))
 
 
 def per_family_accuracy(predictions: Path, test: Path) -> dict[str, tuple[int, int]]:
@@ -225,6 +292,21 @@ def held_out_size(cfg: DictConfig, cuda: bool) -> int:
     return int(cfg.n_held_out)
 
 
+def compare_before_after(out: Path) -> None:
+    """``python -m nli_cot.compare`` of the two evaluations, in process (a few seconds; not a Hydra stage)."""
+    from nli_cot.evaluation.compare import CompareError, compare, load_defaults
+
+    what, dirs, dest = "compare before / after", [str(out / "eval_zero_shot"), str(out / "eval_fine_tuned")], out / "compare"
+    print(f"\n== {what}\n$ {shlex.join(['python', '-m', 'nli_cot.compare', *dirs, '--out', str(dest)])}", flush=True)
+    started, defaults = time.time(), load_defaults()
+    try:
+        compare(dirs, dest, int(defaults.mcnemar_exact_below), int(defaults.plot_dpi))
+    except CompareError as err:
+        raise SystemExit(f"error: stage '{what}' failed: {err}") from None
+    TIMINGS.append((what, time.time() - started, os.getloadavg()[0]))
+    print(f"wrote {dest / 'comparison.md'}", flush=True)
+
+
 @hydra.main(config_path="../../conf", config_name="demo", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     if cfg.split not in ("dev", "test"):
@@ -241,17 +323,10 @@ def main(cfg: DictConfig) -> None:
         print(f"A CUDA GPU is present: training {steps} steps (conf/demo.yaml gpu.*) instead of the CPU's "
               f"{cfg.train_steps}, scoring {n_held} pairs", flush=True)
     scored = data / f"{cfg.split}.jsonl"
-    common_predict = [
-        "pairs=demo", f"pairs.path={scored}", "model=smollm2_135m", f"prompt={cfg.prompt_name}",
-        f"batch_size={cfg.predict_batch_size}", f"decoding.max_new_tokens={cfg.max_new_tokens}",
-        *device_overrides, *cfg.predict_overrides,
-    ]
-
-    # The held-out files hold exactly n_held_out pairs: families take turns and labels alternate in the generator,
-    # so a multiple of 2 x families is balanced per family and label (a prefix of a shuffled larger file is not).
-    # dev and test are the same size and drawn alike, each from its own unseen vocabulary.
-    data_args = [f"out_dir={data}", f"n_train={cfg.n_train}", f"n_dev={n_held}", f"n_test={n_held}",
-                 f"seed={cfg.seed}", f"families=[{','.join(cfg.families)}]"]
+    run_dir = out / "train" / "demo_smollm2"
+    jobs = stage_jobs(cfg, n_held, steps, every, device_overrides, run_dir / "checkpoint-0")  # a placeholder
+    validate(jobs)
+    data_args = jobs["demo_data"][1]
     stamp = data / "demo_args.json"
     if not scored.is_file() or not stamp.is_file() or json.loads(stamp.read_text()) != [*data_args, cfg.split]:
         # New data (or another split) keeps the old ids (demo-test-00000...): results made on the old pairs would
@@ -265,7 +340,7 @@ def main(cfg: DictConfig) -> None:
                 path.unlink()
         for summary in out.glob("*.summary.json"):
             summary.unlink()
-        _run(["nli_cot.demo_data", *data_args], "build demo data")
+        run_stage(jobs, "demo_data", out)
         stamp.write_text(json.dumps([*data_args, cfg.split]) + "\n")
 
     held_out = _records(scored)
@@ -277,28 +352,16 @@ def main(cfg: DictConfig) -> None:
     surface = surface_baselines(_records(data / "train.jsonl"), _records(data / "dev.jsonl"), held_out, cfg.seed)
     TIMINGS.append(("surface baselines (fit on train)", time.time() - started, os.getloadavg()[0]))
 
-    zero = out / "zero_shot.jsonl"
-    _run(["nli_cot.predict", *common_predict, f"output={zero}"], "zero-shot predictions of the base model")
-    _run(["nli_cot.evaluate", f"predictions={zero}", f"out_dir={out / 'eval_zero_shot'}", "name=zero_shot"],
-         "evaluate zero-shot")
-
-    run_dir = out / "train" / "demo_smollm2"
+    zero, tuned = out / "zero_shot.jsonl", out / "fine_tuned.jsonl"
+    run_stage(jobs, "predict_zero_shot", out)
+    run_stage(jobs, "evaluate_zero_shot", out)
     if not (run_dir / "status.json").is_file() or json.loads((run_dir / "status.json").read_text())["status"] != "finished":
-        _run(["nli_cot.train", "+experiment=demo", f"prompt={cfg.prompt_name}", f"hydra.run.dir={out / 'train'}", "resume=auto",
-              f"dataset.train_path={data / 'train.jsonl'}", f"dataset.eval_path={data / 'dev.jsonl'}",
-              f"trainer.max_steps={steps}", f"trainer.eval_every_n_steps={every}",
-              f"trainer.save_steps={every}", *device_overrides, *cfg.train_overrides],
-             "LoRA fine-tuning (Lightning + PEFT, the ablations' code path)")
+        run_stage(jobs, "train", out)
     ckpt = _checkpoint(run_dir)
-
-    tuned = out / "fine_tuned.jsonl"
-    # Merged into the fp32 weights, the adapter costs nothing per decoded token (no 4-bit here to re-quantise).
-    _run(["nli_cot.predict", *common_predict, f"adapter.path={ckpt}", "adapter.merge=true", f"output={tuned}"],
-         "predictions of the fine-tuned model")
-    _run(["nli_cot.evaluate", f"predictions={tuned}", f"out_dir={out / 'eval_fine_tuned'}", "name=fine_tuned"],
-         "evaluate fine-tuned")
-    _run(["nli_cot.compare", str(out / "eval_zero_shot"), str(out / "eval_fine_tuned"), "--out", str(out / "compare")],
-         "compare before / after")
+    jobs = stage_jobs(cfg, n_held, steps, every, device_overrides, ckpt)
+    run_stage(jobs, "predict_fine_tuned", out)
+    run_stage(jobs, "evaluate_fine_tuned", out)
+    compare_before_after(out)
 
     ids, gold = [r["id"] for r in held_out], [int(r["label"]) for r in held_out]
     systems = {"zero-shot": _predicted(zero, ids), "fine-tuned": _predicted(tuned, ids), **surface}

@@ -518,11 +518,16 @@ class DemoDataConfig:
 register_schema(DemoDataConfig, name="demo_data_schema")
 
 
-@hydra.main(config_path="../../conf", config_name="demo_data", version_base="1.3")
-def main(cfg: DemoDataConfig) -> None:
+def run(cfg: DemoDataConfig) -> None:
+    """The stage: the synthetic splits written to ``cfg.out_dir`` (the CLI and ``run_job`` both call this)."""
     splits = build_splits(cfg.n_train, cfg.n_dev, cfg.n_test, cfg.seed, list(cfg.families))
     for split, path in write_splits(splits, cfg.out_dir).items():
         log.info("wrote %d %s records to %s", len(splits[split]), split, path)
+
+
+@hydra.main(config_path="../../conf", config_name="demo_data", version_base="1.3")
+def main(cfg: DemoDataConfig) -> None:
+    run(cfg)
 
 
 if __name__ == "__main__":

@@ -39,11 +39,12 @@ STAGES: dict[str, tuple[str, str]] = {
     "sft": ("nli_cot.teacher.sft", "sft"),
     "baselines": ("nli_cot.evaluation.baselines", "baselines"),
     "evaluate": ("nli_cot.evaluation.evaluate", "evaluate"),
+    "demo_data": ("nli_cot.orchestration.demo_data", "demo_data"),
 }
 # The command a user types for the same job: python -m nli_cot.<CLI[stage]> <overrides>
 CLI = {"train": "nli_cot.train", "predict": "nli_cot.predict", "thoughts": "nli_cot.thoughts",
        "reflect": "nli_cot.reflect", "sft": "nli_cot.sft", "baselines": "nli_cot.baselines",
-       "evaluate": "nli_cot.evaluate"}
+       "evaluate": "nli_cot.evaluate", "demo_data": "nli_cot.demo_data"}
 _COMPOSE_LOCK = threading.Lock()  # Hydra's GlobalHydra is process-wide: one composition at a time
 log = logging.getLogger("nli_cot.orchestration.run_job")
 
@@ -53,7 +54,7 @@ class JobSpecError(ValueError):
 
 
 def stage_module(stage: str) -> Any:
-    """The stage's module, imported (importing it registers its schemas in Hydra's ConfigStore)."""
+    """The stage's module, imported (importing it registers its schemas)."""
     if stage not in STAGES:
         raise JobSpecError(f"unknown stage {stage!r} (stages: {', '.join(STAGES)})")
     import nli_cot.core.config  # noqa: F401  (the training schemas, which several stages compose)
@@ -108,6 +109,18 @@ def write_spec(path: Path, stage: str, overrides: list[str], cfg: Any) -> Path:
     head = f"# job spec: python -m nli_cot.orchestration.run_job {path}\n"
     atomic_write_text(Path(path), head + OmegaConf.to_yaml(spec))
     return Path(path)
+
+
+def spec_command(path: Path, stage: str, overrides: list[str], python: str | None = None) -> list[str]:
+    """The job's config composed (``JobSpecError`` when it does not), stored as its spec at ``path``; the argv that
+    runs it (``python -m nli_cot.orchestration.run_job <path>``): how every orchestrator starts a stage."""
+    spec = write_spec(path, stage, overrides, compose_stage(stage, overrides))
+    return [python or sys.executable, "-m", "nli_cot.orchestration.run_job", str(spec)]
+
+
+def equivalent_command(stage: str, overrides: list[str]) -> list[str]:
+    """The command a user types for the same job: ``python -m nli_cot.<stage> <overrides>``."""
+    return ["python", "-m", CLI[stage], *overrides]
 
 
 def load_spec(path: Path) -> tuple[str, list[str], Any]:

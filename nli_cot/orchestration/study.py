@@ -64,10 +64,19 @@ EXIT_FAILED, EXIT_UNFINISHED = 1, 3
 STAGES = ("run", "report", "plan", "export_data", "merge")
 
 
+# The data sets every out_dir used while they were fixed in the code (before data.train_source/test_sets were
+# config): at these values they are left out of the fingerprint, so such an out_dir is still recognised as the same.
+_SETS_BEFORE_CONFIG = {"train_source": "esnli/dev.jsonl", "test_sets": {
+    "esnli_test": "esnli/test.jsonl", "mnli_dev_matched": "mnli/dev_matched.jsonl", "rte_dev": "rte/dev.jsonl"}}
+
+
 def settings_fingerprint(cfg: dict[str, Any]) -> dict[str, Any]:
     """The settings that decide results (not scheduling, not paths, not the seed/condition lists, which may grow)."""
     settings = json.loads(json.dumps({k: cfg[k] for k in FINGERPRINTED}))
     settings["evaluate"].pop("plots", None)  # pictures only; off on a machine without matplotlib
+    for key, value in _SETS_BEFORE_CONFIG.items():
+        if settings["data"].get(key) == value:
+            settings["data"].pop(key)
     blob = json.dumps(settings, sort_keys=True, default=str)
     return {"sha256": hashlib.sha256(blob.encode()).hexdigest()[:16], "settings": settings}
 
@@ -155,10 +164,13 @@ class LocalJobs:
         return prepare(self.cfg["data_root"], self.g.data, **self._prep_kwargs())
 
     def _prep_kwargs(self) -> dict[str, Any]:
+        from nli_cot.orchestration.study_data import test_sets_of
+
         d = self.cfg["data"]
         pool = list(d.get("pool_files") or [])
         label_sets = {"label_all": ["train", "pool"], "label_pool": ["teacher"]} if pool else {}
-        return {"n_train": d["n_train"], "n_test": dict(d["n_test"]), "salt": d["sample_salt"], "pool_files": pool,
+        return {"n_train": d["n_train"], "n_test": dict(d["n_test"]), "salt": d["sample_salt"],
+                "test_sets": test_sets_of(d), "train_source": d["train_source"], "pool_files": pool,
                 "n_teacher": d.get("n_teacher"), "dev_fraction": d["sft_dev_fraction"], "label_sets": label_sets}
 
     def prep_cmd(self) -> str:
@@ -195,10 +207,8 @@ class LocalJobs:
         return result
 
     def evaluate_cmd(self, mid: str) -> str:
-        from nli_cot.orchestration.study_data import TEST_SETS
-
         return "split predictions by set, then " + " && ".join(
-            "python -m nli_cot.evaluate " + " ".join(self._eval_overrides(mid, s)) for s in TEST_SETS)
+            "python -m nli_cot.evaluate " + " ".join(self._eval_overrides(mid, s)) for s in self.g.test_sets)
 
     def select_lr(self, family: str = "reasoning") -> dict[str, Any]:
         """The learning rate whose anchor seed-0 run reached the best dev value of the runs' monitored metric
@@ -238,6 +248,11 @@ def plan(jobs: list, state_dir: Path) -> None:
 def main_run(cfg: dict[str, Any]) -> int:
     out = Path(cfg["out_dir"]).resolve()
     t0 = time.time()
+    from nli_cot.orchestration.study_data import check_data_sets
+
+    problems = check_data_sets(cfg["data"])
+    if problems:  # the test sets and train source, before anything reads them
+        raise SystemExit(f"error: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
     try:
         graph = StudyGraph(cfg, out, cfg["python"])
     except ValueError as e:  # a config mistake: one line, no traceback
@@ -263,9 +278,10 @@ def main_run(cfg: dict[str, Any]) -> int:
               f"{len(done['kept'])} kept as they were here" + (f" ({', '.join(done['kept'])})" if done["kept"] else ""))
         return 0
     if cfg["stage"] == "export_data":
-        from nli_cot.orchestration.study_data import TEST_SETS, TRAIN_SOURCE, trim_copy
+        from nli_cot.orchestration.study_data import test_sets_of, trim_copy
 
-        files = [TRAIN_SOURCE, *TEST_SETS.values(), *(cfg["data"].get("pool_files") or [])]
+        d = cfg["data"]
+        files = [d["train_source"], *test_sets_of(d).values(), *(d.get("pool_files") or [])]
         sizes = trim_copy(cfg["data_root"], cfg["export_dir"], files)
         print(f"{cfg['export_dir']}: " + ", ".join(f"{k} {v} rows" for k, v in sizes.items()))
         return 0

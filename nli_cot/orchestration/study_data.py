@@ -1,9 +1,10 @@
 """The study's fixed data: the same train pairs and the same test pairs for every condition and seed.
 
 Features
-- Train pairs: ``n_train`` rows of e-SNLI dev (all 9,842 when null), with their human explanations (condition 3
-  reads them) and 3-way labels. Test sets: e-SNLI test, MNLI dev matched and RTE dev, ``n`` rows each (null:
-  all), written once as one combined file (one predict job per model covers all three) plus one file per set.
+- Train pairs: ``n_train`` rows of ``data.train_source`` (e-SNLI dev: all 9,842 when null), with their human
+  explanations (condition 3 reads them) and 3-way labels. Test sets: ``data.test_sets`` of conf/study.yaml (e-SNLI
+  test, MNLI dev matched and RTE dev), ``n`` rows each (null: all), written once as one combined file (one predict
+  job per model covers every set) plus one file per set.
 - Selection is by a salted SHA-256 of the row id (the ``n`` smallest hashes, kept in file order), not by a
   random generator over row positions: the sample does not depend on file order, and a copy of the data that
   holds a superset of the selected rows (the trimmed ``.study-data`` folder carried to the GPU machine) yields
@@ -26,14 +27,35 @@ from typing import Any
 
 from nli_cot.core.records import write_jsonl_atomic
 
-# set name -> (file under data_root, id prefix the predictions keep)
-TEST_SETS: dict[str, str] = {
-    "esnli_test": "esnli/test.jsonl",
-    "mnli_dev_matched": "mnli/dev_matched.jsonl",
-    "rte_dev": "rte/dev.jsonl",
-}
-TRAIN_SOURCE = "esnli/dev.jsonl"
 _NON_ALNUM = re.compile(r"[^a-z0-9]")
+
+
+_SET_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+def test_sets_of(data: dict[str, Any]) -> dict[str, str]:
+    """The test sets a study uses: ``data.test_sets`` without those set to null (how a preset or an override drops
+    one: Hydra merges dicts, it does not replace them)."""
+    return {str(k): str(v) for k, v in (data.get("test_sets") or {}).items() if v}
+
+
+def check_data_sets(data: dict[str, Any]) -> list[str]:
+    """Mistakes in ``data.test_sets``/``data.train_source``/``data.n_test``, one line each (checked at start-up)."""
+    sets, problems = test_sets_of(data), []
+    if not sets:
+        problems.append("data.test_sets: empty; the study needs at least one test set")
+    for name, rel in sets.items():
+        if not _SET_NAME.match(str(name)):
+            problems.append(f"data.test_sets.{name}: a set name is letters, digits and _ only (it names files)")
+        if not str(rel).endswith(".jsonl"):
+            problems.append(f"data.test_sets.{name}={rel}: a JSON-lines file under data_root is expected")
+    if data.get("train_source") in sets.values():
+        problems.append(f"data.train_source={data['train_source']}: it is also a test set")
+    unknown = sorted(set(data.get("n_test") or {}) - set(data.get("test_sets") or {}))
+    if unknown:
+        problems.append(f"data.n_test: unknown test set{'s' if len(unknown) > 1 else ''} {unknown}; "
+                        f"data.test_sets has {', '.join(sets)}")
+    return problems
 
 
 def id_hash(row_id: str, salt: int) -> int:
@@ -119,9 +141,11 @@ def _pool(root: Path, files: list[str]) -> list[dict[str, Any]]:
 
 
 def prepare(data_root: str, out_dir: Path, n_train: int | None, n_test: dict[str, int | None], salt: int,
-            pool_files: list[str] | None = None, n_teacher: int | None = None, dev_fraction: float = 0.05,
+            test_sets: dict[str, str], train_source: str, pool_files: list[str] | None = None,
+            n_teacher: int | None = None, dev_fraction: float = 0.05,
             label_sets: dict[str, list[str]] | None = None) -> dict:
-    """Write the study's data into ``out_dir``; return the manifest.
+    """Write the study's data into ``out_dir``; return the manifest. ``test_sets``: set name -> file under
+    ``data_root`` (``data.test_sets``); ``train_source``: the file of the train pairs (``data.train_source``).
 
     - ``train_pairs.jsonl``: e-SNLI dev (the human-explanation set), ``pool_pairs.jsonl``: the pairs without
       explanations (``pool_files``), ``teacher_pairs.jsonl``: ``n_teacher`` of the pool (the teacher's pairs). Every
@@ -138,7 +162,7 @@ def prepare(data_root: str, out_dir: Path, n_train: int | None, n_test: dict[str
                                               "(lower-case letters and digits) occurs in any test set",
                                 "sources": {}, "sets": {}}
     full: list[dict[str, Any]] = []
-    for name, rel in TEST_SETS.items():
+    for name, rel in test_sets.items():
         path = root / rel
         rows = _labelled(_read(path))
         manifest["sources"][rel] = _sha(path)
@@ -151,10 +175,10 @@ def prepare(data_root: str, out_dir: Path, n_train: int | None, n_test: dict[str
         manifest[key] = {"read": len(rows), "dropped_leak": dropped}
         return kept
 
-    src = root / TRAIN_SOURCE
+    src = root / train_source
     train = select(keep("train", _labelled(_read(src))), n_train, salt)
     write_jsonl_atomic(out_dir / "train_pairs.jsonl", train)
-    manifest["sources"][TRAIN_SOURCE] = _sha(src)
+    manifest["sources"][train_source] = _sha(src)
     manifest["train"].update({"file": "train_pairs.jsonl", "n": len(train),
                               "share_label_1": round(sum(r["label"] for r in train) / max(1, len(train)), 4),
                               "sha256": _sha(out_dir / "train_pairs.jsonl")})
@@ -172,12 +196,12 @@ def prepare(data_root: str, out_dir: Path, n_train: int | None, n_test: dict[str
     else:
         teacher = train
     sample: list[dict[str, Any]] = []
-    for name in TEST_SETS:
+    for name in test_sets:
         rows = [r for r in full if r["set"] == name]
         picked = select(rows, n_test.get(name), salt)
         write_jsonl_atomic(out_dir / f"test_{name}.jsonl", picked)
         sample += picked
-        manifest["sets"][name] = {"file": f"test_{name}.jsonl", "source": TEST_SETS[name], "n": len(picked),
+        manifest["sets"][name] = {"file": f"test_{name}.jsonl", "source": test_sets[name], "n": len(picked),
                                   "n_full": len(rows),
                                   "share_label_1": round(sum(r["label"] for r in picked) / max(1, len(picked)), 4),
                                   "sha256": _sha(out_dir / f"test_{name}.jsonl")}

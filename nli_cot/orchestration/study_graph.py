@@ -32,7 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nli_cot.orchestration.run_job import CLI, JobSpecError, compose_stage, write_spec
+from nli_cot.orchestration.run_job import JobSpecError, compose_stage, equivalent_command, spec_command
+from nli_cot.orchestration.study_data import test_sets_of
 from nli_cot.orchestration.study_engine import Job, NoData, safe_name
 
 TEACHER_CONDITIONS = ("teacher_base_combined", "teacher_base_correct_only", "teacher_human_combined",
@@ -88,6 +89,12 @@ class StudyGraph:
         if unknown:
             raise ValueError(f"train.lr_by_family: unknown famil{'ies' if len(unknown) > 1 else 'y'} "
                              f"{sorted(unknown)}; known: {', '.join(GRID_KEY)}")
+
+    @property
+    def test_sets(self) -> list[str]:
+        """The test sets every model is scored on: conf/study.yaml ``data.test_sets`` (checked at start-up by
+        ``study_data.check_data_sets``), in its order."""
+        return list(test_sets_of(self.cfg["data"]))
 
     # ---------------------------------------------------------------------------------------- paths
 
@@ -171,13 +178,12 @@ class StudyGraph:
     def job_argv(self, name: str) -> list[str]:
         """Compose the job's config, store it as its spec (``<out>/specs/<job>.yaml``), return the runner's argv."""
         stage, overrides = self.specs[name][0], self.specs[name][1]()
-        path = write_spec(self.spec_path(name), stage, overrides, compose_stage(stage, overrides))
+        argv = spec_command(self.spec_path(name), stage, overrides, self.python)
         self.overrides_of[name] = overrides
-        return [self.python, "-m", "nli_cot.orchestration.run_job", str(path)]
+        return argv
 
     def equivalent(self, name: str) -> str:
-        stage = self.specs[name][0]
-        return " ".join(["python", "-m", CLI[stage], *self.overrides_of.get(name, [])])
+        return " ".join(equivalent_command(self.specs[name][0], self.overrides_of.get(name, [])))
 
     def validate(self, jobs: list[Job]) -> int:
         """Compose one job per (stage, condition, lr run) before any job starts, with placeholders for what

@@ -40,7 +40,6 @@ from typing import Any
 import numpy as np
 
 from nli_cot.core import stats
-from nli_cot.orchestration.study_data import TEST_SETS
 from nli_cot.orchestration.study_graph import CONDITIONS, LABEL_ONLY, REASONING, SEEDLESS, TEACHERS, model_id
 
 READING_START = "<!-- honest-reading:start (kept when the report is regenerated) -->"
@@ -203,8 +202,8 @@ def _preds_by_seed(evals: dict[int | None, dict], ids: list[Any]) -> np.ndarray:
 
 
 def paired_contrasts(all_evals: dict[str, dict[str, dict]], pairs: list[tuple[str, str]],
-                     rcfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """The design pairs on every test set, on the ids both sides scored, every seed of each side:
+                     rcfg: dict[str, Any], sets: list[str]) -> list[dict[str, Any]]:
+    """The design pairs on every test set (``sets``), on the ids both sides scored, every seed of each side:
 
     - paired bootstrap of the difference in balanced accuracy and in macro F1 (examples resampled jointly, seeds of
       each side independently; ``nli_cot.core.stats.paired_bootstrap_diff``);
@@ -215,7 +214,7 @@ def paired_contrasts(all_evals: dict[str, dict[str, dict]], pairs: list[tuple[st
 
     out: list[dict[str, Any]] = []
     for a, b in pairs:
-        for s in TEST_SETS:
+        for s in sets:
             got = _aligned(all_evals, a, b, s)
             if got is None:
                 continue
@@ -250,8 +249,9 @@ def _paired_accuracy(all_evals: dict[str, dict[str, dict]], a: str, b: str, s: s
     return float(stats.accuracy(gold, pa).mean()), float(stats.accuracy(gold, pb).mean()), len(ids)
 
 
-def targets(cells: dict[str, dict], all_evals: dict[str, dict[str, dict]], conditions: list[str]) -> list[dict]:
-    """The issue's targets, each met or not with its number (None: not measured)."""
+def targets(cells: dict[str, dict], all_evals: dict[str, dict[str, dict]], conditions: list[str],
+            sets: list[str]) -> list[dict]:
+    """The issue's targets on the test sets ``sets``, each met or not with its number (None: not measured)."""
     def get(cond: str, s: str, metric: str, key: str = "mean") -> Any:
         return _get(cells, cond, s, metric, key)
 
@@ -261,12 +261,12 @@ def targets(cells: dict[str, dict], all_evals: dict[str, dict[str, dict]], condi
                 "met": None if acc is None else acc >= 0.90})
     reasoning = [c for c in conditions if c in REASONING]
     for c in reasoning:
-        lows = {s: _get(cells, c, s, "balanced_accuracy", "ci") for s in TEST_SETS}
+        lows = {s: _get(cells, c, s, "balanced_accuracy", "ci") for s in sets}
         known = {s: v[0] for s, v in lows.items() if v}
         out.append({"target": f"{c}: balanced-accuracy CI above 50% on every test set", "value": known,
-                    "met": None if len(known) < len(TEST_SETS) else all(v > 0.5 for v in known.values())})
+                    "met": None if len(known) < len(sets) else all(v > 0.5 for v in known.values())})
     for c in reasoning:
-        for s in TEST_SETS:
+        for s in sets:
             pair = _paired_accuracy(all_evals, c, "label_only_all", s)
             if pair is None:
                 continue
@@ -446,13 +446,12 @@ def _p(x: float | None) -> str:
 _CI_METRICS = ("accuracy", "macro_f1", "balanced_accuracy")
 
 
-def _plot(cells: dict, conditions: list[str], path: Path, metric: str, label: str) -> bool:
+def _plot(cells: dict, conditions: list[str], sets: list[str], path: Path, metric: str, label: str) -> bool:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sets = list(TEST_SETS)
     fig, ax = plt.subplots(figsize=(10, 4), dpi=120)
     width = 0.8 / max(1, len(conditions))
     drawn = False
@@ -507,7 +506,7 @@ def build(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, Any]:
     tests: dict[str, dict[str, list]] = {}
     contrasts: dict[str, dict[str, list]] = {}
     all_evals: dict[str, dict[str, dict]] = {}
-    for s in TEST_SETS:
+    for s in graph.test_sets:
         per_seed_runs: dict[int, dict[str, dict]] = {seed: {} for seed in seeds}
         for cond in conditions:
             cond_seeds: list[int | None] = [None] if cond in SEEDLESS else list(seeds)
@@ -525,7 +524,7 @@ def build(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, Any]:
         contrasts[s] = {str(sd): mcnemar_pairs(runs, [tuple(p) for p in rcfg.get("contrasts") or []],
                                                rcfg["mcnemar_exact_below"])
                         for sd, runs in per_seed_runs.items() if runs}
-    paired = paired_contrasts(all_evals, [tuple(p) for p in rcfg.get("contrasts") or []], rcfg)
+    paired = paired_contrasts(all_evals, [tuple(p) for p in rcfg.get("contrasts") or []], rcfg, graph.test_sets)
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"jobs": {}, "invocations": []}
     data_manifest = graph.data / "data_manifest.json"
@@ -566,7 +565,7 @@ def build(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, Any]:
         kept = {c: {s: {sd: ev for sd, ev in by.items() if model_id(c, sd) not in failed_runs}
                     for s, by in per.items()} for c, per in all_evals.items()}
         kept = {c: {s: by for s, by in per.items() if by} for c, per in kept.items()}
-        paired_ok = paired_contrasts(kept, [tuple(p) for p in rcfg.get("contrasts") or []], rcfg)
+        paired_ok = paired_contrasts(kept, [tuple(p) for p in rcfg.get("contrasts") or []], rcfg, graph.test_sets)
     status = {}
     for cond in conditions:  # why a condition has no numbers: the first unfinished job of its seed-0 chain
         mid = model_id(cond, None if cond in SEEDLESS else seeds[0])
@@ -579,8 +578,8 @@ def build(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, Any]:
         "status": status, "training": training,
         "title": cfg["report_title"], "note": cfg["report_note"], "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "study": cfg["study_name"], "out_dir": str(out), "conditions": conditions, "seeds": seeds,
-        "test_sets": list(TEST_SETS), "cells": cells, "mcnemar": tests, "contrasts": contrasts,
-        "paired_contrasts": paired, "targets": targets(cells, all_evals, conditions),
+        "test_sets": list(graph.test_sets), "cells": cells, "mcnemar": tests, "contrasts": contrasts,
+        "paired_contrasts": paired, "targets": targets(cells, all_evals, conditions, graph.test_sets),
         "baselines": baseline_stats(graph, conditions),
         "failed_runs": failed_runs, "paired_contrasts_without_failed_runs": paired_ok,
         "data": json.loads(data_manifest.read_text()) if data_manifest.is_file() else None,
@@ -906,7 +905,7 @@ def write_report(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, str]:
     for metric, label in (("balanced_accuracy", "balanced accuracy"), ("accuracy", "accuracy"),
                           ("macro_f1", "macro F1"), ("parse_rate", "parse rate")):
         path = plot_dir / f"{metric}.png"
-        if cfg.get("plots", True) and _plot(r["cells"], order, path, metric, label):
+        if cfg.get("plots", True) and _plot(r["cells"], order, r["test_sets"], path, metric, label):
             plots.append(f"{name}/{metric}.png")
     results.mkdir(parents=True, exist_ok=True)
     write_json_atomic(json_path, r)

@@ -36,10 +36,15 @@ class StudyEngine:
 
 @dataclass
 class StudyData:
+    train_source: str = field(default=MISSING, metadata=_help(
+        "The train pairs with human explanations (a JSON-lines file under data_root)."))
+    test_sets: dict[str, str | None] = field(default_factory=dict, metadata=_help(
+        "Test set name -> its JSON-lines file under data_root (null: not used); every train and pool row is "
+        "leak-checked against all of them."))
     sample_salt: int = field(default=0, metadata=_help("Salt of the id hash that picks the train and test rows."))
-    n_train: int | None = field(default=None, metadata=_help("Train pairs (e-SNLI dev); null: all."))
+    n_train: int | None = field(default=None, metadata=_help("Train pairs (of train_source); null: all."))
     n_test: dict[str, int | None] = field(default_factory=dict, metadata=_help(
-        "Test set -> pairs decoded by generation conditions; null: every row."))
+        "Test set (of test_sets) -> pairs decoded by generation conditions; null or absent: every row."))
     sft_dev_fraction: float = field(default=0.05, metadata=_help("Dev share of the train pairs, by id hash."))
     pool_files: list[str] = field(default_factory=list, metadata=_help(
         "Pairs without explanations: the teacher's pairs and the label-only pool sets."))
