@@ -219,7 +219,9 @@ def configure_cuda_memory(alloc_conf: str | None, cap_gib: float | None = None) 
     if not torch.cuda.is_available():
         return applied
     if alloc_conf and not applied["alloc_conf"]:
-        torch.cuda.memory._set_allocator_settings(alloc_conf)
+        # torch >= 2.10 names it per accelerator (the CUDA one warns that it is deprecated); older torch has only it
+        setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or torch.cuda.memory._set_allocator_settings
+        setter(alloc_conf)
         applied["alloc_conf"] = alloc_conf
     if cap_gib:
         total = torch.cuda.get_device_properties(_local_device()).total_memory
