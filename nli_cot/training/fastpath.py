@@ -192,7 +192,7 @@ def _flash_varlen_errors(device: torch.device) -> list[float]:
     ref = _segments_sdpa(q64, k64, v64, cu.tolist(), scale)
     ref_grads = torch.autograd.grad(ref, (q64, k64, v64), g.double())
     return [
-        float((a.double() - b).norm() / b.norm())
+        float(((a.double() - b).norm() / b.norm()).detach())
         for a, b in zip((out, *grads), (ref, *ref_grads), strict=True)
     ]
 

@@ -27,9 +27,12 @@ _QUIET_WARNINGS = (
     r".*smaller than the logging interval.*",      # short runs log at their end anyway (ProgressLog, status.json)
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # Lightning's own use of torch's pytree API
     r".*`is_gradient_checkpointing` is deprecated.*",         # PEFT's call into transformers
+    r".*does not have many workers which may be a bottleneck.*",  # rows are token ids already: loading is ~free
 )
-_QUIET_LOG_PREFIXES = ("\N{ELECTRIC LIGHT BULB} Tip:", "`weights_only` was not set")  # Lightning's ads; our own
-#                                                                        checkpoints are loaded with weights_only=False
+# Lightning's ads; our own checkpoints are loaded with weights_only=False; the tensor-core hint is about fp32
+# matmuls, and training runs its matmuls in bf16 autocast
+_QUIET_LOG_PREFIXES = ("\N{ELECTRIC LIGHT BULB} Tip:", "`weights_only` was not set",
+                       "You are using a CUDA device")
 
 
 class _DropNoise(logging.Filter):
