@@ -47,3 +47,32 @@ def test_inference_modes_carry_ratio_and_budget() -> None:
     out = bt.infer_summary(recs)
     assert set(out) == {"baseline", "nli_q4@budget"}
     assert out["nli_q4@budget"]["ratio_to_card"] == 12.5 and out["nli_q4@budget"]["max_reserved_GiB"] == 36.0
+
+
+def test_the_cuda_memory_budget_sets_the_allocator_and_caps_the_process(monkeypatch) -> None:
+    """predict's (and training's) budget: the allocator setting unless the environment has one, and a cap as a
+    fraction of the card; without CUDA nothing is touched."""
+    import types
+
+    import torch
+
+    from nli_cot.models import modeling
+
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert modeling.configure_cuda_memory("expandable_segments:True", 40) == {"alloc_conf": None, "cap_gib": None}
+
+    calls: dict = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(modeling, "_local_device", lambda: 0)
+    monkeypatch.setattr(torch._C, "_accelerator_setAllocatorSettings", lambda s: calls.setdefault("alloc", s),
+                        raising=False)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: types.SimpleNamespace(total_memory=80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: calls.setdefault("cap", (f, d)))
+    applied = modeling.configure_cuda_memory("expandable_segments:True", 40)
+    assert applied == {"alloc_conf": "expandable_segments:True", "cap_gib": 40}
+    assert calls == {"alloc": "expandable_segments:True", "cap": (0.5, 0)}
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "backend:native")
+    calls.clear()
+    assert modeling.configure_cuda_memory("expandable_segments:True")["alloc_conf"] == "backend:native"
+    assert calls == {}
