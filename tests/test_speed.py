@@ -1,5 +1,6 @@
-"""The speed bench's summary (experiments/bench_train.py speed): ratios pair each repeat with the card run of the
-same repeat index, carry their spread, and add the inference modes with their memory budget."""
+"""Speed: the bench summary (experiments/bench_train.py speed) pairs each repeat with the card run of the
+same repeat index, carries their spread and adds the inference modes; the CUDA memory budget predict and training
+apply before a model loads."""
 
 from __future__ import annotations
 
