@@ -18,6 +18,15 @@ from pathlib import Path
 
 import pytest
 
+# Under pytest-xdist (`make test` runs `-n auto`) each worker gets an equal share of the cores for torch's intra-op
+# threads, set before torch is imported; the processes a test starts inherit it. Two workers each on 2 threads
+# would oversubscribe 2 cores.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if os.environ.get("PYTEST_XDIST_WORKER") and _WORKERS > 1:
+    _THREADS = str(max(1, len(os.sched_getaffinity(0)) // _WORKERS))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, _THREADS)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -152,13 +161,56 @@ TRAIN_ARGS = [
 TRAINED_STEPS = ["trainer.max_steps=6", "trainer.save_total_limit=2"]
 
 
+def build_once(tmp_path_factory, name: str, build) -> Path:
+    """A folder ``build(folder)`` fills once per test session, also across pytest-xdist workers: the first worker to
+    ask builds it under a file lock in the session's shared temporary root, the others wait for it and reuse it.
+    Its users read it and never write into it."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # every worker's basetemp sits in this one session folder
+    out, done = root / f"shared-{name}", root / f"shared-{name}.done"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            build(out)
+            done.touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """The hydra.run.dir of one finished tiny training run (its run folder is ``<dir>/Mistral_Thinking_Abl1``)."""
-    out = tmp_path_factory.mktemp("trained_run")
-    proc = run_inprocess("nli_cot.train", [*TRAIN_ARGS, *TRAINED_STEPS, f"hydra.run.dir={out}"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+
+    def train(out: Path) -> None:
+        proc = run_inprocess("nli_cot.train", [*TRAIN_ARGS, *TRAINED_STEPS, f"hydra.run.dir={out}"])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    return build_once(tmp_path_factory, "trained_run", train)
+
+
+# Under pytest-xdist the longest tests start first (`--dist loadgroup`, scopes in collection order: each idle worker
+# takes the next test), so the two acceptance runs overlap with the rest rather than ending the session; then
+# the other slow ones. Without xdist the collection order stays as it is.
+LONGEST_FIRST = [
+    "tests/test_demo.py::test_short_demo_learns",
+    "tests/test_study.py::test_study_runs_every_condition_resumes_and_reports",
+]
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+
+    def rank(item) -> tuple[int, int]:
+        for i, prefix in enumerate(LONGEST_FIRST):
+            if item.nodeid.startswith(prefix):
+                return (0, i)
+        return (1, 0) if item.get_closest_marker("slow") else (2, 0)
+
+    items.sort(key=rank)  # stable: the rest keep their order
 
 
 def copy_run(run: Path, dest: Path) -> Path:
