@@ -7,8 +7,8 @@ ENV := HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} WANDB_MODE=$${WANDB_MODE:-offline} T
 ARGS ?=
 comma := ,
 # The tests on every physical core (pytest-xdist), each worker with its share of torch threads (tests/conftest.py);
-# loadgroup: an idle worker takes the next test (the longest first) or the next group that shares a costly fixture.
-XDIST ?= -n auto --dist loadgroup
+# --maxschedchunk 1: an idle worker takes the next test of the order tests/conftest.py sets (the longest first).
+XDIST ?= -n auto --dist load --maxschedchunk 1
 
 .PHONY: install test test-fast lint format demo study train ablations sweep report thoughts reflect sft predict evaluate compare export lm-eval baselines serve pipeline-sample fake-teacher bench-train bench-infer clean
 

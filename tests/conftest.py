@@ -191,29 +191,45 @@ def trained_run(tmp_path_factory) -> Path:
     return build_once(tmp_path_factory, "trained_run", train)
 
 
-# Under pytest-xdist the longest tests start first (`--dist loadgroup`, scopes in collection order: each idle worker
-# takes the next test), so the two acceptance runs overlap with the rest rather than ending the session; then
-# the other slow ones. Without xdist the collection order stays as it is.
+def copy_run(run: Path, dest: Path) -> Path:
+    """A private copy of a shared run dir, for tests that write into it."""
+    shutil.copytree(run, dest)
+    return dest
+
+
+# Under pytest-xdist (`--dist load --maxschedchunk 1`: each worker holds its running test and one more, and takes
+# the next test of this order when it finishes one) the longest tests start first, so the two acceptance runs
+# overlap with the rest rather than end the session: the short demo on the first worker, the study on the second
+# (each worker's first two tests are the first four of the order, so a quick test sits after each acceptance run),
+# then the other slow ones, the first user of each shared fixture (`build_once`) before any second user, so two
+# workers seldom wait for the same build. Without xdist the collection order stays as it is.
 LONGEST_FIRST = [
     "tests/test_demo.py::test_short_demo_learns",
     "tests/test_study.py::test_study_runs_every_condition_resumes_and_reports",
 ]
+SHARED_FIXTURES = ("trained_run", "exported", "runs")
 
 
 def pytest_collection_modifyitems(config, items) -> None:
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
-
-    def rank(item) -> tuple[int, int]:
-        for i, prefix in enumerate(LONGEST_FIRST):
-            if item.nodeid.startswith(prefix):
-                return (0, i)
-        return (1, 0) if item.get_closest_marker("slow") else (2, 0)
-
-    items.sort(key=rank)  # stable: the rest keep their order
-
-
-def copy_run(run: Path, dest: Path) -> Path:
-    """A private copy of a shared run dir, for tests that write into it."""
-    shutil.copytree(run, dest)
-    return dest
+    first = [next((i for i in items if i.nodeid.startswith(p)), None) for p in LONGEST_FIRST]
+    first = [i for i in first if i is not None]
+    slow, quick, users = [], [], {}
+    for item in items:
+        if item in first:
+            continue
+        if not item.get_closest_marker("slow") and not item.get_closest_marker("acceptance"):
+            quick.append(item)
+            continue
+        fixtures = [f for f in SHARED_FIXTURES if f in getattr(item, "fixturenames", ())]
+        nth = max((users.get(f, 0) for f in fixtures), default=0)
+        for f in fixtures:
+            users[f] = users.get(f, 0) + 1
+        slow.append((nth, len(slow), item))
+    ordered = []
+    for item in first:  # each acceptance run, then a quick test (the one its worker holds meanwhile)
+        ordered.append(item)
+        if quick:
+            ordered.append(quick.pop(0))
+    items[:] = ordered + [i for _, _, i in sorted(slow, key=lambda t: t[:2])] + quick
