@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import pytest
@@ -114,7 +115,11 @@ def run_inprocess(module: str, args: list[str], cwd: Path = REPO) -> subprocess.
             root.removeHandler(handler)
         os.chdir(cwd)
         sys.argv = [module, *args]
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            # runpy warns when the module it runs as `__main__` is already imported, as it is here once a test
+            # imported it (never in a fresh interpreter): not the run's own output.
+            warnings.filterwarnings("ignore", message=".*found in sys.modules after import of package",
+                                    category=RuntimeWarning)
             try:
                 runpy.run_module(module, run_name="__main__", alter_sys=True)
             except SystemExit as exit_:
@@ -131,7 +136,8 @@ def run_inprocess(module: str, args: list[str], cwd: Path = REPO) -> subprocess.
 
         GlobalHydra.instance().clear()
         put_back(saved_store, store.repo)
-        SCHEMAS.update(saved_schemas)
+        SCHEMAS.clear()  # exactly as before: a schema first registered by the run (as `__main__`) must not stay,
+        SCHEMAS.update(saved_schemas)  # or importing its module later is "registered twice"
         for handler in root.handlers[:]:  # the run's handlers (its train.log) must not outlive it
             root.removeHandler(handler)
             if handler not in saved_handlers:
