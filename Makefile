@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 ENV := HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} WANDB_MODE=$${WANDB_MODE:-offline} TOKENIZERS_PARALLELISM=false
 ARGS ?=
 comma := ,
+# The tests on every physical core (pytest-xdist), each worker with its share of torch threads (tests/conftest.py);
+# --maxschedchunk 1: an idle worker takes the next test of the order tests/conftest.py sets (the longest first).
+XDIST ?= -n auto --dist load --maxschedchunk 1
 
 .PHONY: install test test-fast lint format demo study train ablations sweep report thoughts reflect sft predict evaluate compare export lm-eval baselines serve pipeline-sample fake-teacher bench-train bench-infer clean
 
@@ -22,10 +25,10 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 test: install  ## the whole test suite (what CI runs): unit, end-to-end, acceptance; the 20 slowest are listed at the end
-	$(ENV) $(BIN)/python -m pytest -q --durations=20
+	$(ENV) $(BIN)/python -m pytest -q --durations=20 $(XDIST)
 
 test-fast: install  ## the pyramid's lower layers: unit and stage tests, no slow end-to-end runs, no acceptance runs
-	$(ENV) $(BIN)/python -m pytest -q -m "not slow and not acceptance"
+	$(ENV) $(BIN)/python -m pytest -q -m "not slow and not acceptance" $(XDIST)
 
 lint: install
 	$(BIN)/ruff check nli_cot tests experiments

@@ -14,9 +14,19 @@ import signal
 import subprocess
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import pytest
+
+# Under pytest-xdist (`make test` runs `-n auto`) each worker gets an equal share of the cores for torch's intra-op
+# threads, set before torch is imported; the processes a test starts inherit it. Two workers each on 2 threads
+# would oversubscribe 2 cores.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if os.environ.get("PYTEST_XDIST_WORKER") and _WORKERS > 1:
+    _THREADS = str(max(1, len(os.sched_getaffinity(0)) // _WORKERS))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, _THREADS)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -105,7 +115,11 @@ def run_inprocess(module: str, args: list[str], cwd: Path = REPO) -> subprocess.
             root.removeHandler(handler)
         os.chdir(cwd)
         sys.argv = [module, *args]
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            # runpy warns when the module it runs as `__main__` is already imported, as it is here once a test
+            # imported it (never in a fresh interpreter): not the run's own output.
+            warnings.filterwarnings("ignore", message=".*found in sys.modules after import of package",
+                                    category=RuntimeWarning)
             try:
                 runpy.run_module(module, run_name="__main__", alter_sys=True)
             except SystemExit as exit_:
@@ -122,7 +136,8 @@ def run_inprocess(module: str, args: list[str], cwd: Path = REPO) -> subprocess.
 
         GlobalHydra.instance().clear()
         put_back(saved_store, store.repo)
-        SCHEMAS.update(saved_schemas)
+        SCHEMAS.clear()  # exactly as before: a schema first registered by the run (as `__main__`) must not stay,
+        SCHEMAS.update(saved_schemas)  # or importing its module later is "registered twice"
         for handler in root.handlers[:]:  # the run's handlers (its train.log) must not outlive it
             root.removeHandler(handler)
             if handler not in saved_handlers:
@@ -152,16 +167,75 @@ TRAIN_ARGS = [
 TRAINED_STEPS = ["trainer.max_steps=6", "trainer.save_total_limit=2"]
 
 
+def build_once(tmp_path_factory, name: str, build) -> Path:
+    """A folder ``build(folder)`` fills once per test session, also across pytest-xdist workers: the first worker to
+    ask builds it under a file lock in the session's shared temporary root, the others wait for it and reuse it.
+    Its users read it and never write into it."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # every worker's basetemp sits in this one session folder
+    out, done = root / f"shared-{name}", root / f"shared-{name}.done"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            build(out)
+            done.touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """The hydra.run.dir of one finished tiny training run (its run folder is ``<dir>/Mistral_Thinking_Abl1``)."""
-    out = tmp_path_factory.mktemp("trained_run")
-    proc = run_inprocess("nli_cot.train", [*TRAIN_ARGS, *TRAINED_STEPS, f"hydra.run.dir={out}"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+
+    def train(out: Path) -> None:
+        proc = run_inprocess("nli_cot.train", [*TRAIN_ARGS, *TRAINED_STEPS, f"hydra.run.dir={out}"])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    return build_once(tmp_path_factory, "trained_run", train)
 
 
 def copy_run(run: Path, dest: Path) -> Path:
     """A private copy of a shared run dir, for tests that write into it."""
     shutil.copytree(run, dest)
     return dest
+
+
+# Under pytest-xdist (`--dist load --maxschedchunk 1`: each worker holds its running test and one more, and takes
+# the next test of this order when it finishes one) the longest tests start first, so the two acceptance runs
+# overlap with the rest rather than end the session: the short demo on the first worker, the study on the second
+# (each worker's first two tests are the first four of the order, so a quick test sits after each acceptance run),
+# then the other slow ones, the first user of each shared fixture (`build_once`) before any second user, so two
+# workers seldom wait for the same build. Without xdist the collection order stays as it is.
+LONGEST_FIRST = [
+    "tests/test_demo.py::test_short_demo_learns",
+    "tests/test_study.py::test_study_runs_every_condition_resumes_and_reports",
+]
+SHARED_FIXTURES = ("trained_run", "exported", "runs")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    first = [next((i for i in items if i.nodeid.startswith(p)), None) for p in LONGEST_FIRST]
+    first = [i for i in first if i is not None]
+    slow, quick, users = [], [], {}
+    for item in items:
+        if item in first:
+            continue
+        if not item.get_closest_marker("slow") and not item.get_closest_marker("acceptance"):
+            quick.append(item)
+            continue
+        fixtures = [f for f in SHARED_FIXTURES if f in getattr(item, "fixturenames", ())]
+        nth = max((users.get(f, 0) for f in fixtures), default=0)
+        for f in fixtures:
+            users[f] = users.get(f, 0) + 1
+        slow.append((nth, len(slow), item))
+    ordered = []
+    for item in first:  # each acceptance run, then a quick test (the one its worker holds meanwhile)
+        ordered.append(item)
+        if quick:
+            ordered.append(quick.pop(0))
+    items[:] = ordered + [i for _, _, i in sorted(slow, key=lambda t: t[:2])] + quick

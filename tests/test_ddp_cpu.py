@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_inprocess, run_module
+from conftest import build_once, run_inprocess, run_module
 
 pytestmark = pytest.mark.slow
 RUN = "Mistral_Thinking_Abl1"
@@ -16,8 +16,12 @@ RUN = "Mistral_Thinking_Abl1"
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
-    """``one``: 1 process x grad_accum 2; ``two``: 2 DDP processes x grad_accum 1; the same global batch, 4 steps."""
-    tmp = tmp_path_factory.mktemp("ddp")
+    """``one``: 1 process x grad_accum 2; ``two``: 2 DDP processes x grad_accum 1; the same global batch, 4 steps;
+    trained once per session (pytest-xdist workers share it)."""
+    return build_once(tmp_path_factory, "ddp", _train_both)
+
+
+def _train_both(tmp: Path) -> None:
     common = [
         "+experiment=abl1", "model=tiny_mistral", "dataset=sample", "logger=csv", "trainer.accelerator=cpu",
         "trainer.per_device_batch_size=4", "trainer.max_steps=4", "trainer.save_steps=4",
@@ -30,7 +34,6 @@ def runs(tmp_path_factory) -> Path:
     two = run_module("nli_cot.train", [*common, "trainer.devices=2", "trainer.strategy=ddp", "trainer.grad_accum=1",
                                        f"hydra.run.dir={tmp / 'two'}"])
     assert two.returncode == 0, two.stderr[-3000:]
-    return tmp
 
 
 def test_ddp_two_processes_train_and_save_a_loadable_adapter(runs: Path, tiny_model_cfg, mistral_tokenizer) -> None:

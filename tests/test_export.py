@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TRAINED_RUN, compose, run_inprocess, run_module
+from conftest import TRAINED_RUN, build_once, compose, run_inprocess, run_module
 
 RUN = TRAINED_RUN
 
@@ -45,17 +45,23 @@ def _evaluate(tmp: Path, name: str, seed: int) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, trained_run: Path) -> dict[str, Path]:
-    tmp = tmp_path_factory.mktemp("export")
-    evals = [_evaluate(tmp, "esnli_test", 0), _evaluate(tmp, "rte_dev", 1)]
-    from nli_cot.evaluation.compare import compare
+    """Two evaluations, their comparison and the export of every checkpoint, built once per session (pytest-xdist
+    workers share it); read-only here."""
 
-    compare([str(e) for e in evals], tmp / "compare", exact_below=25, dpi=60, plots=False)
-    out = tmp / "hub"
-    proc = run_inprocess("nli_cot.export", [str(trained_run / RUN), f"out={out}", "checkpoints=all",
-                                         f"evals=[{evals[0]},{evals[1]}]", f"compare={tmp / 'compare'}",
-                                         "repo_id=someone/tiny-nli", "push=someone/tiny-nli"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"tmp": tmp, "run": trained_run / RUN, "out": out, "evals": evals, "stdout": proc.stdout}
+    def build(tmp: Path) -> None:
+        evals = [_evaluate(tmp, "esnli_test", 0), _evaluate(tmp, "rte_dev", 1)]
+        from nli_cot.evaluation.compare import compare
+
+        compare([str(e) for e in evals], tmp / "compare", exact_below=25, dpi=60, plots=False)
+        proc = run_inprocess("nli_cot.export", [str(trained_run / RUN), f"out={tmp / 'hub'}", "checkpoints=all",
+                                             f"evals=[{evals[0]},{evals[1]}]", f"compare={tmp / 'compare'}",
+                                             "repo_id=someone/tiny-nli", "push=someone/tiny-nli"])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (tmp / "export.stdout").write_text(proc.stdout)
+
+    tmp = build_once(tmp_path_factory, "export", build)
+    return {"tmp": tmp, "run": trained_run / RUN, "out": tmp / "hub", "stdout": (tmp / "export.stdout").read_text(),
+            "evals": [tmp / "eval" / "esnli_test", tmp / "eval" / "rte_dev"]}
 
 
 @pytest.mark.slow
