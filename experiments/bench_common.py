@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -229,6 +230,24 @@ def read(path: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return out
+
+
+def record_failure(rec: dict, err: BaseException) -> None:
+    """A failed run or mode, in its record: out-of-memory told apart from other errors, with the traceback's tail
+    (one failure must not stop the runs after it)."""
+    import torch
+
+    oom = isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+    rec.update(
+        status="oom" if oom else "error",
+        error=f"{type(err).__name__}: {str(err)[:1500]}",
+        traceback_tail=traceback.format_exc()[-3000:],
+    )
+
+
+def fmt(x, nd: int = 0) -> str:
+    """A report cell: '-' for a missing value, thousands separators for numbers."""
+    return "-" if x is None else (f"{x:,.{nd}f}" if isinstance(x, (int, float)) else str(x))
 
 
 def gpu_mem() -> dict:

@@ -29,14 +29,13 @@ import json
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_common import REPO, append, gpu_mem, read, write_report  # noqa: E402
+from bench_common import REPO, append, fmt, gpu_mem, read, record_failure, write_report  # noqa: E402
 
 
 def sync() -> None:
@@ -294,18 +293,11 @@ def cmd_run(a) -> None:
                 )
             rec["status"] = "ok"
         except Exception as err:  # noqa: BLE001 - one failed mode must not stop the others
-            oom = isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
-            rec.update(
-                status="oom" if oom else "error",
-                error=f"{type(err).__name__}: {str(err)[:1500]}",
-                traceback_tail=traceback.format_exc()[-3000:],
-            )
+            record_failure(rec, err)
         rec["mem"] = gpu_mem()
         append(a.results, rec)
 
 
-def _f(x, nd=0):
-    return "-" if x is None else (f"{x:,.{nd}f}" if isinstance(x, (int, float)) else str(x))
 
 
 def cmd_report(a) -> None:
@@ -335,9 +327,9 @@ def cmd_report(a) -> None:
             else f"{r.get('status')}: {(r.get('error') or '')[:80]}"
         )
         lines.append(
-            f"| {r['mode']} | {_f(r.get('n_prompts'))} | {_f(eps, 2)} | {_f(ratio, 1)} | {_f(r.get('gen_tok_per_s'))} "
-            f"| {_f(r.get('ms_per_step'), 1)} | {_f(r.get('parse_valid_rate'), 3)} "
-            f"| {_f((r.get('mem') or {}).get('max_alloc_GiB'), 1)} | {_f(r.get('warmup_s'), 0)} | {status} |"
+            f"| {r['mode']} | {fmt(r.get('n_prompts'))} | {fmt(eps, 2)} | {fmt(ratio, 1)} | {fmt(r.get('gen_tok_per_s'))} "
+            f"| {fmt(r.get('ms_per_step'), 1)} | {fmt(r.get('parse_valid_rate'), 3)} "
+            f"| {fmt((r.get('mem') or {}).get('max_alloc_GiB'), 1)} | {fmt(r.get('warmup_s'), 0)} | {status} |"
         )
     lines += ["", "Modes:"] + [
         f"- `{r['mode']}`: {r.get('description', '')}. {r.get('note', '')}" for r in runs

@@ -27,14 +27,23 @@ import os
 import statistics
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_common import FLOP_PER_TOKEN, REPO, append, env_record, gpu_mem, read, write_report  # noqa: E402
+from bench_common import (  # noqa: E402
+    FLOP_PER_TOKEN,
+    REPO,
+    append,
+    env_record,
+    fmt,
+    gpu_mem,
+    read,
+    record_failure,
+    write_report,
+)
 
 # name -> (description, Hydra overrides on top of the card's settings)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -512,20 +521,13 @@ def cmd_run(a) -> None:
         (run_baseline if a.side == "baseline" else run_nli_cot)(a, rec)
         rec["status"] = "ok"
     except Exception as err:  # noqa: BLE001 - one failed variant must not stop the others
-        oom = isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
-        rec.update(
-            status="oom" if oom else "error",
-            error=f"{type(err).__name__}: {str(err)[:1500]}",
-            traceback_tail=traceback.format_exc()[-3000:],
-        )
+        record_failure(rec, err)
     rec["mem"] = gpu_mem()
     append(a.results, rec)
     gc.collect()
 
 
 # ------------------------------------------------------------------------------------------------- report
-def _f(x, nd=0):
-    return "-" if x is None else (f"{x:,.{nd}f}" if isinstance(x, (int, float)) else str(x))
 
 
 def cmd_report(a) -> None:
@@ -560,9 +562,9 @@ def cmd_report(a) -> None:
             else f"{r.get('status')}: {(r.get('error') or '')[:80]}"
         )
         lines.append(
-            f"| {r['side']} | {r['variant']} | {_f(tps)} | {_f(ratio, 2)} | {_f(r.get('steps_per_s'), 2)} "
-            f"| {_f(r.get('median_step_s'), 3)} | {_f(mem.get('max_alloc_GiB'), 1)} "
-            f"| {_f(mem.get('max_reserved_GiB'), 1)} | {_f(probe, 4)} | {_f(rel, 4)} | {_f(mfu, 3)} | {status} |"
+            f"| {r['side']} | {r['variant']} | {fmt(tps)} | {fmt(ratio, 2)} | {fmt(r.get('steps_per_s'), 2)} "
+            f"| {fmt(r.get('median_step_s'), 3)} | {fmt(mem.get('max_alloc_GiB'), 1)} "
+            f"| {fmt(mem.get('max_reserved_GiB'), 1)} | {fmt(probe, 4)} | {fmt(rel, 4)} | {fmt(mfu, 3)} | {status} |"
         )
     lines += ["", "Variants:"] + [f"- `{r['variant']}`: {r.get('description', '')}" for r in trains]
     prof = [r for r in trains if r.get("profile")]
@@ -570,8 +572,8 @@ def cmd_report(a) -> None:
         p = r["profile"]
         lines += [
             "",
-            f"Profile of `{r['variant']}` ({_f(p.get('profiled_wall_s'), 2)} s wall for the profiled steps; "
-            f"device busy {_f(p.get('device_busy_fraction'), 2)}; {_f(p.get('host_ops'))} host ops/step). "
+            f"Profile of `{r['variant']}` ({fmt(p.get('profiled_wall_s'), 2)} s wall for the profiled steps; "
+            f"device busy {fmt(p.get('device_busy_fraction'), 2)}; {fmt(p.get('host_ops'))} host ops/step). "
             "Top device time per step (ms):",
             "",
         ]
