@@ -30,7 +30,8 @@ from typing import Any
 
 from nli_cot.core.cli import CONF_DIR, one_line
 
-# stage -> (module with run(cfg), its config name under conf/)
+# stage -> (module with run(cfg), its config name under conf/); a user types the same job as
+# `python -m nli_cot.<stage> <overrides>` (every stage has that top-level entry)
 STAGES: dict[str, tuple[str, str]] = {
     "train": ("nli_cot.training.train", "config"),
     "predict": ("nli_cot.inference.predict", "predict"),
@@ -41,10 +42,6 @@ STAGES: dict[str, tuple[str, str]] = {
     "evaluate": ("nli_cot.evaluation.evaluate", "evaluate"),
     "demo_data": ("nli_cot.orchestration.demo_data", "demo_data"),
 }
-# The command a user types for the same job: python -m nli_cot.<CLI[stage]> <overrides>
-CLI = {"train": "nli_cot.train", "predict": "nli_cot.predict", "thoughts": "nli_cot.thoughts",
-       "reflect": "nli_cot.reflect", "sft": "nli_cot.sft", "baselines": "nli_cot.baselines",
-       "evaluate": "nli_cot.evaluate", "demo_data": "nli_cot.demo_data"}
 _COMPOSE_LOCK = threading.Lock()  # Hydra's GlobalHydra is process-wide: one composition at a time
 log = logging.getLogger("nli_cot.orchestration.run_job")
 
@@ -120,7 +117,9 @@ def spec_command(path: Path, stage: str, overrides: list[str], python: str | Non
 
 def equivalent_command(stage: str, overrides: list[str]) -> list[str]:
     """The command a user types for the same job: ``python -m nli_cot.<stage> <overrides>``."""
-    return ["python", "-m", CLI[stage], *overrides]
+    if stage not in STAGES:
+        raise JobSpecError(f"unknown stage {stage!r} (stages: {', '.join(STAGES)})")
+    return ["python", "-m", f"nli_cot.{stage}", *overrides]
 
 
 def load_spec(path: Path) -> tuple[str, list[str], Any]:
