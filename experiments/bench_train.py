@@ -169,10 +169,15 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 
 
 # The product's defaults as a user gets them: `+experiment=<name>` (its trainer=fast levers, fp32 norms), only the
-# model/data paths and logging pointed at the bench. name -> (description, experiment preset)
-EXPERIMENT_VARIANTS: dict[str, tuple[str, str]] = {
-    "abl0_1_default": ("`+experiment=abl0_1` as shipped (trainer=fast, fp32 norms, bs16 x2, grad-ckpt)", "abl0_1"),
-    "abl1_default": ("`+experiment=abl1` as shipped (trainer=fast, fp32 norms, bs8 x2, no grad-ckpt)", "abl1"),
+# model/data paths and logging pointed at the bench; a few method-keeping levers on top of a preset.
+# name -> (description, experiment preset, extra overrides)
+EXPERIMENT_VARIANTS: dict[str, tuple[str, str, list[str]]] = {
+    "abl0_1_default": ("`+experiment=abl0_1` as shipped (trainer=fast, fp32 norms, bs16 x2, grad-ckpt)", "abl0_1", []),
+    "abl1_default": ("`+experiment=abl1` as shipped (trainer=fast, fp32 norms, bs8 x2, no grad-ckpt)", "abl1", []),
+    # The memory lever: the two micro-batches of an optimiser step packed as two passes (the card's 16 examples at a
+    # time) instead of one 32-example row, which holds twice the activations at once.
+    "abl0_1_unfused": ("`+experiment=abl0_1 trainer.fuse_grad_accum=false` (two 16-example passes per step)",
+                       "abl0_1", ["trainer.fuse_grad_accum=false"]),
 }
 # The card's stack at each ablation's batch: name -> (description, per-device batch, gradient checkpointing)
 BASELINE_VARIANTS: dict[str, tuple[str, int, bool]] = {
@@ -277,8 +282,9 @@ def run_nli_cot(a, rec: dict) -> None:
 
     if a.variant in EXPERIMENT_VARIANTS:  # the preset's own batch, accumulation and levers; paths from the bench
         keep = ("trainer.per_device_batch_size=", "trainer.grad_accum=", "lora=", "optimizer=", "model=")
-        overrides = [f"+experiment={EXPERIMENT_VARIANTS[a.variant][1]}"]
-        overrides += [o for o in base_overrides(a) if not o.startswith(keep)] + list(a.override)
+        _, preset, extra = EXPERIMENT_VARIANTS[a.variant]
+        overrides = [f"+experiment={preset}"]
+        overrides += [o for o in base_overrides(a) if not o.startswith(keep)] + extra + list(a.override)
     else:
         overrides = base_overrides(a) + VARIANTS[a.variant][1] + list(a.override)
     rec["overrides"] = overrides
@@ -583,7 +589,7 @@ def cmd_report(a) -> None:
 
 
 # The card configuration each product default is compared with (the same ablation's batch and checkpointing).
-SPEED_PAIRS = {"abl0_1_default": "card", "abl1_default": "card_abl1"}
+SPEED_PAIRS = {"abl0_1_default": "card", "abl0_1_unfused": "card", "abl1_default": "card_abl1"}
 
 
 def _spread(xs: list[float]) -> dict:
