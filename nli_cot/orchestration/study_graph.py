@@ -120,7 +120,6 @@ class StudyGraph:
         """The label-only sets prep writes: set -> the pair groups it holds."""
         return {name: list(e["pairs"]) for name, e in self.sets.items() if e["strategy"] is None}
 
-
     @property
     def test_sets(self) -> list[str]:
         """The test sets every model is scored on: conf/study.yaml ``data.test_sets`` (checked at start-up by

@@ -75,16 +75,17 @@ class StudyTrain:
     optimizer: str = field(default="adamw", metadata=_help("The optimizer group of every training run."))
     lr: float = field(default=5.0e-4, metadata=_help("Learning rate where a family has no grid."))
     lr_grid: list[float] = field(default_factory=list, metadata=_help(
-        "Non-empty: condition 'human' seed 0 trains at each lr, the best dev score wins (reasoning family)."))
+        "The reasoning family's grid (catalogue.families.reasoning.lr_grid): non-empty, its anchor's seed 0 trains at "
+        "each lr, the best dev score wins."))
     warmup_ratio: float = field(default=0.05, metadata=_help("Warm-up share of the optimiser steps."))
     batch_size: int = field(default=8, metadata=_help("Examples per micro-batch."))
     grad_accum: int = field(default=1, metadata=_help("Micro-batches per optimiser step."))
     max_epochs: int = field(default=1, metadata=_help("Passes over each condition's SFT set."))
     max_steps: int = field(default=-1, metadata=_help("> 0: a cap on the optimiser steps of every run."))
     label_lr_grid: list[float] = field(default_factory=list, metadata=_help(
-        "The lr grid of the label-only family (anchor: label_only seed 0)."))
+        "The label-only family's grid (catalogue.families.label.lr_grid)."))
     lr_by_family: dict[str, float | None] = field(default_factory=dict, metadata=_help(
-        "Family (reasoning | label) -> its lr when the family has no grid in this invocation."))
+        "Family (a key of catalogue.families) -> its lr when the family has no grid in this invocation."))
     epochs_by_condition: dict[str, int] = field(default_factory=dict, metadata=_help(
         "Condition -> passes over its own set (overrides max_epochs and equal_steps)."))
     patience_by_condition: dict[str, int | None] = field(default_factory=dict, metadata=_help(
@@ -336,7 +337,7 @@ def check_catalogue(cfg: dict[str, Any], built_in: Sequence[str]) -> list[str]:
         if (e["strategy"] is None) == (not e["pairs"]):
             errors.append(f"{key}: set either strategy (the SFT stage writes it) or pairs (prep writes it), not "
                           f"{'both' if e['pairs'] else 'neither'}")
-        errors += [_unknown(f"{key}.pairs", "pair group", g, PAIR_GROUPS) for g in e["pairs"] if g not in PAIR_GROUPS]
+        errors += [_unknown(f"{key}.pairs", "pair group", g, PAIR_GROUPS) for g in e["pairs"] or [] if g not in PAIR_GROUPS]
         if e["teacher"] is not None and e["teacher"] not in models:
             errors.append(_unknown(f"{key}.teacher", "teacher (not in catalogue.teacher_models)", e["teacher"],
                                    list(models)))
