@@ -24,8 +24,8 @@ Features
   ``<out_dir>/study.log``.
 - Hyper-parameters are fixed in ``conf/study/*.yaml`` with reasons; the learning rate may be chosen per family on
   the dev split of the train pairs (``train.lr_grid`` on ``human`` seed 0, ``train.label_lr_grid`` on ``label_only``
-  seed 0: the families' anchors in ``conf/study.yaml`` ``catalogue``); early stopping, the best checkpoint and the lr follow decoded dev balanced accuracy with
-  ``train.gen_eval.enabled`` (else dev loss). The test sets are never used for a choice.
+  seed 0: the families' anchors in ``conf/study.yaml`` ``catalogue``); early stopping, the best checkpoint and
+  the lr follow decoded dev balanced accuracy with ``train.gen_eval.enabled`` (else dev loss). The test sets are never used for a choice.
 - The report (``nli_cot.orchestration.study_report``): ``<results_dir>/<report_name>.md`` + ``.json`` + plots.
 - ``stage=plan`` prints the jobs in start order with their dependencies and what is already done;
   ``stage=export_data export_dir=.study-data`` writes the trimmed data copy that travels to the GPU machine;

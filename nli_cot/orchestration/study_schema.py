@@ -337,7 +337,8 @@ def check_catalogue(cfg: dict[str, Any], built_in: Sequence[str]) -> list[str]:
         if (e["strategy"] is None) == (not e["pairs"]):
             errors.append(f"{key}: set either strategy (the SFT stage writes it) or pairs (prep writes it), not "
                           f"{'both' if e['pairs'] else 'neither'}")
-        errors += [_unknown(f"{key}.pairs", "pair group", g, PAIR_GROUPS) for g in e["pairs"] or [] if g not in PAIR_GROUPS]
+        errors += [_unknown(f"{key}.pairs", "pair group", g, PAIR_GROUPS)
+                   for g in e["pairs"] or [] if g not in PAIR_GROUPS]
         if e["teacher"] is not None and e["teacher"] not in models:
             errors.append(_unknown(f"{key}.teacher", "teacher (not in catalogue.teacher_models)", e["teacher"],
                                    list(models)))
