@@ -253,9 +253,9 @@ def test_seed_mean_ci_matches_the_project_metrics():
 
 def test_equal_steps_gives_every_condition_the_human_sets_step_budget(tmp_path):
     """A 369-example teacher set once got 6 steps against 60: equal_steps gives every run the human set's steps."""
-    cfg = {"conditions": ["human", "teacher_base_correct_only"], "seeds": [0], "train": {
-        "lr_grid": [], "batch_size": 64, "grad_accum": 2, "max_epochs": 2, "max_steps": -1, "equal_steps": True}}
-    graph = StudyGraph(cfg, tmp_path)
+    graph = _cpu_graph(tmp_path, "conditions=[human,teacher_base_correct_only]", "train.batch_size=64",
+                       "train.grad_accum=2", "train.max_epochs=2", "train.max_steps=-1", "train.equal_steps=true")
+    cfg = graph.cfg
     (tmp_path / "sft" / "human").mkdir(parents=True)
     (tmp_path / "sft" / "human" / "stats.json").write_text(json.dumps({"train": {"count": 9350}}))
     assert graph.step_budget() == (-1, 2 * 74)  # ceil(9350 / 128) = 74 steps an epoch, 2 epochs, epochs unbounded

@@ -24,8 +24,8 @@ Features
   ``<out_dir>/study.log``.
 - Hyper-parameters are fixed in ``conf/study/*.yaml`` with reasons; the learning rate may be chosen per family on
   the dev split of the train pairs (``train.lr_grid`` on ``human`` seed 0, ``train.label_lr_grid`` on ``label_only``
-  seed 0); early stopping, the best checkpoint and the lr follow decoded dev balanced accuracy with
-  ``train.gen_eval.enabled`` (else dev loss). The test sets are never used for a choice.
+  seed 0: the families' anchors in ``conf/study.yaml`` ``catalogue``); early stopping, the best checkpoint and
+  the lr follow decoded dev balanced accuracy with ``train.gen_eval.enabled`` (else dev loss). The test sets are never used for a choice.
 - The report (``nli_cot.orchestration.study_report``): ``<results_dir>/<report_name>.md`` + ``.json`` + plots.
 - ``stage=plan`` prints the jobs in start order with their dependencies and what is already done;
   ``stage=export_data export_dir=.study-data`` writes the trimmed data copy that travels to the GPU machine;
@@ -34,7 +34,8 @@ Features
 
 Limits
 - The method settings are fingerprinted in ``<out_dir>/study_settings.json``: reusing an out_dir with other
-  sizes is refused (``force=true`` overrides), because finished jobs would otherwise be mixed with new ones.
+  sizes is refused (``force=true`` overrides), because finished jobs would otherwise be mixed with new ones. The
+  condition catalogue is recorded there entry by entry: a new entry is fine, a changed one is refused the same way.
 - Local jobs (evaluation, data sampling, the lr choice) run in the driver, one at a time: on a cluster the driver's
   machine must see out_dir too.
 """
@@ -56,7 +57,7 @@ from omegaconf import DictConfig, OmegaConf
 from nli_cot.core.records import write_json_atomic
 from nli_cot.orchestration.study_engine import Engine, EngineConfig, check_engine, marker_path
 from nli_cot.orchestration.study_graph import StudyGraph
-from nli_cot.orchestration.study_schema import StudyConfig  # noqa: F401  (registers the study's schema)
+from nli_cot.orchestration.study_schema import catalogue_of  # its import registers the study's schema
 
 FINGERPRINTED = ("base_model", "model_tokenizer", "prompt_name", "data", "train", "predict", "teachers", "evaluate",
                 "baselines")
@@ -64,14 +65,19 @@ EXIT_FAILED, EXIT_UNFINISHED = 1, 3
 STAGES = ("run", "report", "plan", "export_data", "merge")
 
 
-# The data sets every out_dir used while they were fixed in the code (before data.train_source/test_sets were
-# config): at these values they are left out of the fingerprint, so such an out_dir is still recognised as the same.
+# The train source and test sets of conf/study.yaml, left out of the fingerprint at these values. They were fixed
+# in the code when the first out_dirs were made, so those out_dirs' fingerprints lack them; and because the rule holds
+# for every out_dir since, each one made with these sets (before or after they became config) has its fingerprint
+# without them. Dropping the rule would change all those fingerprints and check_settings would refuse to resume
+# them (force=true aside): the rule stays as long as such out_dirs are to be continued or merged.
 _SETS_BEFORE_CONFIG = {"train_source": "esnli/dev.jsonl", "test_sets": {
     "esnli_test": "esnli/test.jsonl", "mnli_dev_matched": "mnli/dev_matched.jsonl", "rte_dev": "rte/dev.jsonl"}}
 
 
 def settings_fingerprint(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The settings that decide results (not scheduling, not paths, not the seed/condition lists, which may grow)."""
+    """The settings that decide results (not scheduling, not paths, not the seed/condition lists, which may grow;
+    the condition catalogue, which may grow too, is checked entry by entry by ``check_settings``). The train source
+    and test sets count only where they differ from ``_SETS_BEFORE_CONFIG`` (why: its comment)."""
     settings = json.loads(json.dumps({k: cfg[k] for k in FINGERPRINTED}))
     settings["evaluate"].pop("plots", None)  # pictures only; off on a machine without matplotlib
     for key, value in _SETS_BEFORE_CONFIG.items():
@@ -81,18 +87,42 @@ def settings_fingerprint(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"sha256": hashlib.sha256(blob.encode()).hexdigest()[:16], "settings": settings}
 
 
+def catalogue_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The catalogue entries (``catalogue.<section>.<name>``) that both have and that differ: a condition, family or
+    set whose finished jobs meant something else. A field the old entry lacks is not a change."""
+    changed = []
+    for section, entries in old.items():
+        if not isinstance(entries, dict):
+            changed += [f"catalogue.{section}"] if new.get(section) != entries else []
+            continue
+        for name, entry in entries.items():
+            now = (new.get(section) or {}).get(name, entry)
+            if (any(now.get(k) != v for k, v in entry.items()) if isinstance(entry, dict) and isinstance(now, dict)
+                    else now != entry):
+                changed.append(f"catalogue.{section}.{name}")
+    return changed
+
+
 def check_settings(out: Path, cfg: dict[str, Any], force: bool) -> None:
+    """Refuse an out_dir made with other method settings (``settings_fingerprint``) or with another meaning of a
+    catalogue entry it has seen, unless ``force``; record the settings and every catalogue entry seen so far (an
+    out_dir from before the catalogue was config has none recorded: nothing to compare, the entries are added)."""
     path = out / "study_settings.json"
     fp = settings_fingerprint(cfg)
+    catalogue = json.loads(json.dumps(catalogue_of(cfg)[0]))
     if path.is_file():
         old = json.loads(path.read_text())
-        if old["sha256"] != fp["sha256"] and not force:
-            diff = [k for k in FINGERPRINTED if old["settings"].get(k) != fp["settings"].get(k)]
+        seen = old.get("catalogue") or {}
+        diff = [k for k in FINGERPRINTED if old["settings"].get(k) != fp["settings"].get(k)]
+        diff += catalogue_changes(seen, catalogue)
+        if (old["sha256"] != fp["sha256"] or diff) and not force:
             raise SystemExit(f"error: {out} was made with other settings ({', '.join(diff)} differ); use another "
                              "out_dir, or force=true to mix them knowingly")
-        if old["sha256"] == fp["sha256"]:
+        catalogue = {k: {**seen[k], **v} if isinstance(v, dict) and isinstance(seen.get(k), dict) else v
+                     for k, v in {**seen, **catalogue}.items()}
+        if old["sha256"] == fp["sha256"] and old.get("catalogue") == catalogue:
             return
-    write_json_atomic(path, fp)
+    write_json_atomic(path, {**fp, "catalogue": catalogue})
 
 
 MERGED_DIRS = ("eval", "runs", "sft", "teachers", "predictions", "jobs", "logs", "specs", "hydra")
@@ -168,7 +198,7 @@ class LocalJobs:
 
         d = self.cfg["data"]
         pool = list(d.get("pool_files") or [])
-        label_sets = {"label_all": ["train", "pool"], "label_pool": ["teacher"]} if pool else {}
+        label_sets = self.g.label_sets() if pool else {}  # the catalogue's sets of pairs: they need the pool
         return {"n_train": d["n_train"], "n_test": dict(d["n_test"]), "salt": d["sample_salt"],
                 "test_sets": test_sets_of(d), "train_source": d["train_source"], "pool_files": pool,
                 "n_teacher": d.get("n_teacher"), "dev_fraction": d["sft_dev_fraction"], "label_sets": label_sets}
@@ -214,8 +244,6 @@ class LocalJobs:
         """The learning rate whose anchor seed-0 run reached the best dev value of the runs' monitored metric
         (``train.select_metric`` with gen_eval on, else dev loss); test sets are never consulted. Says whether the
         choice sits at an edge of the grid (then the optimum may lie beyond it)."""
-        from nli_cot.orchestration.study_graph import ANCHOR
-
         table = []
         metric = None
         for lr, run in self.g.lr_runs(family):
@@ -233,7 +261,7 @@ class LocalJobs:
         lrs = sorted(t["lr"] for t in table)
         edge = None if len(lrs) < 2 else "lowest" if best["lr"] == lrs[0] else "highest" if best["lr"] == lrs[-1] else None
         choice = {"lr": best["lr"], "run": best["run"], "metric": f"{metric} ({'max' if maximise else 'min'})",
-                  "table": table, "condition": ANCHOR[family], "family": family, "seed": self.g.seeds[0],
+                  "table": table, "condition": self.g.anchor(family), "family": family, "seed": self.g.seeds[0],
                   "at_grid_edge": edge}
         write_json_atomic(self.g.choice_path(family), choice)
         return choice

@@ -16,6 +16,13 @@ conditions and baselines on every row):
 - ``teacher_human_*``: the same with the condition-3 model (seed 0, best checkpoint) as teacher: one round of
   self-improvement.
 
+The trained conditions are config: conf/study.yaml ``catalogue`` (checked by ``study_schema.check_catalogue``) says
+which SFT set each trains on and its lr family, which family anchor chooses the lr, who writes each set (prep, the
+SFT stage from the train pairs, or from a teacher's thoughts and reflections) and whose seed-0 model each teacher
+is. The graph derives its jobs from that: the job that writes a condition's set is its training's dependency, a
+teacher's chain waits for its model, and a family anchor's seed-0 model is its grid run at the chosen lr. Zero-shot
+and baseline conditions are built in (the base model; ``nli_cot.baselines`` kinds).
+
 Jobs (``lane``): prep (local), sft (cpu), thoughts/reflect/train/predict (gpu), evaluate (local), select_lr
 (local). Priorities put every seed-0 job before seeds 1-2, and the teacher chains (the critical path) first.
 
@@ -35,30 +42,14 @@ from typing import Any
 from nli_cot.orchestration.run_job import JobSpecError, compose_stage, equivalent_command, spec_command
 from nli_cot.orchestration.study_data import test_sets_of
 from nli_cot.orchestration.study_engine import Job, NoData, safe_name
+from nli_cot.orchestration.study_schema import catalogue_of, check_catalogue
 
-TEACHER_CONDITIONS = ("teacher_base_combined", "teacher_base_correct_only", "teacher_human_combined",
-                      "teacher_human_correct_only")
-LABEL_ONLY = ("label_only", "label_only_all", "label_only_pool")
-REASONING = ("human", *TEACHER_CONDITIONS)
-TRAINED = (*LABEL_ONLY, *REASONING)
 ZERO_SHOT = ("zero_shot", "zero_shot_constrained")
 BASELINES = ("bow", "hyp_bow", "cross_encoder")
+BUILT_IN = (*ZERO_SHOT, *BASELINES)  # the conditions outside the catalogue: the base model, nli_cot.baselines kinds
 SEEDLESS = (*ZERO_SHOT, "bow", "hyp_bow")  # deterministic given the data: one model, not one per seed
-CONDITIONS = (*ZERO_SHOT, *TRAINED, *BASELINES)
-TEACHERS = {"teacher_base": "base", "teacher_human": "human"}
-# The SFT set each trained condition reads: label_only reads the human set without its thoughts (same pairs, same
-# split); label_all (e-SNLI dev + the pool) and label_pool (the teacher's pairs) are written by prep.
-SFT_SET = {"label_only": "human", "human": "human", "label_only_all": "label_all", "label_only_pool": "label_pool",
-           **{c: c for c in TEACHER_CONDITIONS}}
-# lr families: one grid per family, run on its anchor condition's first seed, chosen on dev, used by the family.
-FAMILY = {**{c: "label" for c in LABEL_ONLY}, **{c: "reasoning" for c in REASONING}}
-ANCHOR = {"reasoning": "human", "label": "label_only"}
-GRID_KEY = {"reasoning": "lr_grid", "label": "label_lr_grid"}
-SELECT_JOB = {"reasoning": "select_lr", "label": "select_lr_label"}
-CHOICE_FILE = {"reasoning": "lr_choice.json", "label": "lr_choice_label.json"}
-# Order inside one seed: the teacher chains are the longest, so they start first.
-_ORDER = {"teacher_base": 0, "teacher_human": 1, "human": 2, "label_only": 3, "label_only_all": 3,
-          "label_only_pool": 4, "zero_shot": 5, "baseline": 6}
+# Start order inside one seed of the built-in conditions' jobs (the catalogue's conditions have their own).
+_ORDER = {"zero_shot": 5, "baseline": 6}
 
 
 def model_id(condition: str, seed: int | None) -> str:
@@ -80,15 +71,54 @@ class StudyGraph:
         self.specs: dict[str, tuple[str, Callable[[], list[str]]]] = {}  # job -> (stage, its overrides)
         self.overrides_of: dict[str, list[str]] = {}  # job -> the overrides of its last spec
         self.data = self.out / "data"
-        bad = [c for c in cfg["conditions"] if c not in CONDITIONS]
-        if bad:
-            raise ValueError(f"conditions: unknown {bad}; known: {', '.join(CONDITIONS)}")
-        self.conditions = [c for c in CONDITIONS if c in cfg["conditions"]]
+        problems = check_catalogue(cfg, BUILT_IN)
+        if problems:
+            raise ValueError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+        catalogue = catalogue_of(cfg)[0]
+        self.trained: dict[str, dict[str, Any]] = catalogue["conditions"]  # catalogue order
+        self.families: dict[str, dict[str, Any]] = catalogue["families"]
+        self.sets: dict[str, dict[str, Any]] = catalogue["sft_sets"]
+        self.budget_set: str = catalogue["step_budget_set"]
+        # teacher id (its jobs' and directory's name) -> its teachers.<name> block and its model's condition
+        self.teachers = {f"teacher_{t}": t for t in catalogue["teacher_models"]}
+        self.teacher_model = {f"teacher_{t}": m for t, m in catalogue["teacher_models"].items()}
+        self.known_conditions = (*ZERO_SHOT, *self.trained, *BASELINES)  # the report's row order
+        self.conditions = [c for c in self.known_conditions if c in cfg["conditions"]]
         self.seeds = [int(s) for s in cfg["seeds"]]
-        unknown = set(cfg["train"].get("lr_by_family") or {}) - set(GRID_KEY)
-        if unknown:
-            raise ValueError(f"train.lr_by_family: unknown famil{'ies' if len(unknown) > 1 else 'y'} "
-                             f"{sorted(unknown)}; known: {', '.join(GRID_KEY)}")
+
+    # ------------------------------------------------------------------------------------ catalogue
+
+    def family(self, condition: str) -> str:
+        return self.trained[condition]["family"]
+
+    def anchor(self, family: str) -> str:
+        return self.families[family]["anchor"]
+
+    def label_only(self, condition: str) -> bool:
+        """Trains on the label alone (its family's ``label_only``); the others write reasoning."""
+        return bool(self.families[self.family(condition)]["label_only"])
+
+    def reasoning(self, condition: str) -> bool:
+        return condition in self.trained and not self.label_only(condition)
+
+    def sft_set(self, condition: str) -> str:
+        return self.trained[condition]["sft_set"]
+
+    def teacher_of(self, condition: str) -> str | None:
+        """The teacher id whose reasoning the condition's set is made of, or None."""
+        t = self.sets[self.sft_set(condition)]["teacher"]
+        return None if t is None else f"teacher_{t}"
+
+    def set_job(self, name: str) -> str:
+        """The job that writes SFT set ``name``: prep (a label-only set of pairs) or the SFT stage's sft:<name>."""
+        return "prep" if self.sets[name]["strategy"] is None else f"sft:{name}"
+
+    def select_job(self, family: str) -> str:
+        return self.families[family]["select_job"] or f"select_lr_{family}"
+
+    def label_sets(self) -> dict[str, list[str]]:
+        """The label-only sets prep writes: set -> the pair groups it holds."""
+        return {name: list(e["pairs"]) for name, e in self.sets.items() if e["strategy"] is None}
 
     @property
     def test_sets(self) -> list[str]:
@@ -114,18 +144,18 @@ class StudyGraph:
         d = self.out / "eval" / mid
         return d / test_set if test_set else d
 
-    def grid(self, family: str = "reasoning") -> list[Any]:
-        return list(self.cfg["train"].get(GRID_KEY[family]) or [])
+    def grid(self, family: str) -> list[Any]:
+        return list(self.families[family]["lr_grid"] or [])
 
-    def lr_runs(self, family: str = "reasoning") -> list[tuple[float, str]]:
-        anchor = ANCHOR[family]
+    def lr_runs(self, family: str) -> list[tuple[float, str]]:
+        anchor = self.anchor(family)
         return [(float(lr), f"{anchor}_s{self.seeds[0]}_lr{_fmt_lr(float(lr))}") for lr in self.grid(family)]
 
-    def choice_path(self, family: str = "reasoning") -> Path:
-        return self.out / CHOICE_FILE[family]
+    def choice_path(self, family: str) -> Path:
+        return self.out / (self.families[family]["choice_file"] or f"lr_choice_{family}.json")
 
-    def chosen_lr(self, condition: str = "human") -> float:
-        family = FAMILY.get(condition, "reasoning")
+    def chosen_lr(self, condition: str) -> float:
+        family = self.family(condition)
         path = self.choice_path(family)
         if self.grid(family) and path.is_file():
             return float(json.loads(path.read_text())["lr"])
@@ -134,8 +164,8 @@ class StudyGraph:
 
     def trained_run(self, mid: str) -> Path:
         """The run dir behind a trained model id; for a grid's anchor at seed 0, the chosen lr's run."""
-        for family, anchor in ANCHOR.items():
-            if mid == model_id(anchor, self.seeds[0]) and self.grid(family):
+        for family in self.families:
+            if mid == model_id(self.anchor(family), self.seeds[0]) and self.grid(family):
                 choice = json.loads(self.choice_path(family).read_text())
                 return self.run_dir(choice["run"])
         return self.run_dir(mid)
@@ -146,7 +176,8 @@ class StudyGraph:
         return json.loads((self.sft_dir(name) / "stats.json").read_text())
 
     def checkpoint(self, mid: str) -> Path:
-        """The best checkpoint (dev loss) of a finished run; for human seed 0 under a grid, of the chosen lr."""
+        """The best checkpoint (dev loss) of a finished run; for a family anchor's seed 0 under a grid, of the
+        chosen lr."""
         if self.dry:
             return self.run_dir(mid) / "model" / "checkpoint-0"
         run = self.trained_run(mid)
@@ -224,15 +255,15 @@ class StudyGraph:
 
     def _teacher_args(self, teacher: str) -> list[str]:
         c = self.cfg["teachers"]
-        t = c[TEACHERS[teacher]]
+        t = c[self.teachers[teacher]]
         args = [f"teacher={t['group']}", f"teacher.batch_size={c['batch_size']}",
                 f"teacher.max_tokens={c['max_tokens']}", "progress=false"]
-        if teacher == "teacher_human":
-            args.append(f"teacher.adapter={self.checkpoint(model_id('human', self.seeds[0]))}")
+        if self.teacher_model[teacher] is not None:
+            args.append(f"teacher.adapter={self.checkpoint(model_id(self.teacher_model[teacher], self.seeds[0]))}")
         return args + list(t["extra"])
 
     def thoughts_cmd(self, teacher: str) -> list[str]:
-        t = self.cfg["teachers"][TEACHERS[teacher]]
+        t = self.cfg["teachers"][self.teachers[teacher]]
         return self._py("nli_cot.thoughts", *self._teacher_args(teacher), "pairs=esnli", "pairs.name=study_train",
                         f"pairs.path={self.pairs_for_teacher()}", "pairs.extra_fields=[]",
                         f"teacher_prompt={t['prompt']}",
@@ -240,33 +271,34 @@ class StudyGraph:
 
     def reflect_cmd(self, teacher: str) -> list[str]:
         d = self.teacher_dir(teacher)
-        prompt = self.cfg["teachers"][TEACHERS[teacher]].get("reflect_prompt", "default")
+        prompt = self.cfg["teachers"][self.teachers[teacher]].get("reflect_prompt", "default")
         return self._py("nli_cot.reflect", *self._teacher_args(teacher), "data_name=train", f"reflect_prompt={prompt}",
                         f"thoughts={d / 'thoughts' / 'train.jsonl'}", f"output={d / 'reflections' / 'train.jsonl'}")
 
     def step_budget(self, condition: str | None = None) -> tuple[int, int]:
         """(max_epochs, max_steps) of every training run.
 
-        With ``train.equal_steps`` every condition gets the optimiser steps that ``max_epochs`` passes over the human
-        SFT set take (the largest set: one example per train pair), epochs unbounded; early stopping on the dev loss
-        still picks the best checkpoint. Without it a small teacher set (e.g. 369 examples) trains for a few steps
-        only, and its row would mix the teacher's quality with under-training.
+        With ``train.equal_steps`` every reasoning condition gets the optimiser steps that ``max_epochs`` passes over
+        ``catalogue.step_budget_set`` take (the human set, the largest: one example per train pair), epochs
+        unbounded; early stopping on the dev loss still picks the best checkpoint. Without it a small teacher set
+        (e.g. 369 examples) trains for a few steps only, and its row would mix the teacher's quality with
+        under-training.
         """
         t = self.cfg["train"]
         own = (t.get("epochs_by_condition") or {}).get(condition)
         if own is not None:  # a set with its own pass count (e.g. the 47k label-only pairs)
             return int(own), int(t["max_steps"])
-        if not t.get("equal_steps") or (condition is not None and condition not in REASONING):
+        if not t.get("equal_steps") or (condition is not None and not self.reasoning(condition)):
             return int(t["max_epochs"]), int(t["max_steps"])
-        n = self.sft_stats("human")["train"]["count"]
+        n = self.sft_stats(self.budget_set)["train"]["count"]
         per_step = int(t["batch_size"]) * int(t["grad_accum"])
         steps = max(1, -(-int(n) // per_step) * int(t["max_epochs"]))
         return -1, steps if int(t["max_steps"]) <= 0 else min(steps, int(t["max_steps"]))
 
     def train_cmd(self, condition: str, seed: int, run: str, lr: float | None = None) -> list[str]:
         c, t = self.cfg, self.cfg["train"]
-        sft = self.sft_dir(SFT_SET[condition])
-        stats = self.sft_stats(SFT_SET[condition])
+        sft = self.sft_dir(self.sft_set(condition))
+        stats = self.sft_stats(self.sft_set(condition))
         eval_path = str(sft / "dev.jsonl") if stats["dev"]["count"] else "null"
         own_patience = t.get("patience_by_condition") or {}
         patience = own_patience[condition] if condition in own_patience else t["early_stopping_patience"]
@@ -275,7 +307,7 @@ class StudyGraph:
             "+experiment=study",  # what every study run shares (conf/experiment/study.yaml)
             f"model={c['base_model']}", f"prompt={c['prompt_name']}", f"optimizer={t['optimizer']}",
             f"dataset.name={condition}", f"dataset.train_path={sft / 'train.jsonl'}",
-            f"dataset.eval_path={eval_path}", f"dataset.label_only={str(condition in LABEL_ONLY).lower()}",
+            f"dataset.eval_path={eval_path}", f"dataset.label_only={str(self.label_only(condition)).lower()}",
             f"dataset.max_seq_length={t['max_seq_length']}",
             f"output_dir={self.run_dir(run)}", f"seed={seed}",
             f"optimizer.lr={lr if lr is not None else self.chosen_lr(condition)}",
@@ -342,30 +374,46 @@ class StudyGraph:
 
     def jobs(self, local: dict[str, Any]) -> list[Job]:
         """The graph. ``local`` maps local job kinds (prep, evaluate, select_lr) to callables built by the driver;
-        ``select_lr`` takes the lr family ("reasoning" or "label")."""
+        ``select_lr`` takes the lr family (a key of ``catalogue.families``)."""
         conds = set(self.conditions)
         seeds = self.seeds
         s0 = seeds[0]
         jobs: list[Job] = [Job("prep", "local", (-1,), fn=local["prep"], equivalent=local["prep_cmd"],
                                meta={"stage": "prep"})]
-        teachers = [t for t in TEACHERS if conds & {f"{t}_combined", f"{t}_correct_only"}]
+        teachers = [t for t in self.teachers if any(self.teacher_of(c) == t for c in conds & set(self.trained))]
+        # A teacher's model trains at seed 0 even when its condition is not run: the teacher's chain waits for it.
+        students = {m for t in teachers if (m := self.teacher_model[t]) is not None}
+        trained = [c for c in self.trained if c in conds or c in students]
+        grids = [f for f in self.families if self.grid(f) and any(self.family(c) == f for c in trained)]
         equal_steps = bool(self.cfg["train"].get("equal_steps"))
-        # The human set: its own conditions, the teacher_human chain (its teacher is human seed 0), the step budget
-        # of equal_steps, and the label family's anchor when it has a grid.
-        needs_human_set = bool(conds & {"label_only", "human"}) or "teacher_human" in teachers or (
-            equal_steps and bool(teachers)) or (bool(self.grid("label")) and bool(conds & set(LABEL_ONLY)))
-        if needs_human_set:
-            jobs.append(Job("sft:human", "cpu", (s0, -1), ["prep"],
-                            **self.stage_job("sft:human", "sft", lambda: self.sft_cmd("human", "human", None)),
-                            meta={"stage": "sft", "condition": "human"}))
+        budget = [self.budget_set] if equal_steps and any(self.reasoning(c) for c in trained) else []
+        # The sets the SFT stage writes from the train pairs, written before anything trains (a teacher's sets wait
+        # for its chain): every trained condition's, each grid anchor's, and the step budget's.
+        needed = {self.sft_set(c) for c in trained} | {self.sft_set(self.anchor(f)) for f in grids} | set(budget)
+        for name, entry in self.sets.items():
+            if name in needed and entry["strategy"] is not None and entry["teacher"] is None:
+                jobs.append(Job(f"sft:{name}", "cpu", (s0, -1), ["prep"],
+                                **self.stage_job(f"sft:{name}", "sft", lambda n=name, e=entry: self.sft_cmd(
+                                    n, e["strategy"], None)),
+                                meta={"stage": "sft", "condition": name}))
+        # A teacher's model trains first among its group's jobs: the teacher's chain (the critical path) waits for it.
+        every_student = {m for m in self.teacher_model.values() if m is not None}
 
-        def set_job(condition: str) -> str:
-            """The job that writes the condition's SFT set."""
-            name = SFT_SET[condition]
-            return "sft:human" if name == "human" else "prep" if name in ("label_all", "label_pool") else f"sft:{name}"
+        def order(group: str) -> int:
+            if group in _ORDER:
+                return _ORDER[group]
+            if group in self.teachers:  # a teacher's chain starts with its earliest condition
+                return min((e["priority"] for c, e in self.trained.items() if self.teacher_of(c) == group), default=0)
+            return int(self.trained[group]["priority"])
 
         def pri(seed: int | None, group: str, step: int) -> tuple:
-            return (seeds.index(seed if seed is not None else s0), _ORDER[group], step)
+            return (seeds.index(seed if seed is not None else s0), order(group), step)
+
+        def set_deps(condition: str) -> list[str]:
+            """The jobs writing what a training run reads: its SFT set, and under equal_steps the budget's set."""
+            deps = [self.set_job(self.sft_set(condition))]
+            deps += [j for j in map(self.set_job, budget) if self.reasoning(condition) and j not in deps]
+            return deps
 
         def add_model(condition: str, seed: int | None, train_dep: str | None, group: str) -> None:
             """predict + evaluate of one model (trained by ``train_dep``, or the base model)."""
@@ -387,7 +435,7 @@ class StudyGraph:
             name = f"train:{mid}"
             jobs.append(Job(name, "gpu", pri(seed, group, step), deps,
                             **self.stage_job(name, "train", lambda: self.train_cmd(condition, seed, mid)),
-                            check=lambda: self._require_sft(SFT_SET[condition]),
+                            check=lambda: self._require_sft(self.sft_set(condition)),
                             meta={"stage": "train", "condition": condition, "seed": seed}))
             return name
 
@@ -395,41 +443,47 @@ class StudyGraph:
             if condition in conds:
                 add_model(condition, None, None, "zero_shot")
         # lr grids: the anchor's first seed at each lr, then the choice (dev metric); the family waits for it.
-        ready: dict[str, list[str]] = {"reasoning": [], "label": []}
-        for family, anchor in ANCHOR.items():
-            members = {c for c, f in FAMILY.items() if f == family}
-            if not (self.grid(family) and conds & members):
-                continue
+        ready: dict[str, list[str]] = {f: [] for f in self.families}
+        for family in grids:
+            anchor = self.anchor(family)
             names = []
             for lr, run in self.lr_runs(family):
                 name = f"train:{run}"
                 names.append(name)
-                jobs.append(Job(name, "gpu", pri(s0, anchor, 1), [set_job(anchor)],
+                jobs.append(Job(name, "gpu", pri(s0, anchor, 1), set_deps(anchor),
                                 **self.stage_job(name, "train",
                                                  lambda lr=lr, run=run, a=anchor: self.train_cmd(a, s0, run, lr)),
-                                check=lambda a=anchor: self._require_sft(SFT_SET[a]),
+                                check=lambda a=anchor: self._require_sft(self.sft_set(a)),
                                 meta={"stage": "train", "condition": anchor, "seed": s0, "lr": lr}))
-            sel = SELECT_JOB[family]
+            sel = self.select_job(family)
             jobs.append(Job(sel, "local", pri(s0, anchor, 2), names, fn=lambda f=family: local["select_lr"](f),
                             equivalent=lambda n=names: "(in process) best dev metric of " + ", ".join(n),
                             meta={"stage": "select_lr", "family": family}))
             ready[family] = [sel]
-        human_s0_ready = ready["reasoning"][0] if ready["reasoning"] else "train:" + model_id("human", s0)
+
+        def seed0_model(condition: str) -> str:
+            """The job after which the condition's seed-0 model exists: its family's lr choice for the anchor under
+            a grid (the chosen lr's run is that model), else its training."""
+            family = self.family(condition)
+            return ready[family][0] if condition == self.anchor(family) and ready[family] else "train:" + model_id(
+                condition, s0)
+
         for seed in seeds:
-            for condition in ("label_only", "label_only_all", "label_only_pool", "human"):
-                family = FAMILY[condition]
-                if condition not in conds and not (condition == "human" and seed == s0 and "teacher_human" in teachers):
+            for condition in trained:
+                family = self.family(condition)
+                if self.teacher_of(condition) is not None or (condition not in conds and seed != s0):
                     continue
-                if condition == ANCHOR[family] and seed == s0 and ready[family]:
+                if condition == self.anchor(family) and seed == s0 and ready[family]:
                     if condition in conds:  # the grid's chosen run is this model
                         add_model(condition, s0, ready[family][0], condition)
                     continue
-                step = 1 if condition == "human" else 3
-                dep = train_job(condition, seed, [set_job(condition), *ready[family]], condition, step)
+                step = 1 if condition in every_student else 3
+                dep = train_job(condition, seed, [*set_deps(condition), *ready[family]], condition, step)
                 if condition in conds:
                     add_model(condition, seed, dep, condition)
             for teacher in teachers:
-                tdeps = [human_s0_ready] if teacher == "teacher_human" else []
+                model = self.teacher_model[teacher]
+                tdeps = [seed0_model(model)] if model is not None else []
                 if seed == s0:
                     jobs.append(Job(f"thoughts:{teacher}", "gpu", pri(s0, teacher, 0), ["prep", *tdeps],
                                     **self.stage_job(f"thoughts:{teacher}", "thoughts",
@@ -439,17 +493,14 @@ class StudyGraph:
                                     **self.stage_job(f"reflect:{teacher}", "reflect",
                                                      lambda t=teacher: self.reflect_cmd(t)),
                                     meta={"stage": "reflect", "condition": teacher}))
-                for recipe in ("combined", "correct_only"):
-                    condition = f"{teacher}_{recipe}"
-                    if condition not in conds:
-                        continue
-                    if seed == s0:
-                        jobs.append(Job(f"sft:{condition}", "cpu", pri(s0, teacher, 2), [f"reflect:{teacher}"],
-                                        **self.stage_job(f"sft:{condition}", "sft",
-                                                         lambda c=condition, r=recipe, t=teacher: self.sft_cmd(c, r, t)),
-                                        meta={"stage": "sft", "condition": condition}))
-                    step_dep = ["sft:human"] if equal_steps else []  # its size sets the step budget
-                    dep = train_job(condition, seed, [f"sft:{condition}", *step_dep, *ready["reasoning"]], teacher, 3)
+                for condition in (c for c in trained if self.teacher_of(c) == teacher and c in conds):
+                    name = self.sft_set(condition)
+                    if seed == s0 and not any(j.name == f"sft:{name}" for j in jobs):  # a set two conditions share
+                        jobs.append(Job(f"sft:{name}", "cpu", pri(s0, teacher, 2), [f"reflect:{teacher}"],
+                                        **self.stage_job(f"sft:{name}", "sft", lambda n=name, t=teacher: self.sft_cmd(
+                                            n, self.sets[n]["strategy"], t)),
+                                        meta={"stage": "sft", "condition": name}))
+                    dep = train_job(condition, seed, [*set_deps(condition), *ready[self.family(condition)]], teacher, 3)
                     add_model(condition, seed, dep, teacher)
             for kind in BASELINES:
                 if kind not in conds or (kind in SEEDLESS and seed != s0):

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from nli_cot.core import stats
-from nli_cot.orchestration.study_graph import CONDITIONS, LABEL_ONLY, REASONING, SEEDLESS, TEACHERS, model_id
+from nli_cot.orchestration.study_graph import BASELINES, SEEDLESS, model_id
 
 READING_START = "<!-- honest-reading:start (kept when the report is regenerated) -->"
 READING_END = "<!-- honest-reading:end -->"
@@ -249,9 +249,10 @@ def _paired_accuracy(all_evals: dict[str, dict[str, dict]], a: str, b: str, s: s
     return float(stats.accuracy(gold, pa).mean()), float(stats.accuracy(gold, pb).mean()), len(ids)
 
 
-def targets(cells: dict[str, dict], all_evals: dict[str, dict[str, dict]], conditions: list[str],
+def targets(cells: dict[str, dict], all_evals: dict[str, dict[str, dict]], reasoning: list[str],
             sets: list[str]) -> list[dict]:
-    """The issue's targets on the test sets ``sets``, each met or not with its number (None: not measured)."""
+    """The issue's targets on the test sets ``sets``, each met or not with its number (None: not measured);
+    ``reasoning``: the conditions run that train with written reasoning."""
     def get(cond: str, s: str, metric: str, key: str = "mean") -> Any:
         return _get(cells, cond, s, metric, key)
 
@@ -259,7 +260,6 @@ def targets(cells: dict[str, dict], all_evals: dict[str, dict[str, dict]], condi
     acc = get("label_only_all", "esnli_test", "accuracy")
     out.append({"target": "label_only_all reaches >= 90% accuracy on e-SNLI test", "value": acc,
                 "met": None if acc is None else acc >= 0.90})
-    reasoning = [c for c in conditions if c in REASONING]
     for c in reasoning:
         lows = {s: _get(cells, c, s, "balanced_accuracy", "ci") for s in sets}
         known = {s: v[0] for s, v in lows.items() if v}
@@ -356,7 +356,7 @@ def device_name() -> str:
 
 def teacher_stats(graph: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for teacher in TEACHERS:
+    for teacher in graph.teachers:
         d = graph.teacher_dir(teacher)
         th = d / "thoughts" / "train.summary.json"
         rf = d / "reflections" / "train.summary.json"
@@ -395,10 +395,14 @@ def sft_stats(graph: Any) -> dict[str, Any]:
     return out
 
 
+def lr_choice(graph: Any, family: str) -> dict[str, Any] | None:
+    """The family's lr choice (``select_lr``), or None: no such family in the catalogue, or no grid ran."""
+    path = graph.choice_path(family) if family in graph.families else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+
 def baseline_stats(graph: Any, conditions: list[str]) -> list[dict[str, Any]]:
     """What each baseline chose on dev (nli_cot.baselines' summary files)."""
-    from nli_cot.orchestration.study_graph import BASELINES
-
     out = []
     for cond in (c for c in conditions if c in BASELINES):
         for sd in ([None] if cond in SEEDLESS else graph.seeds):
@@ -528,8 +532,6 @@ def build(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, Any]:
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"jobs": {}, "invocations": []}
     data_manifest = graph.data / "data_manifest.json"
-    lr_choice = out / "lr_choice.json"
-    lr_choice_label = out / "lr_choice_label.json"
     jobs = []
     for name, e in sorted(manifest.get("jobs", {}).items()):
         last = (e.get("attempts") or [{}])[-1]
@@ -540,7 +542,7 @@ def build(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, Any]:
                      "command": last.get("equivalent") or last.get("command")})
     training = []
     for cond in conditions:
-        for sd in ([] if cond in SEEDLESS or cond not in (*LABEL_ONLY, *REASONING) else seeds):
+        for sd in ([] if cond in SEEDLESS or cond not in graph.trained else seeds):
             mid = model_id(cond, sd)
             try:
                 st = json.loads((graph.trained_run(mid) / "model" / "status.json").read_text())
@@ -579,14 +581,14 @@ def build(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, Any]:
         "title": cfg["report_title"], "note": cfg["report_note"], "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "study": cfg["study_name"], "out_dir": str(out), "conditions": conditions, "seeds": seeds,
         "test_sets": list(graph.test_sets), "cells": cells, "mcnemar": tests, "contrasts": contrasts,
-        "paired_contrasts": paired, "targets": targets(cells, all_evals, conditions, graph.test_sets),
+        "paired_contrasts": paired,
+        "targets": targets(cells, all_evals, [c for c in conditions if graph.reasoning(c)], graph.test_sets),
         "baselines": baseline_stats(graph, conditions),
         "failed_runs": failed_runs, "paired_contrasts_without_failed_runs": paired_ok,
         "data": json.loads(data_manifest.read_text()) if data_manifest.is_file() else None,
         "teachers": teacher_stats(graph), "sft_sets": sft_stats(graph),
-        "lr_choice": json.loads(lr_choice.read_text()) if lr_choice.is_file() else {"lr": cfg["train"]["lr"],
-                                                                                    "fixed": True},
-        "lr_choice_label": json.loads(lr_choice_label.read_text()) if lr_choice_label.is_file() else None,
+        "lr_choice": lr_choice(graph, "reasoning") or {"lr": cfg["train"]["lr"], "fixed": True},
+        "lr_choice_label": lr_choice(graph, "label"),
         "settings": {k: cfg.get(k) for k in ("base_model", "prompt_name", "data", "train", "predict", "teachers",
                                              "evaluate", "report", "baselines")},
         # Where the jobs ran (recorded by each run invocation), not where this report is being made.
@@ -901,7 +903,7 @@ def write_report(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, str]:
     md_path, json_path, plot_dir = results / f"{name}.md", results / f"{name}.json", results / name
     r = build(cfg, graph, out)
     plots = []
-    order = [c for c in CONDITIONS if c in r["conditions"] and r["cells"].get(c)]  # no empty slots
+    order = [c for c in graph.known_conditions if c in r["conditions"] and r["cells"].get(c)]  # no empty slots
     for metric, label in (("balanced_accuracy", "balanced accuracy"), ("accuracy", "accuracy"),
                           ("macro_f1", "macro F1"), ("parse_rate", "parse rate")):
         path = plot_dir / f"{metric}.png"
