@@ -602,7 +602,8 @@ def speed_summary(recs: list[dict], commit: str | None = None) -> dict:
     env = next((r for r in recs if r.get("stage") == "env"), {})
     runs: dict[str, dict[int, dict]] = {}
     for r in recs:
-        if r.get("stage") == "train" and r.get("status") == "ok" and r.get("median_step_s"):
+        # a profiled run (prof:<variant>) is not one of the interleaved repeats: its steps ran under the profiler
+        if r.get("stage") == "train" and r.get("status") == "ok" and r.get("median_step_s") and not r.get("profile"):
             runs.setdefault(r["variant"], {})[int(r.get("repeat", 0))] = r
 
     def med_tok(r: dict) -> float:

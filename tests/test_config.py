@@ -88,8 +88,10 @@ def test_ablations_default_to_the_result_preserving_speed_levers(name: str) -> N
     (model.upcast_fp32=false) change numerics, so they stay opt-in; trainer=default restores the padded path."""
     fast = compose([f"+experiment={name}"])
     t = fast.trainer
+    # Abl0.1 (gradient checkpointing, to fit the card's memory) keeps its micro-batches as separate passes: fused,
+    # they hold twice the activations (experiments/results/SPEED.md).
     assert (t.padding_free, t.packed_attention, t.loss_impl, t.fuse_grad_accum, t.compile) == (
-        True, "varlen", "chunked", True, True)
+        True, "varlen", "chunked", name != "abl0_1", True)
     assert fast.model.upcast_fp32 is True
     padded = compose([f"+experiment={name}", "trainer=default"]).trainer
     assert (padded.padding_free, padded.packed_attention, padded.loss_impl, padded.fuse_grad_accum, padded.compile) == (

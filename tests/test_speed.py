@@ -29,7 +29,8 @@ def test_ratios_pair_repeats_and_keep_their_spread() -> None:
     recs = [{"stage": "env", "gpu": "GPU"}]
     for rep, (card, ours) in enumerate([(5000, 15000), (4000, 14000), (6000, 15000)]):
         recs += [_run("card", rep, card, 2.0, 8.0), _run("abl0_1_default", rep, ours, 1.0, 8.2)]
-    out = bt.speed_summary(recs, commit="abc")
+    profiled = _run("abl0_1_default", 0, 99000, 1.0, 8.2)  # a prof: run of repeat 0 is not a repeat
+    out = bt.speed_summary(recs + [{**profiled, "profile": {"top_device": []}}], commit="abc")
     c = out["configs"]["abl0_1_default"]
     assert c["card"] == "card" and c["repeats"] == 3 and out["commit"] == "abc"
     assert c["ratio_whole_run"] == {"median": 3.0, "min": 2.5, "max": 3.5, "n": 3}

@@ -1,0 +1,66 @@
+"""Builds experiments/results/speed_summary.json from the per-call summaries (each call's pairs interleaved in it).
+
+    python experiments/results/speed_2026-12-07b/merge_summary.py      (from the repo root)
+
+A ratio is only formed inside one call (ours / the card run of the same repeat index); this script only gathers
+the calls' own summaries (`bench_train.py speed` in each call folder) side by side, it computes no new ratio.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).parent
+RESULTS = HERE.parent
+
+
+def load(folder: Path) -> dict:
+    return json.loads((folder / "speed_summary.json").read_text())
+
+
+def main() -> None:
+    a = load(HERE / "callA_abl0_1_default")  # abl0_1 as shipped, 3 repeats + a profile
+    b = load(HERE / "callB_abl0_1_unfused")  # abl0_1 with trainer.fuse_grad_accum=false, 3 repeats
+    d = load(HERE / "callD_infer")  # card evaluation + 4-bit predict under the memory budget
+    prev = RESULTS / "speed_2026-12-07"
+    abl1 = load(prev / "call2_abl1") if (prev / "call2_abl1" / "speed_summary.json").exists() else None
+    old = json.loads((RESULTS / "speed_summary.json").read_text())
+    configs = {"card": a["configs"]["card"], "abl0_1_default": a["configs"]["abl0_1_default"],
+               "card (call B)": b["configs"]["card"], "abl0_1_unfused": b["configs"]["abl0_1_unfused"]}
+    configs["abl0_1_unfused"]["card"] = "card (call B)"
+    src = abl1["configs"] if abl1 else old["configs"]
+    configs.update({k: src[k] for k in ("card_abl1", "abl1_default")})
+    infer_prev = old["inference"]
+    out = {
+        "device": a["device"], "date": a["date"], "versions": a["versions"], "commit": a["commit"],
+        "configs": configs,
+        "inference": {"call D": d["inference"], "2026-12-07 call 3": infer_prev},
+        "inference_unpaired_examples_per_s": {
+            "nli_q4@budget, call C (no card run in that call)": [12.470294785709827, 12.156668410241165]},
+        "sources": {
+            "abl0_1_default (call A)": "experiments/results/speed_2026-12-07b/callA_abl0_1_default/",
+            "abl0_1_unfused (call B)": "experiments/results/speed_2026-12-07b/callB_abl0_1_unfused/",
+            "abl1 profile + 2 inference runs (call C)": "experiments/results/speed_2026-12-07b/callC_prof_abl1_infer/",
+            "inference pair (call D)": "experiments/results/speed_2026-12-07b/callD_infer/",
+            "abl1 pair (2026-12-07 call 2, commit a2e0cca)": "experiments/results/speed_2026-12-07/call2_abl1/",
+            "inference pair (2026-12-07 call 3)": "experiments/results/speed_2026-12-07/call3_infer/",
+        },
+        "machine_note": ("Calls A-D on one H100 held warm between them (the H200 the issue names was not lent). "
+                         "Each training pair ran interleaved in one call (card@0, ours@0, card@1, ...); 4 warm-up "
+                         "optimiser steps dropped, 10 measured; a fresh work folder per run; profiled runs are not "
+                         "repeats. abl1's pair is the earlier call of the same day on the same kind of card."),
+        "targets": {
+            "abl0_1_default >= 3x on median-step and whole-run": False,
+            "abl0_1_default reserved <= card + 5%": False,
+            "abl0_1_unfused reserved <= card + 5%": True,
+            "abl0_1_unfused >= 3x": False,
+            "abl1_default reserved <= card + 5%": False,
+            "4-bit inference >= 10x the card at <= 40 GiB reserved (paired calls)": True,
+        },
+    }
+    (RESULTS / "speed_summary.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
