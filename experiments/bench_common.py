@@ -250,6 +250,11 @@ def fmt(x, nd: int = 0) -> str:
     return "-" if x is None else (f"{x:,.{nd}f}" if isinstance(x, (int, float)) else str(x))
 
 
+def status_cell(r: dict) -> str:
+    """A report's status cell: 'ok', or the failure kind with the start of its error."""
+    return r.get("status") if r.get("status") == "ok" else f"{r.get('status')}: {(r.get('error') or '')[:80]}"
+
+
 def gpu_mem() -> dict:
     import torch
 

@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_common import REPO, append, fmt, gpu_mem, read, record_failure, write_report  # noqa: E402
+from bench_common import REPO, append, fmt, gpu_mem, read, record_failure, status_cell, write_report  # noqa: E402
 
 
 def sync() -> None:
@@ -321,15 +321,10 @@ def cmd_report(a) -> None:
     for r in runs:
         eps = r.get("examples_per_s")
         ratio = eps / base["examples_per_s"] if (base and eps) else None
-        status = (
-            r.get("status")
-            if r.get("status") == "ok"
-            else f"{r.get('status')}: {(r.get('error') or '')[:80]}"
-        )
         lines.append(
             f"| {r['mode']} | {fmt(r.get('n_prompts'))} | {fmt(eps, 2)} | {fmt(ratio, 1)} | {fmt(r.get('gen_tok_per_s'))} "
             f"| {fmt(r.get('ms_per_step'), 1)} | {fmt(r.get('parse_valid_rate'), 3)} "
-            f"| {fmt((r.get('mem') or {}).get('max_alloc_GiB'), 1)} | {fmt(r.get('warmup_s'), 0)} | {status} |"
+            f"| {fmt((r.get('mem') or {}).get('max_alloc_GiB'), 1)} | {fmt(r.get('warmup_s'), 0)} | {status_cell(r)} |"
         )
     lines += ["", "Modes:"] + [
         f"- `{r['mode']}`: {r.get('description', '')}. {r.get('note', '')}" for r in runs

@@ -42,6 +42,7 @@ from bench_common import (  # noqa: E402
     gpu_mem,
     read,
     record_failure,
+    status_cell,
     write_report,
 )
 
@@ -562,15 +563,10 @@ def cmd_report(a) -> None:
         rel = abs(probe - base["probe_loss"]) / base["probe_loss"] if (base and probe is not None) else None
         mfu = FLOP_PER_TOKEN * tps / (peak * 1e12) if tps else None
         mem = r.get("mem") or {}
-        status = (
-            r.get("status")
-            if r.get("status") == "ok"
-            else f"{r.get('status')}: {(r.get('error') or '')[:80]}"
-        )
         lines.append(
             f"| {r['side']} | {r['variant']} | {fmt(tps)} | {fmt(ratio, 2)} | {fmt(r.get('steps_per_s'), 2)} "
             f"| {fmt(r.get('median_step_s'), 3)} | {fmt(mem.get('max_alloc_GiB'), 1)} "
-            f"| {fmt(mem.get('max_reserved_GiB'), 1)} | {fmt(probe, 4)} | {fmt(rel, 4)} | {fmt(mfu, 3)} | {status} |"
+            f"| {fmt(mem.get('max_reserved_GiB'), 1)} | {fmt(probe, 4)} | {fmt(rel, 4)} | {fmt(mfu, 3)} | {status_cell(r)} |"
         )
     lines += ["", "Variants:"] + [f"- `{r['variant']}`: {r.get('description', '')}" for r in trains]
     prof = [r for r in trains if r.get("profile")]
