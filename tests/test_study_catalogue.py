@@ -124,6 +124,22 @@ def test_a_new_condition_is_added_by_config_alone(tmp_path):
     assert [j for j in plain if "label_only_mix" not in j["name"] and j["name"] != "select_lr_mix"] == without
 
 
+def test_the_report_shows_the_lr_choice_of_a_family_added_by_config(tmp_path):
+    from nli_cot.orchestration.study_report import build, render
+
+    cfg = study_cfg(tmp_path, "study=review", *NEW_CONDITION)
+    g, _, _ = graph_of(cfg, tmp_path)
+    g.choice_path("mix").write_text(json.dumps({
+        "lr": 3e-3, "run": "label_only_mix_s0_lr3e-3", "family": "mix", "condition": "label_only_mix", "seed": 0,
+        "metric": "eval/loss (min)",
+        "table": [{"lr": 1e-3, "best_dev_loss": 0.41}, {"lr": 3e-3, "best_dev_loss": 0.37}], "at_grid_edge": "upper"}))
+    r = build(cfg, g, tmp_path)  # nothing has run: an empty report, with the choices that exist
+    assert set(r["lr_choices"]) == {"reasoning", "label", "mix"} and r["lr_choices"]["mix"]["lr"] == 3e-3
+    md = render(r, "", [])
+    assert "mix family 0.003 (chosen on dev, below)" in md and "label-only family" in md
+    assert "Learning-rate choice, mix family (condition `label_only_mix`" in md and "→ **0.003**" in md
+
+
 def test_the_study_cli_plans_a_condition_added_on_its_command_line(tmp_path):
     import subprocess
     import sys

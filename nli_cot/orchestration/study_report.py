@@ -589,6 +589,8 @@ def build(cfg: dict[str, Any], graph: Any, out: Path) -> dict[str, Any]:
         "teachers": teacher_stats(graph), "sft_sets": sft_stats(graph),
         "lr_choice": lr_choice(graph, "reasoning") or {"lr": cfg["train"]["lr"], "fixed": True},
         "lr_choice_label": lr_choice(graph, "label"),
+        # every lr family of the catalogue (the two above are its shipped families, kept under their old keys)
+        "lr_choices": {fam: lr_choice(graph, fam) for fam in graph.families},
         "settings": {k: cfg.get(k) for k in ("base_model", "prompt_name", "data", "train", "predict", "teachers",
                                              "evaluate", "report", "baselines")},
         # Where the jobs ran (recorded by each run invocation), not where this report is being made.
@@ -621,6 +623,15 @@ def _ci(c: dict | None, metric: str) -> str:
     if not v:
         return "—"
     return f"{_pct(v['mean'])} [{_pct(v['ci'][0])}, {_pct(v['ci'][1])}]"
+
+
+def _lr_choices(r: dict[str, Any]) -> dict[str, dict | None]:
+    """family -> its lr choice (None: no grid ran); reports written before ``lr_choices`` have the two families."""
+    return r.get("lr_choices") or {"reasoning": r["lr_choice"], "label": r.get("lr_choice_label")}
+
+
+def _family_name(family: str) -> str:
+    return "label-only" if family == "label" else family
 
 
 def _lr_text(choice: dict | None, t: dict[str, Any], family: str = "reasoning") -> str:
@@ -758,12 +769,11 @@ def render(r: dict[str, Any], reading: str, plots: list[str]) -> str:
         + (f" on dev {t.get('select_metric')} (decoded, {t['gen_eval']['max_examples']} dev pairs at most)"
            if (t.get("gen_eval") or {}).get("enabled") else " on dev loss")
         + f", precision {t['precision']}, seeds {r['seeds']}. Learning rate: "
-        + "; ".join(f"{name} family {_lr_text(ch, t, fam)}" for name, fam, ch in (
-            ("reasoning", "reasoning", r["lr_choice"]), ("label-only", "label", r.get("lr_choice_label"))))
+        + "; ".join(f"{_family_name(fam)} family {_lr_text(ch, t, fam)}" for fam, ch in _lr_choices(r).items())
         + ".",
         "",
     ]
-    for choice in (r["lr_choice"], r.get("lr_choice_label")):
+    for choice in _lr_choices(r).values():
         if not choice or choice.get("fixed"):
             continue
         metric = choice.get("metric", "eval/loss (min)")
