@@ -68,7 +68,7 @@ def test_task_yamls_register() -> None:
     from lm_eval.tasks import TaskManager
 
     # Only our folder is indexed here (~1 s instead of ~12 s for the harness's thousands of built-in yamls); beside
-    # the built-ins, as `make lm-eval` runs them, they register in the two slow tests below.
+    # the built-ins, as `make lm-eval` runs them, they register in test_make_target_command_line_runs below.
     tm = TaskManager(include_path=str(TASKS), include_defaults=False)
     assert {"nli_cot_esnli", "nli_cot_mnli", "nli_cot_rte"} <= set(tm.all_tasks)
 
@@ -141,9 +141,9 @@ def test_harness_scores_equal_nli_cot_evaluate_and_see_the_adapter(adapter: Path
     from nli_cot.models.modeling import resolve_model_path
 
     base = resolve_model_path(tiny_model_cfg, mistral_tokenizer)
-    # One task index (our folder beside the harness's built-in tasks) for both runs: building it took ~13 s of the
-    # test's 34 s (one thread); the runs are independent of it (simple_evaluate only reads it).
-    tm = TaskManager(include_path=str(TASKS), metadata={"data_root": str(shared_data)})
+    # One task index for both runs, of our folder only: beside the harness's thousands of built-in yamls it took ~13 s
+    # a run (one thread). Registering beside the built-ins, as `make lm-eval` does, is test_make_target_command_line_runs.
+    tm = TaskManager(include_path=str(TASKS), include_defaults=False, metadata={"data_root": str(shared_data)})
     scores = {}
     for name, ad in (("base", None), ("adapter", adapter)):
         out = _harness(base, ad, tm)
