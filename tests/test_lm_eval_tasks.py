@@ -68,7 +68,7 @@ def test_task_yamls_register() -> None:
     from lm_eval.tasks import TaskManager
 
     # Only our folder is indexed here (~1 s instead of ~12 s for the harness's thousands of built-in yamls); beside
-    # the built-ins, as `make lm-eval` runs them, they register in the two slow tests below.
+    # the built-ins, as `make lm-eval` runs them, they register in test_make_target_command_line_runs below.
     tm = TaskManager(include_path=str(TASKS), include_defaults=False)
     assert {"nli_cot_esnli", "nli_cot_mnli", "nli_cot_rte"} <= set(tm.all_tasks)
 
@@ -125,11 +125,8 @@ def adapter(tmp_path_factory, shared_data: Path) -> Path:
     return tmp / "run" / "label_only" / f"checkpoint-{STEPS}"
 
 
-def _harness(base: str, shared_data: Path, adapter: Path | None) -> dict:
-    from lm_eval.tasks import TaskManager
-
+def _harness(base: str, adapter: Path | None, tm) -> dict:
     args = f"pretrained={base},add_bos_token=True,dtype=float32" + (f",peft={adapter}" if adapter else "")
-    tm = TaskManager(include_path=str(TASKS), metadata={"data_root": str(shared_data)})
     return lm_eval.simple_evaluate(model="hf", model_args=args, tasks=["nli_cot_rte"], limit=N_PAIRS,
                                    task_manager=tm, gen_kwargs="max_gen_toks=24", batch_size=8, device="cpu",
                                    log_samples=True)
@@ -138,13 +135,18 @@ def _harness(base: str, shared_data: Path, adapter: Path | None) -> dict:
 @pytest.mark.slow
 def test_harness_scores_equal_nli_cot_evaluate_and_see_the_adapter(adapter: Path, shared_data: Path, tmp_path: Path,
                                                                    tiny_model_cfg, mistral_tokenizer) -> None:
+    from lm_eval.tasks import TaskManager
+
     from nli_cot.evaluation.evaluate import run as evaluate
     from nli_cot.models.modeling import resolve_model_path
 
     base = resolve_model_path(tiny_model_cfg, mistral_tokenizer)
+    # One task index for both runs, of our folder only: beside the harness's thousands of built-in yamls it took ~13 s
+    # a run (one thread). Registering beside the built-ins, as `make lm-eval` does, is test_make_target_command_line_runs.
+    tm = TaskManager(include_path=str(TASKS), include_defaults=False, metadata={"data_root": str(shared_data)})
     scores = {}
     for name, ad in (("base", None), ("adapter", adapter)):
-        out = _harness(base, shared_data, ad)
+        out = _harness(base, ad, tm)
         res = out["results"]["nli_cot_rte"]
         samples = out["samples"]["nli_cot_rte"]
         assert len(samples) == N_PAIRS
