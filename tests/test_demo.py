@@ -91,18 +91,11 @@ def test_the_scored_checkpoint_is_the_best_by_eval_loss_else_the_newest(tmp_path
 def test_short_demo_learns(tmp_path: Path) -> None:
     out, data = tmp_path / "demo", tmp_path / "data"
     # Shortened: SHORT_FAMILIES, SHORT_STEPS steps of 8, 48 dev pairs (the test split is for the demo's final numbers
-    # only), gpu=null so a GPU machine runs the same budget. Measured (2 shared cores, load ~1-2, OMP_NUM_THREADS=1,
-    # 11.9 min; 13.8 min with two 32-pair dev evaluations): fine-tuned 77.1% (CI 64.6-87.5%), strongest surface
-    # baseline hypothesis-only BoW 58.3%, paired margin +18.8 points (CI +4.2 to +33.3), zero-shot 12.5%, parseable
-    # 35.4% -> 100%, train loss 1.21 -> 0.014: passed (the same numbers, checkpoint and losses as with two evaluations).
-    # 24 steps were tried for speed (2026-12-07, the same settings otherwise): fine-tuned 52.1%, below the strongest
-    # surface baseline (58.3%; margin -6.2 points, CI -25.0 to +12.5): failed, so the test keeps the demo's 32.
-    # One dev evaluation (at the last step, so the learning curve still shows an eval loss) on 8 pairs: the demo
-    # scores the best checkpoint by eval loss, and checkpoint-32 was the best in both recorded runs (dev eval loss
-    # 0.135 -> 0.056 at steps 16 -> 32 here, 0.108 -> 0.041 in the test-split run of experiments/results/demo.md),
-    # so the scored adapter is the one two evaluations of 32 pairs chose; the choice itself is
-    # test_the_scored_checkpoint_is_the_best_by_eval_loss_else_the_newest. The driver runs in-process; each stage
-    # stays its own `python -m nli_cot.orchestration.run_job` process, as in `make demo`.
+    # only), gpu=null so a GPU machine runs the same budget. One dev evaluation of 8 pairs at the last step keeps the
+    # learning curve's eval loss; which checkpoint is scored is test_the_scored_checkpoint_is_the_best_by_eval_loss_
+    # else_the_newest. Fewer steps fail the baseline assertion. The driver runs in-process; each stage stays its own
+    # `python -m nli_cot.orchestration.run_job` process, as in `make demo`. Measured runs, the 24-step try and what
+    # each lever saved: experiments/results/test_suite_timing.md.
     args = [f"out_dir={out}", f"data_dir={data}", f"families=[{','.join(SHORT_FAMILIES)}]", "n_held_out=48",
             "split=dev", f"train_steps={SHORT_STEPS}", f"eval_every={SHORT_STEPS}", "predict_batch_size=48",
             'train_overrides=["dataset.max_eval_examples=8"]', "gpu=null"]

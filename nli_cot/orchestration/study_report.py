@@ -625,11 +625,6 @@ def _ci(c: dict | None, metric: str) -> str:
     return f"{_pct(v['mean'])} [{_pct(v['ci'][0])}, {_pct(v['ci'][1])}]"
 
 
-def _lr_choices(r: dict[str, Any]) -> dict[str, dict | None]:
-    """family -> its lr choice (None: no grid ran); reports written before ``lr_choices`` have the two families."""
-    return r.get("lr_choices") or {"reasoning": r["lr_choice"], "label": r.get("lr_choice_label")}
-
-
 def _family_name(family: str) -> str:
     return "label-only" if family == "label" else family
 
@@ -769,11 +764,11 @@ def render(r: dict[str, Any], reading: str, plots: list[str]) -> str:
         + (f" on dev {t.get('select_metric')} (decoded, {t['gen_eval']['max_examples']} dev pairs at most)"
            if (t.get("gen_eval") or {}).get("enabled") else " on dev loss")
         + f", precision {t['precision']}, seeds {r['seeds']}. Learning rate: "
-        + "; ".join(f"{_family_name(fam)} family {_lr_text(ch, t, fam)}" for fam, ch in _lr_choices(r).items())
+        + "; ".join(f"{_family_name(fam)} family {_lr_text(ch, t, fam)}" for fam, ch in r["lr_choices"].items())
         + ".",
         "",
     ]
-    for choice in _lr_choices(r).values():
+    for choice in r["lr_choices"].values():
         if not choice or choice.get("fixed"):
             continue
         metric = choice.get("metric", "eval/loss (min)")

@@ -24,20 +24,19 @@ def main() -> None:
     b = load(HERE / "callB_abl0_1_unfused")  # abl0_1 with trainer.fuse_grad_accum=false, 3 repeats
     d = load(HERE / "callD_infer")  # card evaluation + 4-bit predict under the memory budget
     prev = RESULTS / "speed_2026-12-07"
-    abl1 = load(prev / "call2_abl1") if (prev / "call2_abl1" / "speed_summary.json").exists() else None
-    old = json.loads((RESULTS / "speed_summary.json").read_text())
+    abl1, infer_prev = load(prev / "call2_abl1"), load(prev / "call3_infer")  # the same day's earlier calls
     configs = {"card": a["configs"]["card"], "abl0_1_default": a["configs"]["abl0_1_default"],
                "card (call B)": b["configs"]["card"], "abl0_1_unfused": b["configs"]["abl0_1_unfused"]}
     configs["abl0_1_unfused"]["card"] = "card (call B)"
-    src = abl1["configs"] if abl1 else old["configs"]
-    configs.update({k: src[k] for k in ("card_abl1", "abl1_default")})
-    infer_prev = old["inference"]
+    configs.update({k: abl1["configs"][k] for k in ("card_abl1", "abl1_default")})
+    with open(HERE / "callC_prof_abl1_infer" / "infer.jsonl") as f:  # no card run in call C: no ratio
+        unpaired = [r["examples_per_s"] for r in map(json.loads, f)
+                    if r.get("stage") == "infer" and r.get("status") == "ok"]
     out = {
         "device": a["device"], "date": a["date"], "versions": a["versions"], "commit": a["commit"],
         "configs": configs,
-        "inference": {"call D": d["inference"], "2026-12-07 call 3": infer_prev},
-        "inference_unpaired_examples_per_s": {
-            "nli_q4@budget, call C (no card run in that call)": [12.470294785709827, 12.156668410241165]},
+        "inference": {"call D": d["inference"], "2026-12-07 call 3": infer_prev["inference"]},
+        "inference_unpaired_examples_per_s": {"nli_q4@budget, call C (no card run in that call)": unpaired},
         "sources": {
             "abl0_1_default (call A)": "experiments/results/speed_2026-12-07b/callA_abl0_1_default/",
             "abl0_1_unfused (call B)": "experiments/results/speed_2026-12-07b/callB_abl0_1_unfused/",
