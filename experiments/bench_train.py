@@ -179,6 +179,12 @@ EXPERIMENT_VARIANTS: dict[str, tuple[str, str, list[str]]] = {
     # time) instead of one 32-example row, which holds twice the activations at once.
     "abl0_1_unfused": ("`+experiment=abl0_1 trainer.fuse_grad_accum=false` (two 16-example passes per step)",
                        "abl0_1", ["trainer.fuse_grad_accum=false"]),
+    # The host-overhead lever (SPEED.md, Abl1's profile: ~37 ms of GPU idle behind ~25k launches per step): the
+    # compiled layers replayed as CUDA graphs, rows padded to 256-token buckets (2.1% padding on the bench rows).
+    "abl1_graphs": ("`+experiment=abl1 trainer.compile_mode=reduce-overhead trainer.row_bucket=256` (CUDA graphs)",
+                    "abl1", ["trainer.compile_mode=reduce-overhead", "trainer.row_bucket=256"]),
+    "abl1_unfused": ("`+experiment=abl1 trainer.fuse_grad_accum=false` (two 8-example passes per step)",
+                     "abl1", ["trainer.fuse_grad_accum=false"]),
 }
 # The card's stack at each ablation's batch: name -> (description, per-device batch, gradient checkpointing)
 BASELINE_VARIANTS: dict[str, tuple[str, int, bool]] = {
@@ -229,8 +235,10 @@ class StepTimes:
 
 
 def real_tokens(batch: dict) -> int:
-    mask = batch.get("attention_mask")
-    return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+    """Non-padding tokens of a batch, padded or padding-free (less any row-bucket padding), as training logs them."""
+    from nli_cot.training.module import count_real_tokens
+
+    return count_real_tokens(batch)
 
 
 def compose(overrides: list[str]):
@@ -357,6 +365,10 @@ def run_nli_cot(a, rec: dict) -> None:
     from nli_cot.training import fastpath
 
     rec["flash_varlen_check"] = dict(fastpath.FLASH_VARLEN_CHECK)
+    from torch._dynamo.utils import counters
+
+    # CUDA graphs: how many compiled graphs were skipped for graphs, and why (empty when none was skipped)
+    rec["cudagraph_counters"] = {k: v for k, v in counters["inductor"].items() if "cudagraph" in k}
     keep = a.warmup + a.steps  # profiled steps (after these) are not measured steps
     times.end, times.cum = times.end[:keep], times.cum[:keep]
     rec.update(times.summary(a.warmup))

@@ -57,6 +57,7 @@ RANGES: dict[str, str] = {
     "optimizer.warmup_ratio": "[0, 1)",
     "trainer.per_device_batch_size": "> 0",
     "trainer.grad_accum": "> 0",
+    "trainer.row_bucket": "> 0",
     "trainer.max_epochs": "-1 or > 0",  # -1: unbounded epochs (max_steps decides), as the study's equal_steps uses
     "trainer.max_steps": "-1 or > 0",
     "trainer.gradient_clip_val": ">= 0",

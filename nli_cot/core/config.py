@@ -398,6 +398,23 @@ class TrainerConfig:
         default=False,
         metadata={"help": "torch.compile each decoder layer (regional, dynamic length)"},
     )
+    compile_mode: str = field(
+        default="default",
+        metadata={
+            "help": "torch.compile mode of the compiled decoder layers. \"default\": fused Triton kernels. "
+            "\"reduce-overhead\": the same kernels replayed as CUDA graphs, one launch per layer pass instead "
+            "of hundreds (the host stops being the bottleneck); needs trainer.row_bucket so a few row lengths "
+            "recur (one graph per length), and no gradient checkpointing."
+        },
+    )
+    row_bucket: int | None = field(
+        default=None,
+        metadata={
+            "help": "Pad each padding-free row up to a multiple of this many tokens with an inert segment "
+            "(its own attention segment, no loss, not counted as real tokens), so rows take a few lengths. "
+            "None: no padding."
+        },
+    )
     fuse_grad_accum: bool = field(
         default=False,
         metadata={

@@ -164,24 +164,39 @@ def collate_padded(batch: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor
     return out
 
 
-def collate_padding_free(batch: Sequence[dict]) -> dict[str, torch.Tensor]:
+def collate_padding_free(batch: Sequence[dict], bucket: int | None = None, pad_id: int = 0) -> dict[str, Any]:
     """All examples in one row, position ids restarting at 0 per example and no attention mask.
 
     The shifted label at each boundary is the next example's first prompt token, which is -100, so no example
     learns from another. The model must run with ``use_cache=False`` (set in modeling) for isolation to hold.
+
+    ``bucket`` (trainer.row_bucket): the row is padded up to a multiple of it with one inert segment, its own
+    attention segment with label -100, so it neither sees nor is seen by an example and carries no loss; the number
+    of pad tokens is ``row_padding`` (real-token counts leave them out). Rows then take a few lengths, which is what
+    CUDA graphs need (one recorded graph per length).
     """
     ids = [t for ex in batch for t in ex["input_ids"]]
     labels = [t for ex in batch for t in ex["labels"]]
     pos = [p for ex in batch for p in range(len(ex["input_ids"]))]
-    out = {
+    lengths = [len(ex["input_ids"]) for ex in batch]
+    pad = (-len(ids)) % bucket if bucket else 0
+    if pad:
+        ids += [pad_id] * pad
+        labels += [IGNORE_INDEX] * pad
+        pos += list(range(pad))
+        lengths.append(pad)
+    out: dict[str, Any] = {
         "input_ids": torch.tensor([ids], dtype=torch.long),
         "labels": torch.tensor([labels], dtype=torch.long),
         "position_ids": torch.tensor([pos], dtype=torch.long),
         # example boundaries for varlen attention kernels (nli_cot.training.fastpath); sdpa/eager ignore them
-        **packed_boundaries([len(ex["input_ids"]) for ex in batch]),
+        **packed_boundaries(lengths),
     }
     if "weights" in batch[0]:
-        out["token_weight"] = torch.tensor([[w for ex in batch for w in ex["weights"]]], dtype=torch.float32)
+        weights = [w for ex in batch for w in ex["weights"]] + [1.0] * pad
+        out["token_weight"] = torch.tensor([weights], dtype=torch.float32)
+    if bucket:
+        out["row_padding"] = pad
     return out
 
 
@@ -303,7 +318,8 @@ class NliDataModule(pl.LightningDataModule):
 
     def _collate(self, batch: Sequence[dict], weighted: bool = False) -> dict[str, torch.Tensor]:
         if self.trainer_cfg.padding_free:
-            out = collate_padding_free(batch)
+            out = collate_padding_free(batch, getattr(self.trainer_cfg, "row_bucket", None),
+                                       self.tokenizer.pad_token_id or 0)
         else:
             out = collate_padded(batch, self.tokenizer.pad_token_id)
         if not weighted:  # eval: the plain token mean, comparable across loss weights

@@ -15,6 +15,11 @@ Features
   N decoder layers recompute; the others keep their activations (trades memory for speed, same gradients).
 - ``compile_decoder_layers`` (``trainer.compile=true``): ``torch.compile`` of each decoder layer (regional: one
   compiled graph shared by all layers, dynamic row length).
+- CUDA graphs (``trainer.compile_mode=reduce-overhead`` with ``trainer.row_bucket``): the compiled layers' forward
+  and backward are recorded once per row length and replayed as one launch each (CUDA graph trees), so the host's
+  ~25k launches per step stop starving the GPU. The 4-bit weights' quantisation state is marked as a static address
+  (it never moves), so replays copy nothing in. Each training/eval step tells the trees a new step begins;
+  generation runs the layers eagerly (its lengths change every token, which would record a graph each).
 - ``grouped_sdpa`` attention (``sdpa_grouped``) for decoding with a padded KV cache: grouped query heads attend
   their shared KV head without ``repeat_kv`` copying the whole cache 4x every step (sdpa only skips that copy
   when there is no mask, and batched decoding always has one).
@@ -22,6 +27,8 @@ Features
 Limits
 - ``nli_varlen`` is for training/eval forwards on padding-free rows; without ``cu_seq_lens_q`` it is plain causal
   sdpa (right for unpadded or right-padded rows, wrong for left-padded generation: never use it to generate).
+- CUDA graphs: CUDA only; not with gradient checkpointing (checked in nli_cot.training.train.validate); each new
+  row length costs one eager warm-up and one recording, and the recorded graphs keep their own memory pool.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -320,7 +327,7 @@ def completion_loss(model: torch.nn.Module, batch: dict[str, Any], chunk_tokens:
     index, target = batch.get("loss_index"), batch.get("loss_target")
     if index is None:
         index, target = loss_positions(batch["labels"])
-    skip = ("labels", "loss_index", "loss_target", "loss_weight", "grad_scale", "token_weight")
+    skip = ("labels", "loss_index", "loss_target", "loss_weight", "grad_scale", "token_weight", "row_padding")
     inputs = {k: v for k, v in batch.items() if k not in skip}
     hidden = base.model(**inputs, use_cache=False).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index.to(hidden.device))
@@ -362,12 +369,50 @@ def limit_checkpointed_layers(model: torch.nn.Module, n: int | None) -> int:
     return sum(bool(getattr(layer, "gradient_checkpointing", False)) for layer in layers)
 
 
-def compile_decoder_layers(model: torch.nn.Module, dynamic: bool | None = True) -> int:
-    """``torch.compile`` each decoder layer in place (regional compilation); returns the number compiled."""
+def compile_decoder_layers(model: torch.nn.Module, dynamic: bool | None = True, mode: str = "default") -> int:
+    """``torch.compile`` each decoder layer in place (regional compilation); returns the number compiled.
+
+    ``mode="reduce-overhead"`` adds CUDA graphs (see the module docstring); the model is marked so that
+    ``graph_step_begin`` and ``generation_attention`` know.
+    """
     layers = decoder_layers(model)
     for layer in layers:
-        layer.compile(dynamic=dynamic)
+        layer.compile(dynamic=dynamic, mode=None if mode == "default" else mode)
+    if mode == "reduce-overhead":
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base._nli_cuda_graphs = True
+        mark_quant_states_static(model)
     return len(layers)
+
+
+def mark_quant_states_static(model: torch.nn.Module) -> int:
+    """Mark the CUDA tensors of every 4-bit weight's quantisation state (absmax, code, offset, nested state) as
+    static addresses, so CUDA graphs read them in place instead of copying them in before each replay. They are not
+    parameters (bitsandbytes keeps them on a plain object), so torch would otherwise treat them as changing inputs.
+    Returns how many were marked."""
+    marked = 0
+    for module in model.modules():
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        while state is not None:
+            for name in ("absmax", "code", "offset"):
+                tensor = getattr(state, name, None)
+                if torch.is_tensor(tensor) and tensor.is_cuda:
+                    torch._dynamo.mark_static_address(tensor, guard=False)
+                    marked += 1
+            state = getattr(state, "state2", None)
+    return marked
+
+
+def uses_cuda_graphs(model: torch.nn.Module) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return bool(getattr(base, "_nli_cuda_graphs", False))
+
+
+def graph_step_begin(model: torch.nn.Module) -> None:
+    """Tell CUDA graph trees that a new training or eval step begins (its outputs may reuse the last step's
+    memory); a no-op without CUDA graphs."""
+    if uses_cuda_graphs(model):
+        torch.compiler.cudagraph_mark_step_begin()
 
 
 def trains_on_cuda(trainer_cfg: Any) -> bool:
@@ -401,7 +446,9 @@ def apply_training_levers(model: torch.nn.Module, trainer_cfg: Any) -> dict[str,
         )
     if getattr(trainer_cfg, "compile", False):
         if cuda:
-            applied["compiled_layers"] = compile_decoder_layers(model)
+            mode = getattr(trainer_cfg, "compile_mode", "default")
+            applied["compiled_layers"] = compile_decoder_layers(model, mode=mode)
+            applied["compile_mode"] = mode
         else:
             resolved.append("compile is off")
     if resolved:
@@ -414,14 +461,18 @@ def apply_training_levers(model: torch.nn.Module, trainer_cfg: Any) -> dict[str,
 @contextmanager
 def generation_attention(model: torch.nn.Module, name: str = "sdpa") -> Iterator[None]:
     """Decode with ``name`` while the training attention is ``nli_varlen``, which builds no padding mask and would
-    let left-padded prompts attend their padding; restores the training attention afterwards."""
+    let left-padded prompts attend their padding; restores the training attention afterwards. With CUDA graphs the
+    layers run eagerly meanwhile: decoding changes length every token, and each length would record a graph."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     current = getattr(base.config, "_attn_implementation", None)
+    eager = torch.compiler.set_stance("force_eager") if uses_cuda_graphs(model) else nullcontext()
     if current != VARLEN_ATTENTION:
-        yield
+        with eager:
+            yield
         return
     set_attention(model, name)
     try:
-        yield
+        with eager:
+            yield
     finally:
         set_attention(model, VARLEN_ATTENTION)

@@ -25,6 +25,7 @@ import torch
 
 from nli_cot.models.modeling import warn_once
 from nli_cot.training.data import IGNORE_INDEX
+from nli_cot.training.fastpath import graph_step_begin
 
 
 def count_loss_tokens(labels: torch.Tensor) -> int:
@@ -33,9 +34,11 @@ def count_loss_tokens(labels: torch.Tensor) -> int:
 
 
 def count_real_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """Non-padding tokens: the attention mask's ones, or every token of a padding-free row."""
+    """Non-padding tokens: the attention mask's ones, or a padding-free row's tokens less its bucket padding."""
     mask = batch.get("attention_mask")
-    return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+    if mask is not None:
+        return int(mask.sum())
+    return int(batch["input_ids"].numel()) - int(batch.get("row_padding", 0))
 
 
 def build_optimizer(params: list[torch.nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
@@ -90,7 +93,7 @@ class NliCotModule(pl.LightningModule):
             from nli_cot.training.fastpath import completion_loss
 
             return completion_loss(self.model, batch, self.ce_chunk_tokens)
-        batch = {k: v for k, v in batch.items() if k not in ("loss_index", "loss_target", "grad_scale")}
+        batch = {k: v for k, v in batch.items() if k not in ("loss_index", "loss_target", "grad_scale", "row_padding")}
         token_weight = batch.pop("token_weight", None)
         if token_weight is None:
             return self.model(**batch).loss
@@ -102,6 +105,7 @@ class NliCotModule(pl.LightningModule):
         return weighted_causal_lm_loss(self.model(**batch).logits, labels, token_weight)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        graph_step_begin(self.model)
         loss = self.compute_loss(batch)
         bs = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
@@ -138,6 +142,7 @@ class NliCotModule(pl.LightningModule):
         self._val_loss_sum, self._val_tokens = 0.0, 0
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        graph_step_begin(self.model)
         loss = self.compute_loss(batch)
         n = count_loss_tokens(batch["labels"])
         self._val_loss_sum += float(loss) * n

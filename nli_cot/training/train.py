@@ -49,6 +49,7 @@ CHOICES = {
     "trainer.early_stopping_mode": ("min", "max"),
     "trainer.packed_attention": ("model", "varlen"),
     "trainer.loss_impl": ("model", "chunked"),
+    "trainer.compile_mode": ("default", "reduce-overhead"),
 }
 
 
@@ -75,6 +76,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(str(err)) from None
     if cfg.trainer.fuse_grad_accum and cfg.trainer.loss_impl != "chunked":
         raise ConfigError("trainer.fuse_grad_accum=true needs trainer.loss_impl=chunked (it weights the loss tokens)")
+    if problem := _cuda_graph_problem(cfg.trainer):
+        raise ConfigError(problem)
     for key in ("dataset.train_path", "dataset.eval_path"):
         path = OmegaConf.select(cfg, key)
         if path and not Path(path).is_file():
@@ -90,6 +93,23 @@ def validate(cfg: DictConfig) -> None:
 
     if problem := config_problem(cfg) or loss_weight_problem(cfg.dataset):
         raise ConfigError(problem)
+
+
+def _cuda_graph_problem(trainer: Any) -> str | None:
+    """What keeps ``trainer.compile_mode=reduce-overhead`` / ``trainer.row_bucket`` from working, or None."""
+    if trainer.row_bucket is not None and not trainer.padding_free:
+        return "trainer.row_bucket pads padding-free rows: it needs trainer.padding_free=true"
+    if trainer.compile_mode != "reduce-overhead":
+        return None
+    if not trainer.compile:
+        return "trainer.compile_mode=reduce-overhead needs trainer.compile=true (it is a mode of the compiled layers)"
+    if trainer.row_bucket is None:
+        return ("trainer.compile_mode=reduce-overhead needs trainer.row_bucket (e.g. 256): CUDA graphs record one "
+                "graph per row length, and unbucketed rows almost never repeat a length")
+    if trainer.gradient_checkpointing:
+        return ("trainer.compile_mode=reduce-overhead does not combine with trainer.gradient_checkpointing=true: "
+                "recompute runs a layer's forward inside the backward, which the recorded graphs can't replay")
+    return None
 
 
 def _absolute_paths(cfg: DictConfig) -> None:
