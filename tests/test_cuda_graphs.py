@@ -158,3 +158,8 @@ def test_steps_mark_a_new_graph_step_and_generation_runs_eagerly(model, monkeypa
     with fastpath.generation_attention(model):
         pass
     assert stances == ["force_eager"]
+    with fastpath.eager_without_grad(model):  # gradients on: the step stays a graph
+        pass
+    with torch.no_grad(), fastpath.eager_without_grad(model):  # eval loss: eagerly
+        pass
+    assert stances == ["force_eager", "force_eager"]

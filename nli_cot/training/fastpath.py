@@ -18,8 +18,9 @@ Features
 - CUDA graphs (``trainer.compile_mode=reduce-overhead`` with ``trainer.row_bucket``): the compiled layers' forward
   and backward are recorded once per row length and replayed as one launch each (CUDA graph trees), so the host's
   ~25k launches per step stop starving the GPU. The 4-bit weights' quantisation state is marked as a static address
-  (it never moves), so replays copy nothing in. Each training/eval step tells the trees a new step begins;
-  generation runs the layers eagerly (its lengths change every token, which would record a graph each).
+  (it never moves), so replays copy nothing in. Each training step tells the trees a new step begins. No-grad
+  forwards (eval loss) and generation run the layers eagerly: see ``eager_without_grad`` and
+  ``generation_attention``.
 - ``grouped_sdpa`` attention (``sdpa_grouped``) for decoding with a padded KV cache: grouped query heads attend
   their shared KV head without ``repeat_kv`` copying the whole cache 4x every step (sdpa only skips that copy
   when there is no mask, and batched decoding always has one).
@@ -27,7 +28,8 @@ Features
 Limits
 - ``nli_varlen`` is for training/eval forwards on padding-free rows; without ``cu_seq_lens_q`` it is plain causal
   sdpa (right for unpadded or right-padded rows, wrong for left-padded generation: never use it to generate).
-- CUDA graphs: CUDA only; not with gradient checkpointing (checked in nli_cot.training.train.validate); each new
+- CUDA graphs: CUDA only; for training steps only (eval forwards and decoding run uncompiled, so slower than with
+  compile_mode=default); not with gradient checkpointing (checked in nli_cot.training.train.validate); each new
   row length costs one eager warm-up and one recording, and the recorded graphs keep their own memory pool.
 """
 
@@ -406,6 +408,16 @@ def mark_quant_states_static(model: torch.nn.Module) -> int:
 def uses_cuda_graphs(model: torch.nn.Module) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return bool(getattr(base, "_nli_cuda_graphs", False))
+
+
+def eager_without_grad(model: torch.nn.Module) -> Any:
+    """A context that runs the compiled layers eagerly in a no-grad forward (eval loss, probes) when they are CUDA
+    graphs. Without a backward pending, CUDA graph trees start a new iteration at every compiled call and free the
+    previous call's output, which is the next layer's input; with gradients on, the pending backward keeps a step
+    whole. A no-op otherwise."""
+    if uses_cuda_graphs(model) and not torch.is_grad_enabled():
+        return torch.compiler.set_stance("force_eager")
+    return nullcontext()
 
 
 def graph_step_begin(model: torch.nn.Module) -> None:

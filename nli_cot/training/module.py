@@ -25,7 +25,7 @@ import torch
 
 from nli_cot.models.modeling import warn_once
 from nli_cot.training.data import IGNORE_INDEX
-from nli_cot.training.fastpath import graph_step_begin
+from nli_cot.training.fastpath import eager_without_grad, graph_step_begin
 
 
 def count_loss_tokens(labels: torch.Tensor) -> int:
@@ -89,6 +89,10 @@ class NliCotModule(pl.LightningModule):
     def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Token-mean cross-entropy over completion tokens (both implementations compute the same value); weighted
         per token when the train collator adds weights (``dataset.loss_weight``, nli_cot.training.loss_weights)."""
+        with eager_without_grad(self.model):  # no-grad forwards can't run as CUDA graphs layer by layer
+            return self._loss(batch)
+
+    def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
         if self.loss_impl == "chunked":
             from nli_cot.training.fastpath import completion_loss
 
@@ -142,7 +146,6 @@ class NliCotModule(pl.LightningModule):
         self._val_loss_sum, self._val_tokens = 0.0, 0
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        graph_step_begin(self.model)
         loss = self.compute_loss(batch)
         n = count_loss_tokens(batch["labels"])
         self._val_loss_sum += float(loss) * n
