@@ -118,16 +118,21 @@ class _FlashVarlen(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, cu, max_len, scale):
-        out, lse, rng, unused, _ = torch.ops.aten._flash_attention_forward(
+        out, lse, _, _, _ = torch.ops.aten._flash_attention_forward(
             q, k, v, cu, cu, max_len, max_len, 0.0, True, False, scale=scale
         )
-        ctx.save_for_backward(q, k, v, out, lse, cu, rng, unused)
+        # The philox seed/offset it returns are not kept: without dropout the backward never reads them, and they
+        # live on the host outside CUDA-graph capture but on the device inside it, which a compiled backward that
+        # received them can't follow (a host kernel read device memory: a segfault with compile_mode=reduce-overhead).
+        ctx.save_for_backward(q, k, v, out, lse, cu)
         ctx.max_len, ctx.scale = max_len, scale
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, out, lse, cu, rng, unused = ctx.saved_tensors
+        q, k, v, out, lse, cu = ctx.saved_tensors
+        rng = torch.empty(2, dtype=torch.uint64, device=q.device)  # placeholders: read only with dropout > 0
+        unused = torch.empty((), dtype=torch.uint64, device=q.device)
         dq, dk, dv = torch.ops.aten._flash_attention_backward(
             grad_out.contiguous(),
             q,
