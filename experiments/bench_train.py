@@ -597,7 +597,8 @@ def cmd_report(a) -> None:
 
 
 # The card configuration each product default is compared with (the same ablation's batch and checkpointing).
-SPEED_PAIRS = {"abl0_1_default": "card", "abl0_1_unfused": "card", "abl1_default": "card_abl1"}
+SPEED_PAIRS = {"abl0_1_default": "card", "abl0_1_unfused": "card", "abl1_default": "card_abl1", "abl1_unfused": "card_abl1",
+               "abl1_graphs": "card_abl1"}
 
 
 def _spread(xs: list[float]) -> dict:

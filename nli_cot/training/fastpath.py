@@ -383,6 +383,11 @@ def compile_decoder_layers(model: torch.nn.Module, dynamic: bool | None = True, 
     ``graph_step_begin`` and ``generation_attention`` know.
     """
     layers = decoder_layers(model)
+    if mode == "reduce-overhead":
+        # Python floats the layers read (LoRA's alpha / r scaling) are otherwise traced as 0-dim host float64 inputs
+        # and copied by a host kernel, which CUDA graph capture hands device memory (a segfault on the device, 4 per
+        # layer: q, k, v, o). They are constants of a run: specialise them. Process-wide dynamo setting.
+        torch._dynamo.config.specialize_float = True
     for layer in layers:
         layer.compile(dynamic=dynamic, mode=None if mode == "default" else mode)
     if mode == "reduce-overhead":
