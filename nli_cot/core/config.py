@@ -404,7 +404,8 @@ class TrainerConfig:
             "help": "torch.compile mode of the compiled decoder layers. \"default\": fused Triton kernels. "
             "\"reduce-overhead\": the same kernels replayed as CUDA graphs, one launch per layer pass instead "
             "of hundreds (the host stops being the bottleneck); needs trainer.row_bucket so a few row lengths "
-            "recur (one graph per length), and no gradient checkpointing."
+            "recur (one graph per length), and no gradient checkpointing. Measured once on an H100 for Abl1: "
+            "same losses, no faster than \"default\" (experiments/results/SPEED.md)."
         },
     )
     row_bucket: int | None = field(

@@ -122,8 +122,7 @@ class _FlashVarlen(torch.autograd.Function):
             q, k, v, cu, cu, max_len, max_len, 0.0, True, False, scale=scale
         )
         # The philox seed/offset it returns are not kept: without dropout the backward never reads them, and they
-        # live on the host outside CUDA-graph capture but on the device inside it, which a compiled backward that
-        # received them can't follow (a host kernel read device memory: a segfault with compile_mode=reduce-overhead).
+        # are host tensors outside CUDA-graph capture but device tensors inside it; the backward gets placeholders.
         ctx.save_for_backward(q, k, v, out, lse, cu)
         ctx.max_len, ctx.scale = max_len, scale
         return out

@@ -29,6 +29,13 @@ def main() -> None:
                "card (call B)": b["configs"]["card"], "abl0_1_unfused": b["configs"]["abl0_1_unfused"]}
     configs["abl0_1_unfused"]["card"] = "card (call B)"
     configs.update({k: abl1["configs"][k] for k in ("card_abl1", "abl1_default")})
+    later = RESULTS / "speed_2026-12-07c"  # the third set of calls: Abl1's memory option and the CUDA-graph lever
+    unfused, graphs = load(later / "call4_abl1_unfused"), load(later / "call6_graphs_ok")
+    configs["card_abl1 (07c call 4)"] = unfused["configs"]["card_abl1"]
+    configs["abl1_unfused"] = dict(unfused["configs"]["abl1_unfused"], card="card_abl1 (07c call 4)")
+    configs["card_abl1 (07c call 6)"] = graphs["configs"]["card_abl1"]
+    configs["abl1_graphs"] = dict(graphs["configs"]["abl1_graphs"], card="card_abl1 (07c call 6)",
+                                  note="one run (n=1), the first that ran; an anecdote, not a ratio to quote")
     with open(HERE / "callC_prof_abl1_infer" / "infer.jsonl") as f:  # no card run in call C: no ratio
         unpaired = [r["examples_per_s"] for r in map(json.loads, f)
                     if r.get("stage") == "infer" and r.get("status") == "ok"]
@@ -44,6 +51,8 @@ def main() -> None:
             "inference pair (call D)": "experiments/results/speed_2026-12-07b/callD_infer/",
             "abl1 pair (2026-12-07 call 2, commit a2e0cca)": "experiments/results/speed_2026-12-07/call2_abl1/",
             "inference pair (2026-12-07 call 3)": "experiments/results/speed_2026-12-07/call3_infer/",
+            "abl1_unfused, 3 repeats (07c call 4)": "experiments/results/speed_2026-12-07c/call4_abl1_unfused/",
+            "abl1_graphs, 1 run (07c call 6)": "experiments/results/speed_2026-12-07c/call6_graphs_ok/",
         },
         "machine_note": ("Calls A-D on one H100 held warm between them (the H200 the issue names was not lent). "
                          "Each training pair ran interleaved in one call (card@0, ours@0, card@1, ...); 4 warm-up "
@@ -55,6 +64,9 @@ def main() -> None:
             "abl0_1_unfused reserved <= card + 5%": True,
             "abl0_1_unfused >= 3x": False,
             "abl1_default reserved <= card + 5%": False,
+            "abl1_unfused reserved <= card + 5%": True,
+            "abl1_unfused >= 3x": False,
+            "abl1_graphs >= 3x": False,
             "4-bit inference >= 10x the card at <= 40 GiB reserved (paired calls)": True,
         },
     }
