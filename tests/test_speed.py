@@ -78,3 +78,13 @@ def test_the_cuda_memory_budget_sets_the_allocator_and_caps_the_process(monkeypa
     calls.clear()
     assert modeling.configure_cuda_memory("expandable_segments:True")["alloc_conf"] == "backend:native"
     assert calls == {}
+
+
+def test_every_product_variant_is_paired_with_the_card_at_its_own_batch() -> None:
+    """Each nli_cot variant of the bench has a card configuration to be divided by: Abl0.1's variants by the card at
+    Abl0.1's batch (checkpointing on), Abl1's by the card at Abl1's batch, so a new variant can't go unpaired."""
+    bt = _bench_train()
+    assert set(bt.SPEED_PAIRS) == set(bt.EXPERIMENT_VARIANTS)
+    for variant, card in bt.SPEED_PAIRS.items():
+        preset = bt.EXPERIMENT_VARIANTS[variant][1]
+        assert card == {"abl0_1": "card", "abl1": "card_abl1"}[preset], variant
