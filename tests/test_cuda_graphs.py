@@ -57,14 +57,13 @@ def test_without_a_bucket_nothing_changes(examples) -> None:
 @pytest.mark.parametrize("attention", ["sdpa", fastpath.VARLEN_ATTENTION])
 def test_bucket_padding_changes_no_loss_and_no_gradient(model, examples, attention) -> None:
     """The chunked completion loss (the ablations' path) and the LoRA gradients of a bucketed row equal the unpadded
-    row's: the pad segment neither attends to an example nor is attended to, and carries no label."""
+    row's: the pad segment trails the row, so under causal attention no example sees it (with any attention), and
+    it carries no label."""
     results = []
     fastpath.set_attention(model, attention)
     try:
         for bucket in (None, 64):
             batch = collate_padding_free(examples, bucket)
-            if attention == "sdpa":  # sdpa sees no boundaries: give it the block mask the segments mean
-                batch = _with_segment_mask(batch)
             batch["loss_index"], batch["loss_target"] = fastpath.loss_positions(batch["labels"])
             model.zero_grad()
             loss = fastpath.completion_loss(model, batch, chunk_tokens=7)
@@ -78,17 +77,6 @@ def test_bucket_padding_changes_no_loss_and_no_gradient(model, examples, attenti
     assert want_grads.keys() == got_grads.keys() and want_grads
     for name, g in want_grads.items():
         assert torch.allclose(got_grads[name], g, atol=1e-6, rtol=1e-4), name
-
-
-def _with_segment_mask(batch: dict) -> dict:
-    cu = batch["cu_seq_lens_q"].tolist()
-    width = cu[-1]
-    segment = torch.zeros(width, dtype=torch.long)
-    for i, (a, b) in enumerate(zip(cu[:-1], cu[1:], strict=True)):
-        segment[a:b] = i
-    allowed = (segment[:, None] == segment[None, :]) & torch.ones(width, width, dtype=torch.bool).tril()
-    skip = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
-    return {k: v for k, v in batch.items() if k not in skip} | {"attention_mask": allowed[None, None]}
 
 
 def test_the_data_module_buckets_training_and_eval_rows(mistral_tokenizer, tmp_path) -> None:
