@@ -367,7 +367,7 @@ def run_nli_cot(a, rec: dict) -> None:
     rec["flash_varlen_check"] = dict(fastpath.FLASH_VARLEN_CHECK)
     from torch._dynamo.utils import counters
 
-    # CUDA graphs: how many compiled graphs were skipped for graphs, and why (empty when none was skipped)
+    # CUDA graphs: inductor's cudagraph counters (skips with their reasons, non-static inputs recorded; empty: none)
     rec["cudagraph_counters"] = {k: v for k, v in counters["inductor"].items() if "cudagraph" in k}
     keep = a.warmup + a.steps  # profiled steps (after these) are not measured steps
     times.end, times.cum = times.end[:keep], times.cum[:keep]
@@ -596,9 +596,9 @@ def cmd_report(a) -> None:
     write_report(a.out, text, {"env": env, "runs": trains})
 
 
-# The card configuration each product default is compared with (the same ablation's batch and checkpointing).
-SPEED_PAIRS = {"abl0_1_default": "card", "abl0_1_unfused": "card", "abl1_default": "card_abl1", "abl1_unfused": "card_abl1",
-               "abl1_graphs": "card_abl1"}
+# The card configuration each nli_cot variant is compared with: the card at its preset's batch and checkpointing.
+CARD_OF_PRESET = {"abl0_1": "card", "abl1": "card_abl1"}
+SPEED_PAIRS = {variant: CARD_OF_PRESET[preset] for variant, (_, preset, _) in EXPERIMENT_VARIANTS.items()}
 
 
 def _spread(xs: list[float]) -> dict:

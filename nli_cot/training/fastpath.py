@@ -55,6 +55,16 @@ _FLASH_VARLEN_OK: bool | None = None
 FLASH_VARLEN_CHECK: dict[str, Any] = {}
 
 
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a PEFT wrapper (or the model itself when unwrapped)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+# Keys the collators add beside the model's inputs (loss positions and weights, a short step's gradient scale, the
+# row-bucket padding count): every forward leaves them out of the model's keyword arguments.
+COLLATOR_EXTRAS = ("loss_index", "loss_target", "loss_weight", "grad_scale", "row_padding")
+
+
 # ------------------------------------------------------------------------------------------- packed batches
 def packed_boundaries(lengths: list[int]) -> dict[str, Any]:
     """Cumulative sequence lengths of the examples in one padding-free row, as the attention kwargs expect."""
@@ -299,7 +309,7 @@ def register_attention() -> None:
 def set_attention(model: torch.nn.Module, name: str) -> None:
     """Switch a loaded (possibly PEFT-wrapped) model's attention implementation."""
     register_attention()
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     if hasattr(base, "set_attn_implementation"):
         try:
             base.set_attn_implementation(name)
@@ -329,11 +339,11 @@ def completion_loss(model: torch.nn.Module, batch: dict[str, Any], chunk_tokens:
     """
     from torch.utils.checkpoint import checkpoint
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     index, target = batch.get("loss_index"), batch.get("loss_target")
     if index is None:
         index, target = loss_positions(batch["labels"])
-    skip = ("labels", "loss_index", "loss_target", "loss_weight", "grad_scale", "token_weight", "row_padding")
+    skip = ("labels", "token_weight", *COLLATOR_EXTRAS)
     inputs = {k: v for k, v in batch.items() if k not in skip}
     hidden = base.model(**inputs, use_cache=False).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index.to(hidden.device))
@@ -356,7 +366,7 @@ def completion_loss(model: torch.nn.Module, batch: dict[str, Any], chunk_tokens:
 
 # ------------------------------------------------------------------------------------ checkpointing, compile
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     inner = getattr(base, "model", base)
     layers = getattr(inner, "layers", None)
     if layers is None:
@@ -390,7 +400,7 @@ def compile_decoder_layers(model: torch.nn.Module, dynamic: bool | None = True, 
     for layer in layers:
         layer.compile(dynamic=dynamic, mode=None if mode == "default" else mode)
     if mode == "reduce-overhead":
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = base_model(model)
         base._nli_cuda_graphs = True
         mark_quant_states_static(model)
     return len(layers)
@@ -415,7 +425,7 @@ def mark_quant_states_static(model: torch.nn.Module) -> int:
 
 
 def uses_cuda_graphs(model: torch.nn.Module) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     return bool(getattr(base, "_nli_cuda_graphs", False))
 
 
@@ -430,8 +440,8 @@ def eager_without_grad(model: torch.nn.Module) -> Any:
 
 
 def graph_step_begin(model: torch.nn.Module) -> None:
-    """Tell CUDA graph trees that a new training or eval step begins (its outputs may reuse the last step's
-    memory); a no-op without CUDA graphs."""
+    """Tell CUDA graph trees that a new training step begins (its outputs may reuse the last step's memory); a
+    no-op without CUDA graphs."""
     if uses_cuda_graphs(model):
         torch.compiler.cudagraph_mark_step_begin()
 
@@ -484,7 +494,7 @@ def generation_attention(model: torch.nn.Module, name: str = "sdpa") -> Iterator
     """Decode with ``name`` while the training attention is ``nli_varlen``, which builds no padding mask and would
     let left-padded prompts attend their padding; restores the training attention afterwards. With CUDA graphs the
     layers run eagerly meanwhile: decoding changes length every token, and each length would record a graph."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     current = getattr(base.config, "_attn_implementation", None)
     eager = torch.compiler.set_stance("force_eager") if uses_cuda_graphs(model) else nullcontext()
     if current != VARLEN_ATTENTION:

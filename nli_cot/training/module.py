@@ -25,7 +25,7 @@ import torch
 
 from nli_cot.models.modeling import warn_once
 from nli_cot.training.data import IGNORE_INDEX
-from nli_cot.training.fastpath import eager_without_grad, graph_step_begin
+from nli_cot.training.fastpath import COLLATOR_EXTRAS, eager_without_grad, graph_step_begin
 
 
 def count_loss_tokens(labels: torch.Tensor) -> int:
@@ -97,7 +97,7 @@ class NliCotModule(pl.LightningModule):
             from nli_cot.training.fastpath import completion_loss
 
             return completion_loss(self.model, batch, self.ce_chunk_tokens)
-        batch = {k: v for k, v in batch.items() if k not in ("loss_index", "loss_target", "grad_scale", "row_padding")}
+        batch = {k: v for k, v in batch.items() if k not in COLLATOR_EXTRAS}
         token_weight = batch.pop("token_weight", None)
         if token_weight is None:
             return self.model(**batch).loss
