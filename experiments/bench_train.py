@@ -183,6 +183,10 @@ EXPERIMENT_VARIANTS: dict[str, tuple[str, str, list[str]]] = {
     # compiled layers replayed as CUDA graphs, rows padded to 256-token buckets (2.1% padding on the bench rows).
     "abl1_graphs": ("`+experiment=abl1 trainer.compile_mode=reduce-overhead trainer.row_bucket=256` (CUDA graphs)",
                     "abl1", ["trainer.compile_mode=reduce-overhead", "trainer.row_bucket=256"]),
+    # The recompute lever (SPEED.md, Abl0.1's profile: the GEMMs of forward + recompute + backward bound the step):
+    # each layer's checkpoint ends before the frozen down projection, so the recompute never runs it.
+    "abl0_1_nodown": ("`+experiment=abl0_1 trainer.recompute_down_proj=false` (the recompute skips down_proj)",
+                      "abl0_1", ["trainer.recompute_down_proj=false"]),
     "abl1_unfused": ("`+experiment=abl1 trainer.fuse_grad_accum=false` (two 8-example passes per step)",
                      "abl1", ["trainer.fuse_grad_accum=false"]),
 }
@@ -369,6 +373,10 @@ def run_nli_cot(a, rec: dict) -> None:
 
     # CUDA graphs: inductor's cudagraph counters (skips with their reasons, non-static inputs recorded; empty: none)
     rec["cudagraph_counters"] = {k: v for k, v in counters["inductor"].items() if "cudagraph" in k}
+    # Compiled frames and graphs: regional compilation should compile each part once for all layers (a count that
+    # grows with the layers means recompiles, and past dynamo's cache limit the rest would run eagerly)
+    rec["dynamo_counters"] = {group: dict(counters[group]) for group in ("frames", "stats", "recompiles")
+                              if counters.get(group)}
     keep = a.warmup + a.steps  # profiled steps (after these) are not measured steps
     times.end, times.cum = times.end[:keep], times.cum[:keep]
     rec.update(times.summary(a.warmup))

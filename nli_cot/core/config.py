@@ -394,6 +394,16 @@ class TrainerConfig:
         default=None,
         metadata={"help": "with gradient_checkpointing: recompute only the first N layers (None: all)"},
     )
+    recompute_down_proj: bool = field(
+        default=True,
+        metadata={
+            "help": "With gradient_checkpointing: true recomputes each whole decoder layer in the backward "
+            "(transformers' checkpointing); false ends each layer's checkpoint before the MLP's frozen down "
+            "projection, whose backward needs only its weight, so the recompute skips it (~27% fewer recompute "
+            "FLOPs on Mistral/Llama/Qwen2 layers, same gradients and saved memory). No effect without "
+            "checkpointing or when down_proj is a LoRA target."
+        },
+    )
     compile: bool = field(
         default=False,
         metadata={"help": "torch.compile each decoder layer (regional, dynamic length)"},

@@ -13,6 +13,14 @@ Features
   fp32 logits is alive at a time.
 - ``limit_checkpointed_layers`` (``trainer.checkpoint_layers=N``): with gradient checkpointing on, only the first
   N decoder layers recompute; the others keep their activations (trades memory for speed, same gradients).
+- ``recompute_before_down_proj`` (``trainer.recompute_down_proj=false``): with gradient checkpointing on, each
+  layer's checkpoint ends before the MLP's down projection, which runs outside it. That projection is frozen (no
+  LoRA), so its backward needs only its weight, never its input or output, and nothing is saved for it; the
+  recompute in the backward never runs it: 27% of a Mistral layer's GEMM FLOPs (1 of the 3 MLP matrices), with the
+  same gradients (the same ops in the same order, the same dropout draws) and the same saved tensor (the layer
+  input). Eager code gets this from the checkpoint's early stop (the recompute ends at the last saved tensor), but
+  transformers 5.17 checkpoints around the compiled layer, whose recompute is one compiled call: whether it stops
+  before the down projection depends on the torch version and compiler. The split makes it hold everywhere.
 - ``compile_decoder_layers`` (``trainer.compile=true``): ``torch.compile`` of each decoder layer (regional: one
   compiled graph shared by all layers, dynamic row length).
 - CUDA graphs (``trainer.compile_mode=reduce-overhead`` with ``trainer.row_bucket``): the compiled layers' forward
@@ -385,6 +393,88 @@ def limit_checkpointed_layers(model: torch.nn.Module, n: int | None) -> int:
     return sum(bool(getattr(layer, "gradient_checkpointing", False)) for layer in layers)
 
 
+# Decoder layers and MLPs whose forward is exactly ``h = x + attn(norm1(x)); out = h + down(act(gate(n)) * up(n))``
+# with ``n = norm2(h)`` (transformers 5.x, checked in tests/test_packing.py against the class's own forward). Other
+# architectures keep the whole-layer recompute.
+SPLIT_LAYER_TYPES = ("MistralDecoderLayer", "LlamaDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer")
+SPLIT_MLP_TYPES = ("MistralMLP", "LlamaMLP", "Qwen2MLP", "Qwen3MLP")
+_CACHE_KWARGS = ("past_key_values", "cache", "layer_past")
+
+
+def _pre_down(layer: torch.nn.Module, hidden_states: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """A decoder layer's forward up to its MLP's down projection: (the post-attention residual, down's input)."""
+    residual = hidden_states
+    hidden_states, _ = layer.self_attn(hidden_states=layer.input_layernorm(hidden_states), **kwargs)
+    hidden_states = residual + hidden_states
+    normed = layer.post_attention_layernorm(hidden_states)
+    mlp = layer.mlp
+    return hidden_states, mlp.act_fn(mlp.gate_proj(normed)) * mlp.up_proj(normed)
+
+
+def _layer_forward(layer: torch.nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    """The layer class's own forward (compiled once for all layers when compile is on)."""
+    return type(layer).forward(layer, hidden_states, *args, **kwargs)
+
+
+class RecomputeBeforeDown:
+    """The forward of a decoder layer whose gradient checkpoint ends before the MLP's down projection.
+
+    In a training forward with gradients on, ``_pre_down`` runs under a non-reentrant checkpoint (only the layer input
+    is kept; the RNG state is kept too, so the recompute draws the same dropout masks), then the frozen down
+    projection and the residual add run outside it: neither saves an activation, so the backward's recompute stops
+    at the projection's input. Any other call (eval, generation, positional arguments) runs the class's forward.
+    ``pre_down`` and ``full`` become compiled functions when the layers are compiled."""
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        self.layer = layer
+        self.pre_down: Any = _pre_down
+        self.full: Any = _layer_forward
+
+    def __call__(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        layer = self.layer
+        if args or not (layer.training and torch.is_grad_enabled()):
+            return self.full(layer, hidden_states, *args, **kwargs)
+        from torch.utils.checkpoint import checkpoint
+
+        if kwargs.get("use_cache"):  # as transformers' own checkpointing does: no cache under recompute
+            kwargs["use_cache"] = False
+        for key in _CACHE_KWARGS:
+            if kwargs.get(key) is not None:
+                kwargs[key] = None
+        residual, gated = checkpoint(self.pre_down, layer, hidden_states, use_reentrant=False, **kwargs)
+        return residual + layer.mlp.down_proj(gated)
+
+
+def split_problem(layer: torch.nn.Module) -> str | None:
+    """Why ``layer`` can't end its checkpoint before the down projection, or None."""
+    if type(layer).__name__ not in SPLIT_LAYER_TYPES:
+        return f"{type(layer).__name__} is not one of the known layer types ({', '.join(SPLIT_LAYER_TYPES)})"
+    mlp = getattr(layer, "mlp", None)
+    if type(mlp).__name__ not in SPLIT_MLP_TYPES:
+        return f"its MLP {type(mlp).__name__} is not one of {', '.join(SPLIT_MLP_TYPES)}"
+    down = mlp.down_proj
+    if any(p.requires_grad for p in down.parameters()) or hasattr(down, "lora_A"):
+        return "its down projection trains (a LoRA target): its backward needs its input, so it must stay inside"
+    return None
+
+
+def recompute_before_down_proj(model: torch.nn.Module) -> int:
+    """End the gradient checkpoint of every checkpointed decoder layer before its MLP's down projection (see
+    ``RecomputeBeforeDown``); call after LoRA is attached and ``limit_checkpointed_layers``. Returns how many layers
+    were split; layers of another shape (``split_problem``) keep the whole-layer recompute, with a warning."""
+    split = 0
+    for layer in decoder_layers(model):
+        if not getattr(layer, "gradient_checkpointing", False):
+            continue
+        if problem := split_problem(layer):
+            log.warning("trainer.recompute_down_proj=false: layer kept whole (%s)", problem)
+            continue
+        layer.gradient_checkpointing = False  # transformers' own checkpoint would wrap the whole layer again
+        layer.forward = RecomputeBeforeDown(layer)
+        split += 1
+    return split
+
+
 def compile_decoder_layers(model: torch.nn.Module, dynamic: bool | None = True, mode: str = "default") -> int:
     """``torch.compile`` each decoder layer in place (regional compilation); returns the number compiled.
 
@@ -397,7 +487,14 @@ def compile_decoder_layers(model: torch.nn.Module, dynamic: bool | None = True, 
         # and copied by a host kernel, which CUDA graph capture hands device memory (a segfault on the device, 4 per
         # layer: q, k, v, o). They are constants of a run: specialise them. Process-wide dynamo setting.
         torch._dynamo.config.specialize_float = True
+    compiled_parts: tuple[Any, Any] | None = None
     for layer in layers:
+        split = layer.__dict__.get("forward")
+        if isinstance(split, RecomputeBeforeDown):  # compile its two parts; the checkpoint between stays eager
+            if compiled_parts is None:  # one compiled function each, shared by every layer (regional compilation)
+                compiled_parts = (torch.compile(_pre_down, dynamic=dynamic), torch.compile(_layer_forward, dynamic=dynamic))
+            split.pre_down, split.full = compiled_parts
+            continue
         layer.compile(dynamic=dynamic, mode=None if mode == "default" else mode)
     if mode == "reduce-overhead":
         base = base_model(model)
@@ -475,6 +572,8 @@ def apply_training_levers(model: torch.nn.Module, trainer_cfg: Any) -> dict[str,
         applied["checkpointed_layers"] = limit_checkpointed_layers(
             model, getattr(trainer_cfg, "checkpoint_layers", None)
         )
+        if not getattr(trainer_cfg, "recompute_down_proj", True):
+            applied["split_before_down_proj"] = recompute_before_down_proj(model)
     if getattr(trainer_cfg, "compile", False):
         if cuda:
             mode = getattr(trainer_cfg, "compile_mode", "default")

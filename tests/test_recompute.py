@@ -1,0 +1,215 @@
+"""``trainer.recompute_down_proj=false``: each checkpoint ends before the MLP's frozen down projection.
+
+The lever is only worth having if it changes nothing but the work: the same loss and LoRA gradients as
+transformers' whole-layer checkpointing and as no checkpoint at all (dropout on, so the recompute must draw the same
+masks), the down projection's weight read twice per step (forward, backward) while the other projections are also
+recomputed, compiled or not, and every other call (eval, no-grad, layers left unchecked, a LoRA on down_proj, an
+unknown architecture) on the layer's own forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import compose
+
+from nli_cot.training import fastpath
+from nli_cot.training.data import collate_padding_free, tokenize_records
+
+RECORDS = [
+    {"id": "a", "premise": "A man plays a guitar on a stage.", "hypothesis": "A man performs music.",
+     "thought_process": "Playing a guitar on a stage is performing music.", "label": 1},
+    {"id": "b", "premise": "Two dogs run through the snow.", "hypothesis": "The animals are asleep.",
+     "thought_process": "Running dogs are awake.", "label": 0},
+]
+
+
+@pytest.fixture(scope="module")
+def batch(mistral_tokenizer):
+    examples = tokenize_records(RECORDS, mistral_tokenizer, compose(["prompt=card"]).prompt, 512, False).examples
+    return collate_padding_free(examples)
+
+
+def _model(tiny_model_cfg, mistral_tokenizer, lora_overrides=(), checkpointing=True):
+    from nli_cot.models.modeling import attach_lora, load_base_model
+
+    torch.manual_seed(0)
+    base = load_base_model(tiny_model_cfg, mistral_tokenizer, for_training=True,
+                           gradient_checkpointing=checkpointing)
+    model = attach_lora(base, compose(["lora=default", *lora_overrides]).lora)
+    with torch.no_grad():  # LoRA B starts at zero; make the adapters matter so their gradients are compared too
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    return model.train()  # dropout on: the recompute must draw the same masks as the first pass
+
+
+def _loss_and_grads(model, batch) -> tuple[float, dict[str, torch.Tensor]]:
+    model.zero_grad()
+    torch.manual_seed(123)
+    loss = model(**batch).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+    return float(loss), grads
+
+
+def _calls(model, names: tuple[str, ...]) -> dict[str, int]:
+    counts = dict.fromkeys(names, 0)
+    for layer in fastpath.decoder_layers(model):
+        for name in names:
+            module = layer.mlp.get_submodule(name) if hasattr(layer.mlp, name) else layer.self_attn.get_submodule(name)
+
+            def hook(*_, _name=name):
+                counts[_name] += 1
+
+            module.register_forward_hook(hook)
+    return counts
+
+
+def test_the_split_checkpoint_gives_the_whole_layer_checkpoints_loss_and_gradients(
+    tiny_model_cfg, mistral_tokenizer, batch
+) -> None:
+    model = _model(tiny_model_cfg, mistral_tokenizer)
+    want_loss, want = _loss_and_grads(model, batch)
+    assert fastpath.recompute_before_down_proj(model) == 2
+    got_loss, got = _loss_and_grads(model, batch)
+    assert got_loss == want_loss
+    assert want.keys() == got.keys() and len(want) == 2 * 4 * 2  # 2 layers x q,k,v,o x A,B
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=0, msg=name)
+    plain = _model(tiny_model_cfg, mistral_tokenizer, checkpointing=False)  # and no checkpoint at all: the same
+    plain_loss, plain_grads = _loss_and_grads(plain, batch)
+    assert plain_loss == want_loss
+    for name in want:
+        torch.testing.assert_close(plain_grads[name], got[name], rtol=0, atol=0, msg=name)
+
+
+def _weight_uses(model, batch, names: tuple[str, ...]) -> dict[str, int]:
+    """How many aten ops read each projection's weight in one training step (forward, recompute, backward)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    layer = fastpath.decoder_layers(model)[0]
+    pointers = {name: getattr(layer.mlp, name, None) or getattr(layer.self_attn, name) for name in names}
+    pointers = {getattr(module, "base_layer", module).weight.data_ptr(): name for name, module in pointers.items()}
+    counts = dict.fromkeys(names, 0)
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.linear):
+                for arg in args:
+                    if torch.is_tensor(arg) and arg.data_ptr() in pointers:
+                        counts[pointers[arg.data_ptr()]] += 1
+            return func(*args, **(kwargs or {}))
+
+    _loss_and_grads(model, batch)  # compiles, outside the counting mode
+    with Count():
+        _loss_and_grads(model, batch)
+    return counts
+
+
+@pytest.fixture
+def eager_backend_compile(monkeypatch):
+    """torch.compile through AOTAutograd without inductor (fast on CPU; the same graphs, run op by op)."""
+    import torch._dynamo
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, **{**kw, "backend": "aot_eager"}))
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def test_with_compiled_parts_the_recompute_skips_the_down_projection_and_only_it(
+    tiny_model_cfg, mistral_tokenizer, batch, eager_backend_compile
+) -> None:
+    """Each projection's weight is read 3 times a step (forward, recompute, backward to the input), down's twice:
+    the recompute never reaches it, whatever the compiler does inside the compiled part. (Around a whole compiled
+    layer, whether the recompute stops before down depends on the torch version and backend: torch 2.13 with
+    aot_eager stops it early, inside the compiled graph; the device's torch 2.11 + inductor is what the bench
+    measures.)"""
+    names = ("down_proj", "gate_proj", "up_proj", "q_proj", "o_proj")
+    split = _model(tiny_model_cfg, mistral_tokenizer)
+    fastpath.recompute_before_down_proj(split)
+    fastpath.compile_decoder_layers(split)
+    assert _weight_uses(split, batch, names) == {**dict.fromkeys(names, 3), "down_proj": 2}
+    eager = _model(tiny_model_cfg, mistral_tokenizer)
+    fastpath.recompute_before_down_proj(eager)
+    assert _weight_uses(eager, batch, names) == {**dict.fromkeys(names, 3), "down_proj": 2}
+
+
+def test_eval_and_no_grad_forwards_run_the_layers_own_forward(tiny_model_cfg, mistral_tokenizer, batch) -> None:
+    model = _model(tiny_model_cfg, mistral_tokenizer)
+    fastpath.recompute_before_down_proj(model)
+    model.eval()
+    with torch.no_grad():
+        want = model(**batch).logits
+    counts = _calls(model, ("down_proj",))
+    layer = fastpath.decoder_layers(model)[0]
+    calls = []
+    layer.forward.pre_down = lambda *a, **k: calls.append(1) or fastpath._pre_down(*a, **k)
+    with torch.no_grad():
+        got = model(**batch).logits
+    assert calls == [] and counts == {"down_proj": 2}
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    model.train()
+    with torch.no_grad():  # training mode without gradients: nothing to recompute, so no checkpoint either
+        model(**batch)
+    assert calls == []
+    model(**batch).loss.backward()
+    assert calls == [1, 1]  # the forward and the recompute of layer 0
+
+
+def test_only_checkpointed_layers_are_split(tiny_model_cfg, mistral_tokenizer) -> None:
+    model = _model(tiny_model_cfg, mistral_tokenizer)
+    assert fastpath.limit_checkpointed_layers(model, 1) == 1
+    assert fastpath.recompute_before_down_proj(model) == 1
+    kinds = [isinstance(layer.__dict__.get("forward"), fastpath.RecomputeBeforeDown)
+             for layer in fastpath.decoder_layers(model)]
+    assert kinds == [True, False]
+    assert fastpath.recompute_before_down_proj(_model(tiny_model_cfg, mistral_tokenizer, checkpointing=False)) == 0
+
+
+def test_a_lora_on_down_proj_keeps_the_whole_layer_checkpoint(tiny_model_cfg, mistral_tokenizer, caplog) -> None:
+    model = _model(tiny_model_cfg, mistral_tokenizer,
+                   ["lora.target_modules=[q_proj,k_proj,v_proj,o_proj,down_proj]"])
+    with caplog.at_level("WARNING"):
+        assert fastpath.recompute_before_down_proj(model) == 0
+    assert "its down projection trains" in caplog.text
+    assert all(layer.gradient_checkpointing for layer in fastpath.decoder_layers(model))
+
+
+def test_an_unknown_layer_type_is_named(tiny_model_cfg, mistral_tokenizer) -> None:
+    model = _model(tiny_model_cfg, mistral_tokenizer)
+    layer = fastpath.decoder_layers(model)[0]
+    assert fastpath.split_problem(layer) is None
+    layer.__class__ = type("GemmaLikeDecoderLayer", (type(layer),), {})
+    assert "GemmaLikeDecoderLayer is not one of the known layer types" in fastpath.split_problem(layer)
+
+
+def test_the_trainer_option_applies_the_split(tiny_model_cfg, mistral_tokenizer) -> None:
+    model = _model(tiny_model_cfg, mistral_tokenizer)
+    trainer = compose(["+experiment=abl0_1", "trainer.recompute_down_proj=false", "trainer.accelerator=cpu"]).trainer
+    applied = fastpath.apply_training_levers(model, trainer)
+    assert applied["checkpointed_layers"] == 2 and applied["split_before_down_proj"] == 2
+    trainer = compose(["+experiment=abl0_1", "trainer.accelerator=cpu"]).trainer
+    assert "split_before_down_proj" not in fastpath.apply_training_levers(
+        _model(tiny_model_cfg, mistral_tokenizer), trainer)
+
+
+def test_compiled_parts_are_shared_by_every_layer(
+    tiny_model_cfg, mistral_tokenizer, batch, eager_backend_compile
+) -> None:
+    """One compiled ``_pre_down`` for all layers (regional compilation): the second layer reuses the first's graph,
+    and the compiled split gives the uncompiled whole layer's loss and gradients."""
+    import torch._dynamo
+
+    model = _model(tiny_model_cfg, mistral_tokenizer)
+    fastpath.recompute_before_down_proj(model)
+    assert fastpath.compile_decoder_layers(model) == 2
+    parts = {(layer.forward.pre_down, layer.forward.full) for layer in fastpath.decoder_layers(model)}
+    assert len(parts) == 1
+    want_loss, want = _loss_and_grads(_model(tiny_model_cfg, mistral_tokenizer), batch)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        got_loss, got = _loss_and_grads(model, batch)
+    assert got_loss == pytest.approx(want_loss, rel=1e-6)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], msg=name)
