@@ -18,9 +18,11 @@ Features
   LoRA), so its backward needs only its weight, never its input or output, and nothing is saved for it; the
   recompute in the backward never runs it: 27% of a Mistral layer's GEMM FLOPs (1 of the 3 MLP matrices), with the
   same gradients (the same ops in the same order, the same dropout draws) and the same saved tensor (the layer
-  input). Eager code gets this from the checkpoint's early stop (the recompute ends at the last saved tensor), but
-  transformers 5.17 checkpoints around the compiled layer, whose recompute is one compiled call: whether it stops
-  before the down projection depends on the torch version and compiler. The split makes it hold everywhere.
+  input). transformers' whole-layer checkpoint reruns it: eagerly, the checkpoint's early stop ends the recompute
+  only at the last saved tensor, and a frozen ``nn.Linear`` saves its transposed weight (bitsandbytes' 4-bit matmul
+  saves nothing, so there it would stop in time); around a compiled layer (transformers 5.17 places the checkpoint
+  there) the recompute is one compiled call and runs all of it. The split holds in every case (tests/test_recompute.py
+  counts the matmuls).
 - ``compile_decoder_layers`` (``trainer.compile=true``): ``torch.compile`` of each decoder layer (regional: one
   compiled graph shared by all layers, dynamic row length).
 - CUDA graphs (``trainer.compile_mode=reduce-overhead`` with ``trainer.row_bucket``): the compiled layers' forward
