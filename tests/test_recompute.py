@@ -158,6 +158,28 @@ def test_eval_and_no_grad_forwards_run_the_layers_own_forward(tiny_model_cfg, mi
     assert calls == [1, 1]  # the forward and the recompute of layer 0
 
 
+def test_arguments_by_position_keep_a_whole_layer_checkpoint(tiny_model_cfg, mistral_tokenizer) -> None:
+    model = _model(tiny_model_cfg, mistral_tokenizer)
+    fastpath.recompute_before_down_proj(model)
+    layer = fastpath.decoder_layers(model)[0]
+    config = fastpath.base_model(model).config
+    hidden = torch.randn(1, 5, config.hidden_size, requires_grad=True)
+    rotary = fastpath.base_model(model).model.rotary_emb
+    position_ids = torch.arange(5)[None]
+    cos_sin = rotary(hidden, position_ids)
+    torch.manual_seed(0)
+    want = type(layer).forward(layer, hidden, None, position_ids, position_embeddings=cos_sin)
+    saved = []  # tensors saved outside a checkpoint (inside one, the checkpoint's own hooks take them)
+    torch.manual_seed(0)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        got = layer(hidden, None, position_ids, position_embeddings=cos_sin)  # mask and positions by position
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    inputs = (hidden, position_ids, *cos_sin)
+    assert saved and all(any(t is x for x in inputs) for t in saved)  # only the checkpoint's own inputs are kept
+    got.sum().backward()
+    assert hidden.grad is not None
+
+
 def test_only_checkpointed_layers_are_split(tiny_model_cfg, mistral_tokenizer) -> None:
     model = _model(tiny_model_cfg, mistral_tokenizer)
     assert fastpath.limit_checkpointed_layers(model, 1) == 1

@@ -424,7 +424,8 @@ class RecomputeBeforeDown:
     In a training forward with gradients on, ``_pre_down`` runs under a non-reentrant checkpoint (only the layer input
     is kept; the RNG state is kept too, so the recompute draws the same dropout masks), then the frozen down
     projection and the residual add run outside it: neither saves an activation, so the backward's recompute stops
-    at the projection's input. Any other call (eval, generation, positional arguments) runs the class's forward.
+    at the projection's input. Any other call (eval, generation) runs the class's forward; arguments given by
+    position (transformers passes them by name) get the whole-layer checkpoint instead.
     ``pre_down`` and ``full`` become compiled functions when the layers are compiled."""
 
     def __init__(self, layer: torch.nn.Module) -> None:
@@ -434,7 +435,7 @@ class RecomputeBeforeDown:
 
     def __call__(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         layer = self.layer
-        if args or not (layer.training and torch.is_grad_enabled()):
+        if not (layer.training and torch.is_grad_enabled()):
             return self.full(layer, hidden_states, *args, **kwargs)
         from torch.utils.checkpoint import checkpoint
 
@@ -443,6 +444,8 @@ class RecomputeBeforeDown:
         for key in _CACHE_KWARGS:
             if kwargs.get(key) is not None:
                 kwargs[key] = None
+        if args:  # arguments by position: their names are unknown here, so the whole layer is checkpointed
+            return checkpoint(self.full, layer, hidden_states, *args, use_reentrant=False, **kwargs)
         residual, gated = checkpoint(self.pre_down, layer, hidden_states, use_reentrant=False, **kwargs)
         return residual + layer.mlp.down_proj(gated)
 
