@@ -53,6 +53,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -347,8 +348,6 @@ def completion_loss(model: torch.nn.Module, batch: dict[str, Any], chunk_tokens:
     With ``loss_weight`` (a fused batch of several micro-batches, see ``micro_batch_loss_weights``) the loss is
     the weighted sum, i.e. the mean of the micro-batches' token-mean losses, as gradient accumulation computes it.
     """
-    from torch.utils.checkpoint import checkpoint
-
     base = base_model(model)
     index, target = batch.get("loss_index"), batch.get("loss_target")
     if index is None:
@@ -396,7 +395,7 @@ def limit_checkpointed_layers(model: torch.nn.Module, n: int | None) -> int:
 
 
 # Decoder layers and MLPs whose forward is exactly ``h = x + attn(norm1(x)); out = h + down(act(gate(n)) * up(n))``
-# with ``n = norm2(h)`` (transformers 5.x, checked in tests/test_packing.py against the class's own forward). Other
+# with ``n = norm2(h)`` (transformers 5.x, checked in tests/test_recompute.py against the class's own forward). Other
 # architectures keep the whole-layer recompute.
 SPLIT_LAYER_TYPES = ("MistralDecoderLayer", "LlamaDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer")
 SPLIT_MLP_TYPES = ("MistralMLP", "LlamaMLP", "Qwen2MLP", "Qwen3MLP")
@@ -437,8 +436,6 @@ class RecomputeBeforeDown:
         layer = self.layer
         if not (layer.training and torch.is_grad_enabled()):
             return self.full(layer, hidden_states, *args, **kwargs)
-        from torch.utils.checkpoint import checkpoint
-
         if kwargs.get("use_cache"):  # as transformers' own checkpointing does: no cache under recompute
             kwargs["use_cache"] = False
         for key in _CACHE_KWARGS:
