@@ -533,10 +533,16 @@ def run_baseline(a, rec: dict) -> None:
 
 
 def cmd_run(a) -> None:
+    import transformers
+
+    # run_bench.sh's "+x" stages run on a second library stack (EXTRA wheels in front); the tag keeps their records
+    # apart from the same variant on the device's own stack, and each record says which transformers it used
+    stack = os.environ.get("BENCH_STACK", "")
     rec = {
         "stage": "train",
         "side": a.side,
-        "variant": a.variant,
+        "variant": f"{a.variant}+{stack}" if stack else a.variant,
+        "transformers": transformers.__version__,
         "description": BASELINE_VARIANTS[a.variant][0]
         if a.side == "baseline"
         else {**VARIANTS, **EXPERIMENT_VARIANTS}[a.variant][0],
@@ -639,10 +645,11 @@ def speed_summary(recs: list[dict], commit: str | None = None) -> dict:
             "max_reserved_GiB": max((m.get("max_reserved_GiB", 0) for m in mem), default=None),
             "probe_loss": rs[0].get("probe_loss"),
         }
-        card = runs.get(SPEED_PAIRS.get(name, ""), {})
+        card_name = SPEED_PAIRS.get(name.split("+")[0], "")  # a "+x" run is paired with the card on the own stack
+        card = runs.get(card_name, {})
         both = [k for k in sorted(by_rep) if k in card]
         if both:
-            c["card"] = SPEED_PAIRS[name]
+            c["card"] = card_name
             c["ratio_median_step"] = _spread([med_tok(by_rep[k]) / med_tok(card[k]) for k in both])
             c["ratio_whole_run"] = _spread([by_rep[k]["real_tok_per_s"] / card[k]["real_tok_per_s"] for k in both])
             card_res = max(card[k].get("mem", {}).get("max_reserved_GiB", 0) for k in both)

@@ -37,6 +37,38 @@ def test_ratios_pair_repeats_and_keep_their_spread() -> None:
     assert abs(c["reserved_vs_card"] - 8.2 / 8.0) < 1e-9 and c["probe_loss_rel_diff"] == 0.0
 
 
+def test_a_run_on_the_second_stack_is_kept_apart_and_paired_with_the_card_of_the_same_repeat() -> None:
+    bt = _bench_train()
+    recs = [{"stage": "env", "gpu": "GPU"}]
+    for rep in range(2):
+        recs += [_run("card", rep, 5000, 2.0, 8.0), _run("abl0_1_default", rep, 9000, 1.0, 8.2),
+                 _run("abl0_1_default+x", rep, 10000, 1.0, 8.1)]
+    out = bt.speed_summary(recs)["configs"]
+    assert out["abl0_1_default"]["ratio_whole_run"]["median"] == 1.8
+    assert out["abl0_1_default+x"]["card"] == "card" and out["abl0_1_default+x"]["ratio_whole_run"]["median"] == 2.0
+
+
+def test_slim_wheel_keeps_only_the_named_native_library_and_its_record_lines(tmp_path) -> None:
+    import zipfile
+
+    spec = importlib.util.spec_from_file_location("slim_wheel", REPO / "experiments" / "device" / "slim_wheel.py")
+    sw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sw)
+    wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
+    names = ["pkg/__init__.py", "pkg/libpkg_cpu.so", "pkg/libpkg_cuda118.so", "pkg/libpkg_cuda130.so"]
+    with zipfile.ZipFile(wheel, "w") as z:
+        for n in names:
+            z.writestr(n, b"x" * 10)
+        z.writestr("pkg-1.0.dist-info/RECORD", "".join(f"{n},sha256=a,10\n" for n in names))
+    assert sw.main([str(wheel), "--keep", "cuda130", "--out", str(tmp_path / "out")]) == 0
+    with zipfile.ZipFile(tmp_path / "out" / wheel.name) as z:
+        kept = set(z.namelist())
+        record = z.read("pkg-1.0.dist-info/RECORD").decode()
+    assert "pkg/libpkg_cuda118.so" not in kept and "pkg/libpkg_cuda118.so" not in record
+    assert {"pkg/__init__.py", "pkg/libpkg_cpu.so", "pkg/libpkg_cuda130.so"} <= kept
+    assert sw.main([str(wheel), "--keep", "cuda999", "--out", str(tmp_path / "o2")]) == 2  # nothing native left
+
+
 def test_inference_modes_carry_ratio_and_budget() -> None:
     bt = _bench_train()
     recs = [

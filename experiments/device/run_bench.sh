@@ -25,11 +25,18 @@ REPO=$(cd "$(dirname "$0")/../.." && pwd); cd "$REPO"
 T0=$(date +%s); DEADLINE=${DEADLINE:-560}; MODEL=${MODEL:-/tmp/m7b}
 TR=$OUT/train.jsonl; IR=$OUT/infer.jsonl
 export BENCH_SPM=$REPO/.bench/mistral_instruct_tokenizer_240323.model.v3
+WHEELS=${WHEELS:-.device-wheels}; EXTRA=${EXTRA:-.device-wheels-tf}
 if [ ! -f /tmp/site/.done ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    .device-wheels/*.whl >/dev/null && touch /tmp/site/.done || echo "PIP INSTALL FAILED"
+    "$WHEELS"/*.whl >/dev/null && touch /tmp/site/.done || echo "PIP INSTALL FAILED"
 fi
-export PYTHONPATH=/tmp/site:$REPO
+# EXTRA (optional, carried): wheels for a second stack, e.g. the pinned transformers/peft/hub/tokenizers; a stage
+# whose name ends in +x (before any @N) runs with them in front of the device's own (env+x records its versions).
+if [ -d "$EXTRA" ] && [ ! -f /tmp/site_x/.done ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site_x \
+    "$EXTRA"/*.whl >/dev/null && touch /tmp/site_x/.done || echo "PIP INSTALL (EXTRA) FAILED"
+fi
+PP0=/tmp/site:$REPO
 left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }
 cap() { local l=$(( $(left) - 15 )); [ "$1" -lt "$l" ] && echo "$1" || echo "$l"; }
 for st in "$@"; do
@@ -38,6 +45,8 @@ for st in "$@"; do
   fi
   echo "=== $st at $(( $(date +%s) - T0 ))s"; s0=$(date +%s)
   REP=0; case $st in *@*) REP=${st##*@}; st=${st%@*} ;; esac
+  export PYTHONPATH=$PP0 BENCH_STACK=
+  case $st in *+x) st=${st%+x}; export PYTHONPATH=/tmp/site_x:$PP0 BENCH_STACK=x ;; esac
   W=(--repeat "$REP" --workdir "/tmp/bench_runs/${st//[:\/]/_}_${REP}_$s0"   # a fresh folder per run
      --warmup "${WARMUP:-2}" --steps "${STEPS:-8}")
   case $st in
