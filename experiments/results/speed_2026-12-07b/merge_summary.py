@@ -36,6 +36,13 @@ def main() -> None:
     configs["card_abl1 (07c call 6)"] = graphs["configs"]["card_abl1"]
     configs["abl1_graphs"] = dict(graphs["configs"]["abl1_graphs"], card="card_abl1 (07c call 6)",
                                   note="one run (n=1), the first that ran; an anecdote, not a ratio to quote")
+    # the fifth set: the recompute lever against the shipped path, one run each in one call, no card run in it
+    lever = RESULTS / "speed_2026-12-07d"
+    lever_ab = {
+        "configs": load(lever)["configs"],
+        "paired_steps": json.loads((lever / "paired_steps.json").read_text()),
+        "note": "one run per side (n=1), no card run in the call: an anecdote, not a ratio to quote",
+    }
     with open(HERE / "callC_prof_abl1_infer" / "infer.jsonl") as f:  # no card run in call C: no ratio
         unpaired = [r["examples_per_s"] for r in map(json.loads, f)
                     if r.get("stage") == "infer" and r.get("status") == "ok"]
@@ -43,6 +50,7 @@ def main() -> None:
         "device": a["device"], "date": a["date"], "versions": a["versions"], "commit": a["commit"],
         "configs": configs,
         "inference": {"call D": d["inference"], "2026-12-07 call 3": infer_prev["inference"]},
+        "lever_ab_without_card (07d)": lever_ab,
         "inference_unpaired_examples_per_s": {"nli_q4@budget, call C (no card run in that call)": unpaired},
         "sources": {
             "abl0_1_default (call A)": "experiments/results/speed_2026-12-07b/callA_abl0_1_default/",
@@ -53,6 +61,7 @@ def main() -> None:
             "inference pair (2026-12-07 call 3)": "experiments/results/speed_2026-12-07/call3_infer/",
             "abl1_unfused, 3 repeats (07c call 4)": "experiments/results/speed_2026-12-07c/call4_abl1_unfused/",
             "abl1_graphs, 1 run (07c call 6)": "experiments/results/speed_2026-12-07c/call6_graphs_ok/",
+            "abl0_1_nodown vs abl0_1_default, 1 run each (07d)": "experiments/results/speed_2026-12-07d/",
         },
         "machine_note": ("Calls A-D on one H100 held warm between them (the H200 the issue names was not lent). "
                          "Each training pair ran interleaved in one call (card@0, ours@0, card@1, ...); 4 warm-up "
@@ -67,6 +76,7 @@ def main() -> None:
             "abl1_unfused reserved <= card + 5%": True,
             "abl1_unfused >= 3x": False,
             "abl1_graphs >= 3x": False,
+            "abl0_1_nodown >= 3x (no card in its call; ~1.82x by arithmetic from the standing 1.77x)": False,
             "4-bit inference >= 10x the card at <= 40 GiB reserved (paired calls)": True,
         },
     }
