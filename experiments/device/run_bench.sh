@@ -13,6 +13,8 @@
 # multiprocess, trl, sentencepiece (the bench tokenizer is saved from the v3 .model file); made by
 # `bash ../shared/tools/device-wheels.sh .device-wheels trl sentencepiece`) and .bench/ (the v3 tokenizer file + bench data made
 # by `python experiments/bench_common.py data`).
+# WHEELS (default .device-wheels) names the wheel folder; .device-wheels-slim is the same with bitsandbytes cut to its
+# cu130 library (experiments/device/slim_wheel.py), which leaves room in the carry for EXTRA (below).
 # Env: DEADLINE (s, default 560) bounds the whole run; a stage starts only with MIN_LEFT (default 60) s left (the
 # summaries, speed and report, always run: they take seconds and are what a call is for).
 # WARMUP (default 2) optimiser steps dropped, STEPS (default 8) measured, per training run.
@@ -47,7 +49,7 @@ for st in "$@"; do
   REP=0; case $st in *@*) REP=${st##*@}; st=${st%@*} ;; esac
   export PYTHONPATH=$PP0 BENCH_STACK=
   case $st in *+x) st=${st%+x}; export PYTHONPATH=/tmp/site_x:$PP0 BENCH_STACK=x ;; esac
-  W=(--repeat "$REP" --workdir "/tmp/bench_runs/${st//[:\/]/_}_${REP}_$s0"   # a fresh folder per run
+  W=(--repeat "$REP" --workdir "/tmp/bench_runs/${st//[:\/]/_}${BENCH_STACK:+_x}_${REP}_$s0"   # a fresh folder per run
      --warmup "${WARMUP:-2}" --steps "${STEPS:-8}")
   case $st in
     env) nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv,noheader
