@@ -15,6 +15,10 @@
 # by `python experiments/bench_common.py data`).
 # WHEELS (default .device-wheels) names the wheel folder; .device-wheels-slim is the same with bitsandbytes cut to its
 # cu130 library (experiments/device/slim_wheel.py), which leaves room in the carry for EXTRA (below).
+#   mkdir .device-wheels-slim && cp .device-wheels/*.whl .device-wheels-slim/ && python experiments/device/slim_wheel.py \
+#     .device-wheels/bitsandbytes-*.whl --keep cuda130 --out .device-wheels-slim      (overwrites the fat copy)
+#   pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+#     -d .device-wheels-tf transformers==5.24.0 peft==0.21.2 huggingface_hub==2.4.0 tokenizers==0.23.3 safetensors==0.8.0
 # Env: DEADLINE (s, default 560) bounds the whole run; a stage starts only with MIN_LEFT (default 60) s left (the
 # summaries, speed and report, always run: they take seconds and are what a call is for).
 # WARMUP (default 2) optimiser steps dropped, STEPS (default 8) measured, per training run.
