@@ -10,12 +10,17 @@ import sys
 from conftest import REPO
 
 
-def _bench_train():
-    spec = importlib.util.spec_from_file_location("bench_train", REPO / "experiments" / "bench_train.py")
+def _script(name: str, path: str):
+    """Load an experiments/ script (not a package module) by its path."""
+    spec = importlib.util.spec_from_file_location(name, REPO / path)
     mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("bench_train", mod)
+    sys.modules.setdefault(name, mod)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _bench_train():
+    return _script("bench_train", "experiments/bench_train.py")
 
 
 def _run(variant: str, rep: int, tok: float, step_s: float, reserved: float) -> dict:
@@ -51,9 +56,7 @@ def test_a_run_on_the_second_stack_is_kept_apart_and_paired_with_the_card_of_the
 def test_slim_wheel_keeps_only_the_named_native_library_and_its_record_lines(tmp_path) -> None:
     import zipfile
 
-    spec = importlib.util.spec_from_file_location("slim_wheel", REPO / "experiments" / "device" / "slim_wheel.py")
-    sw = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sw)
+    sw = _script("slim_wheel", "experiments/device/slim_wheel.py")
     wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
     names = ["pkg/__init__.py", "pkg/libpkg_cpu.so", "pkg/libpkg_cuda118.so", "pkg/libpkg_cuda130.so"]
     with zipfile.ZipFile(wheel, "w") as z:

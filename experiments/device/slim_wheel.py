@@ -25,12 +25,8 @@ def slim(wheel: Path, keep: set[str], out_dir: Path) -> tuple[Path, list[str]]:
     """Write ``out_dir/<wheel name>`` without the native libraries whose tag is not kept; return it and the drops."""
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / wheel.name
-    dropped: list[str] = []
     with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as dst:
-        for info in src.infolist():
-            m = _NATIVE.search(info.filename)
-            if m and m.group("tag") not in keep:
-                dropped.append(info.filename)
+        dropped = [n for n in src.namelist() if (m := _NATIVE.search(n)) and m.group("tag") not in keep]
         gone = set(dropped)
         for info in src.infolist():
             if info.filename in gone:
