@@ -568,7 +568,16 @@ def cmd_report(a) -> None:
     env = next((r for r in recs if r.get("stage") == "env"), {})
     peak = env.get("bf16_gemm_TFLOPs") or 790.0
     trains = [r for r in recs if r.get("stage") == "train"]
-    base = next((r for r in trains if r["side"] == "baseline" and r.get("status") == "ok"), None)
+    cards = [r for r in trains if r["side"] == "baseline" and r.get("status") == "ok"]
+
+    def base_of(r: dict) -> dict | None:
+        """The card run a row is compared with: its preset's card configuration of the same repeat (the first run of
+        that configuration for a card row), else the first card run of any kind."""
+        card = r["variant"] if r["side"] == "baseline" else SPEED_PAIRS.get(r["variant"].split("+")[0])
+        same = [c for c in cards if c["variant"] == card]
+        rep = [c for c in same if c.get("repeat") == r.get("repeat")] if r["side"] != "baseline" else []
+        return next(iter(rep or same or cards), None)
+
     lines = [
         f"# Training speed: card stack vs nli_cot ({env.get('gpu', '?')}, {env.get('date', '?')})",
         "",
@@ -578,11 +587,12 @@ def cmd_report(a) -> None:
         f"q,k,v,o, paged AdamW 8-bit, micro-batches of 16 examples (x grad_accum per optimiser step), bf16. MFU = 4 x 7.25e9 FLOP per real "
         f"token / measured bf16 GEMM peak ({peak:.0f} TFLOP/s on this card).",
         "",
-        "| side | variant | real tok/s | x baseline | opt steps/s | median step s | peak alloc GiB "
-        "| peak reserved GiB | first-batch loss | rel. diff vs baseline | MFU | status |",
+        "| side | variant | real tok/s | x its card | opt steps/s | median step s | peak alloc GiB "
+        "| peak reserved GiB | first-batch loss | rel. diff vs its card | MFU | status |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in trains:
+        base = base_of(r)
         tps = r.get("real_tok_per_s")
         ratio = tps / base["real_tok_per_s"] if (base and tps) else None
         probe = r.get("probe_loss")

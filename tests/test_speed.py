@@ -53,6 +53,26 @@ def test_a_run_on_the_second_stack_is_kept_apart_and_paired_with_the_card_of_the
     assert out["abl0_1_default+x"]["card"] == "card" and out["abl0_1_default+x"]["ratio_whole_run"]["median"] == 2.0
 
 
+def test_the_report_compares_each_run_with_its_own_card_configuration_and_repeat(tmp_path) -> None:
+    """A merged report of Abl0.1 and Abl1 runs: an Abl1 row's ratio is to card_abl1 of its repeat, not to the
+    first card run in the file."""
+    import json
+    import types
+
+    bt = _bench_train()
+    recs = [{"stage": "env", "gpu": "GPU"}]
+    for rep, (card, card1) in enumerate([(6000, 4000), (5000, 5000)]):
+        recs += [{**_run("card", rep, card, 2.0, 8.0), "side": "baseline"},
+                 {**_run("abl0_1_default", rep, 12000, 1.0, 8.2), "side": "nli_cot"},
+                 {**_run("card_abl1", rep, card1, 1.0, 27.0), "side": "baseline"},
+                 {**_run("abl1_default", rep, 16000, 0.3, 29.0), "side": "nli_cot"}]
+    results = tmp_path / "train.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    bt.cmd_report(types.SimpleNamespace(results=str(results), out=str(tmp_path / "rep")))
+    rows = [ln.split(" | ") for ln in (tmp_path / "rep.md").read_text().splitlines() if ln.startswith("| nli_cot")]
+    assert [r[3] for r in rows] == ["2.00", "4.00", "2.40", "3.20"]
+
+
 def test_slim_wheel_keeps_only_the_named_native_library_and_its_record_lines(tmp_path) -> None:
     import zipfile
 

@@ -18,7 +18,10 @@
 #   mkdir .device-wheels-slim && cp .device-wheels/*.whl .device-wheels-slim/ && python experiments/device/slim_wheel.py \
 #     .device-wheels/bitsandbytes-*.whl --keep cuda130 --out .device-wheels-slim      (overwrites the fat copy)
 #   pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
-#     -d .device-wheels-tf transformers==5.24.0 peft==0.21.2 huggingface_hub==2.4.0 tokenizers==0.23.3 safetensors==0.8.0
+#     -d .device-wheels-tf transformers==5.24.0 peft==0.21.2 huggingface_hub==2.4.0 tokenizers==0.23.3 safetensors==0.8.0 \
+#     httpx2==2.17.0 httpcore2==2.17.0 truststore idna==3.21 anyio==4.16.0 h11==0.16.0 click==8.5.1 hf-xet==1.8.0
+#   (huggingface_hub 2.x imports httpx2/httpcore2, which the device's python3 lacks: without them every +x stage
+#   fails on import, as the 2026-12-07e call 4 did; the device provides the rest of the stack's requirements.)
 # Env: DEADLINE (s, default 560) bounds the whole run; a stage starts only with MIN_LEFT (default 60) s left (the
 # summaries, speed and report, always run: they take seconds and are what a call is for).
 # WARMUP (default 2) optimiser steps dropped, STEPS (default 8) measured, per training run.
@@ -72,8 +75,8 @@ for st in "$@"; do
     infer:*) timeout "$(cap ${INFER_CAP:-400})" python3 experiments/bench_infer.py run --modes "${st#infer:}" \
             --model "$MODEL" --results "$IR" ;;
     report) python3 experiments/bench_train.py report --results "$TR" --out "$OUT/train_report" | tail -n 40
-            [ -f "$IR" ] && python3 experiments/bench_infer.py report --results "$IR" --out "$OUT/infer_report" \
-              | tail -n 30 ;;
+            if [ -f "$IR" ]; then python3 experiments/bench_infer.py report --results "$IR" \
+              --out "$OUT/infer_report" | tail -n 30; fi ;;
     speed) python3 experiments/bench_train.py speed --results "$TR" --infer "$IR" --out "$OUT/speed_summary.json" ;;
     *) timeout "$(cap ${VARIANT_CAP:-200})" python3 experiments/bench_train.py run --side nli_cot --variant "$st" \
             --model "$MODEL" --results "$TR" "${W[@]}" ;;

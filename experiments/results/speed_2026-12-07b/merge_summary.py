@@ -1,6 +1,5 @@
-"""Builds experiments/results/speed_summary.json from the per-call summaries (each call's pairs interleaved in it).
-
-    python experiments/results/speed_2026-12-07b/merge_summary.py      (from the repo root)
+"""Gathers the 2026-12-07 H100 calls' summaries (each call's pairs interleaved in it). Superseded as the writer of
+experiments/results/speed_summary.json by speed_2026-12-07e/merge_summary.py, which nests build() as history.
 
 A ratio is only formed inside one call (ours / the card run of the same repeat index); this script only gathers
 the calls' own summaries (`bench_train.py speed` in each call folder) side by side, it computes no new ratio.
@@ -19,7 +18,8 @@ def load(folder: Path) -> dict:
     return json.loads((folder / "speed_summary.json").read_text())
 
 
-def main() -> None:
+def build() -> dict:
+    """The H100 calls of 2026-12-07 (sets 1-5) side by side; the 07e merge nests this under its history key."""
     a = load(HERE / "callA_abl0_1_default")  # abl0_1 as shipped, 3 repeats + a profile
     b = load(HERE / "callB_abl0_1_unfused")  # abl0_1 with trainer.fuse_grad_accum=false, 3 repeats
     d = load(HERE / "callD_infer")  # card evaluation + 4-bit predict under the memory budget
@@ -80,7 +80,11 @@ def main() -> None:
             "4-bit inference >= 10x the card at <= 40 GiB reserved (paired calls)": True,
         },
     }
-    (RESULTS / "speed_summary.json").write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+def main() -> None:
+    print(json.dumps(build(), indent=1))  # the file itself is written by speed_2026-12-07e/merge_summary.py
 
 
 if __name__ == "__main__":
