@@ -143,3 +143,32 @@ def test_every_product_variant_is_paired_with_the_card_at_its_own_batch() -> Non
     for variant, card in bt.SPEED_PAIRS.items():
         preset = bt.EXPERIMENT_VARIANTS[variant][1]
         assert card == {"abl0_1": "card", "abl1": "card_abl1"}[preset], variant
+
+
+def test_the_bench_driver_skips_a_stage_whose_last_time_does_not_fit_and_learns_new_times(tmp_path) -> None:
+    """run_bench.sh with python3 faked: a stage that took 100 s last time is skipped with 60 s left (a started
+    run would be killed at the deadline and leave nothing); a stage never timed runs and its time is kept."""
+    import json
+    import os
+    import subprocess
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python3").write_text("#!/bin/sh\necho \"$@\" >> \"$FAKE_LOG\"\nexit 0\n")
+    (fake / "python3").chmod(0o755)
+    times = tmp_path / "stage_times.txt"
+    times.write_text("abl0_1_default 100\n")
+    out = tmp_path / "out"
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "OUT": str(out), "STAGE_TIMES": str(times),
+           "DEADLINE": "60", "MIN_LEFT": "0", "SITE": str(tmp_path / "site"), "SITE_X": str(tmp_path / "site_x"),
+           "WHEELS": str(tmp_path), "EXTRA": str(tmp_path / "none"), "FAKE_LOG": str(tmp_path / "calls.txt")}
+    res = subprocess.run(["bash", str(REPO / "experiments/device/run_bench.sh"), "abl0_1_default@0", "base@0",
+                          "report"], env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "SKIP abl0_1_default@0 (took 100s last time" in res.stdout
+    skipped = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
+    assert skipped == [{"stage": "skipped", "name": "abl0_1_default@0", "left_s": skipped[0]["left_s"], "needs_s": 100}]
+    calls = (tmp_path / "calls.txt").read_text()
+    assert "--side baseline" in calls and "--variant abl0_1_default" not in calls
+    learned = [ln.split() for ln in (out / "stage_times.txt").read_text().splitlines()]
+    assert [n for n, _ in learned] == ["abl0_1_default", "base", "report"] and int(learned[1][1]) <= 2

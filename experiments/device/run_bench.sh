@@ -25,6 +25,9 @@
 # Env: DEADLINE (s, default 560) bounds the whole run; a stage starts only with MIN_LEFT (default 60) s left (the
 # summaries, speed and report, always run: they take seconds and are what a call is for).
 # WARMUP (default 2) optimiser steps dropped, STEPS (default 8) measured, per training run.
+# STAGE_TIMES (default /tmp/bench_stage_times.txt, kept while the machine stays warm and copied to $OUT) holds how
+# long each stage took when it last succeeded; a stage whose last time does not fit in what is left is skipped
+# instead of being started and killed at the deadline (a killed run's time is lost and it leaves no record).
 set -u
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled
 # No PYTORCH_CUDA_ALLOC_CONF here: the card stack runs with the default allocator; nli_cot sets its own
@@ -35,27 +38,36 @@ T0=$(date +%s); DEADLINE=${DEADLINE:-560}; MODEL=${MODEL:-/tmp/m7b}
 TR=$OUT/train.jsonl; IR=$OUT/infer.jsonl
 export BENCH_SPM=$REPO/.bench/mistral_instruct_tokenizer_240323.model.v3
 WHEELS=${WHEELS:-.device-wheels}; EXTRA=${EXTRA:-.device-wheels-tf}
-if [ ! -f /tmp/site/.done ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    "$WHEELS"/*.whl >/dev/null && touch /tmp/site/.done || echo "PIP INSTALL FAILED"
+SITE=${SITE:-/tmp/site}; SITE_X=${SITE_X:-/tmp/site_x}   # where the carried wheels are installed
+if [ ! -f "$SITE/.done" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+    "$WHEELS"/*.whl >/dev/null && touch "$SITE/.done" || echo "PIP INSTALL FAILED"
 fi
 # EXTRA (optional, carried): wheels for a second stack, e.g. the pinned transformers/peft/hub/tokenizers; a stage
 # whose name ends in +x (before any @N) runs with them in front of the device's own (env+x records its versions).
-if [ -d "$EXTRA" ] && [ ! -f /tmp/site_x/.done ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site_x \
-    "$EXTRA"/*.whl >/dev/null && touch /tmp/site_x/.done || echo "PIP INSTALL (EXTRA) FAILED"
+if [ -d "$EXTRA" ] && [ ! -f "$SITE_X/.done" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE_X" \
+    "$EXTRA"/*.whl >/dev/null && touch "$SITE_X/.done" || echo "PIP INSTALL (EXTRA) FAILED"
 fi
-PP0=/tmp/site:$REPO
+PP0=$SITE:$REPO
 left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }
+ST=${STAGE_TIMES:-/tmp/bench_stage_times.txt}; touch "$ST"
+needs() { awk -v n="${1%@*}" '$1 == n { t = $2 } END { print t + 0 }' "$ST"; }   # last success, 0 if never
 cap() { local l=$(( $(left) - 15 )); [ "$1" -lt "$l" ] && echo "$1" || echo "$l"; }
 for st in "$@"; do
   if [ "$(left)" -lt "${MIN_LEFT:-60}" ] && [ "$st" != report ] && [ "$st" != speed ]; then  # the summaries take seconds
     echo "{\"stage\":\"skipped\",\"name\":\"$st\",\"left_s\":$(left)}" >> "$TR"; echo "SKIP $st"; continue
   fi
+  need=$(needs "$st")
+  if [ "$need" -gt 0 ] && [ "$(left)" -lt $(( need + 5 )) ] && [ "$st" != report ] && [ "$st" != speed ]; then
+    echo "{\"stage\":\"skipped\",\"name\":\"$st\",\"left_s\":$(left),\"needs_s\":$need}" >> "$TR"
+    echo "SKIP $st (took ${need}s last time, $(left)s left)"; continue
+  fi
+  name=${st%@*}
   echo "=== $st at $(( $(date +%s) - T0 ))s"; s0=$(date +%s)
   REP=0; case $st in *@*) REP=${st##*@}; st=${st%@*} ;; esac
   export PYTHONPATH=$PP0 BENCH_STACK=
-  case $st in *+x) st=${st%+x}; export PYTHONPATH=/tmp/site_x:$PP0 BENCH_STACK=x ;; esac
+  case $st in *+x) st=${st%+x}; export PYTHONPATH=$SITE_X:$PP0 BENCH_STACK=x ;; esac
   W=(--repeat "$REP" --workdir "/tmp/bench_runs/${st//[:\/]/_}${BENCH_STACK:+_x}_${REP}_$s0"   # a fresh folder per run
      --warmup "${WARMUP:-2}" --steps "${STEPS:-8}")
   case $st in
@@ -81,6 +93,9 @@ for st in "$@"; do
     *) timeout "$(cap ${VARIANT_CAP:-200})" python3 experiments/bench_train.py run --side nli_cot --variant "$st" \
             --model "$MODEL" --results "$TR" "${W[@]}" ;;
   esac
-  echo "=== $st rc=$? took $(( $(date +%s) - s0 ))s"
+  rc=$?; took=$(( $(date +%s) - s0 ))
+  [ "$rc" -eq 0 ] && echo "$name $took" >> "$ST"
+  echo "=== $st rc=$rc took ${took}s"
 done
+cp "$ST" "$OUT/stage_times.txt" 2>/dev/null
 echo "TOTAL $(( $(date +%s) - T0 ))s"
