@@ -36,6 +36,7 @@ def main() -> None:
                  for i in range(c["repeats"])]
              for v, c in h200["configs"].items() if "card" in c}
     vs = analysis["vs_card"]
+    hist = history()
     out = {
         **{k: h200[k] for k in ("device", "date", "versions", "commit")},
         "configs": h200["configs"],
@@ -55,7 +56,8 @@ def main() -> None:
             "abl1_default reserved <= card + 5% (29.34 vs 27.44 GiB, +6.9%)": False,
             "abl0_1_nodown faster than abl0_1_default (H200, 3 repeats)": False,
         },
-        "history_h100_2026-12-07": history(),
+        "inference (H100, 2026-12-07 calls D and 3: not re-run on the H200)": hist["inference"],
+        "history_h100_2026-12-07": hist,
         "sources": {"H200 runs (07e)": "experiments/results/speed_2026-12-07e/",
                     "H100 history": "experiments/results/speed_2026-12-07{,b,c,d}/"},
     }
