@@ -52,18 +52,18 @@ fi
 PP0=$SITE:$REPO
 left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }
 ST=${STAGE_TIMES:-/tmp/bench_stage_times.txt}; touch "$ST"
-needs() { awk -v n="${1%@*}" '$1 == n { t = $2 } END { print t + 0 }' "$ST"; }   # last success, 0 if never
+needs() { awk -v n="$1" '$1 == n { t = $2 } END { print t + 0 }' "$ST"; }   # last success, 0 if never
 cap() { local l=$(( $(left) - 15 )); [ "$1" -lt "$l" ] && echo "$1" || echo "$l"; }
 for st in "$@"; do
-  if [ "$(left)" -lt "${MIN_LEFT:-60}" ] && [ "$st" != report ] && [ "$st" != speed ]; then  # the summaries take seconds
-    echo "{\"stage\":\"skipped\",\"name\":\"$st\",\"left_s\":$(left)}" >> "$TR"; echo "SKIP $st"; continue
-  fi
-  need=$(needs "$st")
-  if [ "$need" -gt 0 ] && [ "$(left)" -lt $(( need + 5 )) ] && [ "$st" != report ] && [ "$st" != speed ]; then
-    echo "{\"stage\":\"skipped\",\"name\":\"$st\",\"left_s\":$(left),\"needs_s\":$need}" >> "$TR"
-    echo "SKIP $st (took ${need}s last time, $(left)s left)"; continue
-  fi
-  name=${st%@*}
+  name=${st%@*}; need=$(needs "$name")
+  case $st in report|speed) ;;  # the summaries take seconds and are what a call is for: they always run
+    *) if [ "$(left)" -lt "${MIN_LEFT:-60}" ]; then
+         echo "{\"stage\":\"skipped\",\"name\":\"$st\",\"left_s\":$(left)}" >> "$TR"; echo "SKIP $st"; continue
+       elif [ "$need" -gt 0 ] && [ "$(left)" -lt $(( need + 5 )) ]; then
+         echo "{\"stage\":\"skipped\",\"name\":\"$st\",\"left_s\":$(left),\"needs_s\":$need}" >> "$TR"
+         echo "SKIP $st (took ${need}s last time, $(left)s left)"; continue
+       fi ;;
+  esac
   echo "=== $st at $(( $(date +%s) - T0 ))s"; s0=$(date +%s)
   REP=0; case $st in *@*) REP=${st##*@}; st=${st%@*} ;; esac
   export PYTHONPATH=$PP0 BENCH_STACK=

@@ -401,8 +401,8 @@ class TrainerConfig:
             "(transformers' checkpointing); false ends each layer's checkpoint before the MLP's frozen down "
             "projection, whose backward needs only its weight, so the recompute skips it (~27% fewer recompute "
             "FLOPs on Mistral/Llama/Qwen2 layers, same gradients; on an H200, 3 repeats a side, it was no faster "
-            "(whole-run slower in all 3 pairs, steps p = 0.16), so it stays off). No effect without checkpointing or when down_proj is a LoRA "
-            "target."
+            "(whole-run slower in all 3 pairs, steps p = 0.16), so it stays off). No effect without checkpointing "
+            "or when down_proj is a LoRA target."
         },
     )
     compile: bool = field(

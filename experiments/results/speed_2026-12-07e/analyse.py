@@ -34,10 +34,9 @@ def log_ratio_ci(ratios: list[float]) -> dict:
 
 
 def main() -> None:
-    recs = [r for r in map(json.loads, (HERE / "train.jsonl").read_text().splitlines())
-            if r.get("stage") == "train" and r.get("status") == "ok"]
-    env = next(json.loads(x) for x in (HERE / "call1" / "train.jsonl").read_text().splitlines()
-               if json.loads(x).get("stage") == "env")
+    lines = [json.loads(x) for x in (HERE / "train.jsonl").read_text().splitlines()]
+    recs = [r for r in lines if r.get("stage") == "train" and r.get("status") == "ok"]
+    env = next(r for r in lines if r.get("stage") == "env")
     by = {(r["variant"], r["repeat"]): r for r in recs}
     out: dict = {"device": f"{env['gpu']} ({env['nvidia_smi']}), torch {env['versions']['torch']}, "
                            f"transformers {env['versions']['transformers']}", "vs_card": {}}

@@ -16,10 +16,14 @@ from pathlib import Path
 HERE = Path(__file__).parent
 RESULTS = HERE.parent
 
-# Which call ran each run (call folders here); a pair is in one call only where both sides' calls match.
-CALL_OF = {("card", 0): 1, ("card", 1): 1, ("card", 2): 2, ("abl0_1_default", 0): 1, ("abl0_1_default", 1): 2,
-           ("abl0_1_default", 2): 2, ("abl0_1_nodown", 0): 1, ("abl0_1_nodown", 1): 2, ("abl0_1_nodown", 2): 5,
-           **{(v, i): 3 for v in ("card_abl1", "abl1_default") for i in range(3)}}
+
+
+def call_of() -> dict[tuple[str, int], int]:
+    """Which call (folder callN here) ran each kept run; a pair is in one call only where both sides' calls match."""
+    return {(r["variant"], r["repeat"]): int(folder.name.removeprefix("call"))
+            for folder in sorted(HERE.glob("call*"))
+            for r in map(json.loads, (folder / "train.jsonl").read_text().splitlines())
+            if r.get("stage") == "train" and r.get("status") == "ok"}
 
 
 def history() -> dict:
@@ -32,7 +36,8 @@ def history() -> dict:
 def main() -> None:
     h200 = json.loads((HERE / "speed_summary.json").read_text())
     analysis = json.loads((HERE / "analysis.json").read_text())
-    pairs = {v: [{"repeat": i, "ours_call": CALL_OF[(v, i)], "card_call": CALL_OF[(c["card"], i)]}
+    calls = call_of()
+    pairs = {v: [{"repeat": i, "ours_call": calls[(v, i)], "card_call": calls[(c["card"], i)]}
                  for i in range(c["repeats"])]
              for v, c in h200["configs"].items() if "card" in c}
     vs = analysis["vs_card"]
