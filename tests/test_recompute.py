@@ -119,15 +119,11 @@ def test_the_recompute_skips_the_down_projection_compiled_or_not(
     """Per layer and step, the whole-layer checkpoint runs 4 down-shaped matmuls (down forward, down again in the
     recompute, gate and up backward), the split 3: eagerly (transformers' own checkpoint: its early stop cannot end
     the recompute before down, because the frozen matmul saves its transposed weight, which counts as a saved
-    tensor) and compiled (a checkpoint around a compiled layer, as transformers 5.17 places it, reruns all of it)."""
-    from torch.utils.checkpoint import checkpoint
-
+    tensor) and compiled (a checkpoint around a compiled layer, where compile_decoder_layers places it, reruns
+    all of it)."""
     whole = _model(tiny_model_cfg, mistral_tokenizer)
     assert _down_shaped_matmuls(whole, batch) == 2 * 4
-    compiled = torch.compile(fastpath._layer_forward, dynamic=True)
-    for layer in fastpath.decoder_layers(whole):
-        layer.gradient_checkpointing = False
-        layer.forward = (lambda h, _layer=layer, **kw: checkpoint(compiled, _layer, h, use_reentrant=False, **kw))
+    fastpath.compile_decoder_layers(whole)
     assert _down_shaped_matmuls(whole, batch) == 2 * 4
     split = _model(tiny_model_cfg, mistral_tokenizer)
     fastpath.recompute_before_down_proj(split)
@@ -235,3 +231,34 @@ def test_compiled_parts_are_shared_by_every_layer(
     assert got_loss == pytest.approx(want_loss, rel=1e-6)
     for name in want:
         torch.testing.assert_close(got[name], want[name], msg=name)
+
+
+def test_compiling_keeps_the_whole_layer_checkpoint_outside_the_compiled_graph(
+    tiny_model_cfg, mistral_tokenizer, batch, eager_backend_compile, monkeypatch
+) -> None:
+    """transformers 5.24 checkpoints a layer's ``forward``, inside ``layer.compile()``'s graph, which torch 2.11's
+    inductor failed to compile on the GPU (the shipped Abl0.1 path). ``compile_decoder_layers`` gives each checkpointed
+    layer an eager checkpoint around one shared compiled forward instead: one checkpoint call per layer per forward,
+    the same loss and gradients as the uncompiled model, and no recompile from one layer to the next."""
+    import torch._dynamo
+
+    want_loss, want = _loss_and_grads(_model(tiny_model_cfg, mistral_tokenizer), batch)
+    model = _model(tiny_model_cfg, mistral_tokenizer)
+    assert fastpath.compile_decoder_layers(model) == 2
+    layers = fastpath.decoder_layers(model)
+    assert all(type(layer.__dict__["forward"]) is fastpath.RecomputeLayer for layer in layers)
+    assert not any(layer.gradient_checkpointing for layer in layers)  # transformers' own would checkpoint again
+    assert len({layer.forward.full for layer in layers}) == 1
+    calls = []
+    real = fastpath.checkpoint
+    monkeypatch.setattr(fastpath, "checkpoint", lambda fn, *a, **k: calls.append(fn) or real(fn, *a, **k))
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        got_loss, got = _loss_and_grads(model, batch)
+    assert calls == [layers[0].forward.full] * 2
+    assert got_loss == pytest.approx(want_loss, rel=1e-6)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], msg=name)
+    model.eval()
+    with torch.no_grad():  # eval: the compiled forward without a checkpoint
+        model(**batch)
+    assert len(calls) == 2

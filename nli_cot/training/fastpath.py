@@ -20,11 +20,13 @@ Features
   same gradients (the same ops in the same order, the same dropout draws) and the same saved tensor (the layer
   input). transformers' whole-layer checkpoint reruns it: eagerly, the checkpoint's early stop ends the recompute
   only at the last saved tensor, and a frozen ``nn.Linear`` saves its transposed weight (bitsandbytes' 4-bit matmul
-  saves nothing, so there it would stop in time); around a compiled layer (transformers 5.17 places the checkpoint
-  there) the recompute is one compiled call and runs all of it. The split holds in every case (tests/test_recompute.py
+  saves nothing, so there it would stop in time); around a compiled layer (where ``compile_decoder_layers`` places
+  the checkpoint) the recompute is one compiled call and runs all of it. The split holds in every case (tests/test_recompute.py
   counts the matmuls).
 - ``compile_decoder_layers`` (``trainer.compile=true``): ``torch.compile`` of each decoder layer (regional: one
-  compiled graph shared by all layers, dynamic row length).
+  compiled graph shared by all layers, dynamic row length). A checkpointed layer gets its checkpoint from
+  ``RecomputeLayer``, eager and around the compiled forward, whatever the transformers version (5.24 would put
+  transformers' own inside the compiled graph, which torch 2.11's inductor fails to compile).
 - CUDA graphs (``trainer.compile_mode=reduce-overhead`` with ``trainer.row_bucket``): the compiled layers' forward
   and backward are recorded once per row length and replayed as one launch each (CUDA graph trees), so the host's
   ~25k launches per step stop starving the GPU. The 4-bit weights' quantisation state is marked as a static address
@@ -417,15 +419,17 @@ def _layer_forward(layer: torch.nn.Module, hidden_states: torch.Tensor, *args: A
     return type(layer).forward(layer, hidden_states, *args, **kwargs)
 
 
-class RecomputeBeforeDown:
-    """The forward of a decoder layer whose gradient checkpoint ends before the MLP's down projection.
+class RecomputeLayer:
+    """The forward of a checkpointed decoder layer, with the checkpoint placed here: eager, around the layer.
 
-    In a training forward with gradients on, ``_pre_down`` runs under a non-reentrant checkpoint (only the layer input
-    is kept; the RNG state is kept too, so the recompute draws the same dropout masks), then the frozen down
-    projection and the residual add run outside it: neither saves an activation, so the backward's recompute stops
-    at the projection's input. Any other call (eval, generation) runs the class's forward; arguments given by
-    position (transformers passes them by name) get the whole-layer checkpoint instead.
-    ``pre_down`` and ``full`` become compiled functions when the layers are compiled."""
+    ``compile_decoder_layers`` installs it on every checkpointed layer, so that the checkpoint sits outside the
+    compiled graph whatever the transformers version. transformers 5.17 checkpoints ``__call__`` (outside a
+    ``layer.compile()``); 5.24 checkpoints ``forward``, i.e. inside the compiled region, where torch 2.11's
+    inductor fails on the shipped Abl0.1 path (``AssertionError: Node add_... was invalid, but is output``, an H100,
+    2026-12-07, SPEED.md). In a training forward with gradients on, the layer runs under a non-reentrant checkpoint
+    (only the layer input is kept; the RNG state too, so the recompute draws the same dropout masks), as
+    transformers' own does. Any other call (eval, generation) runs the class's forward. ``full`` (and
+    ``pre_down``) become compiled functions when the layers are compiled."""
 
     def __init__(self, layer: torch.nn.Module) -> None:
         self.layer = layer
@@ -441,10 +445,24 @@ class RecomputeBeforeDown:
         for key in _CACHE_KWARGS:
             if kwargs.get(key) is not None:
                 kwargs[key] = None
+        return self.recompute(hidden_states, *args, **kwargs)
+
+    def recompute(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        return checkpoint(self.full, self.layer, hidden_states, *args, use_reentrant=False, **kwargs)
+
+
+class RecomputeBeforeDown(RecomputeLayer):
+    """A ``RecomputeLayer`` whose gradient checkpoint ends before the MLP's down projection.
+
+    ``_pre_down`` runs under the checkpoint; then the frozen down projection and the residual add run outside it:
+    neither saves an activation, so the backward's recompute stops at the projection's input. Arguments given by
+    position (transformers passes them by name) get the whole-layer checkpoint instead."""
+
+    def recompute(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         if args:  # arguments by position: their names are unknown here, so the whole layer is checkpointed
-            return checkpoint(self.full, layer, hidden_states, *args, use_reentrant=False, **kwargs)
-        residual, gated = checkpoint(self.pre_down, layer, hidden_states, use_reentrant=False, **kwargs)
-        return residual + layer.mlp.down_proj(gated)
+            return super().recompute(hidden_states, *args, **kwargs)
+        residual, gated = checkpoint(self.pre_down, self.layer, hidden_states, use_reentrant=False, **kwargs)
+        return residual + self.layer.mlp.down_proj(gated)
 
 
 def split_problem(layer: torch.nn.Module) -> str | None:
@@ -491,11 +509,14 @@ def compile_decoder_layers(model: torch.nn.Module, dynamic: bool | None = True, 
         torch._dynamo.config.specialize_float = True
     compiled_parts: tuple[Any, Any] | None = None
     for layer in layers:
-        split = layer.__dict__.get("forward")
-        if isinstance(split, RecomputeBeforeDown):  # compile its two parts; the checkpoint between stays eager
+        if getattr(layer, "gradient_checkpointing", False):  # keep the checkpoint out of the compiled graph
+            layer.gradient_checkpointing = False  # (RecomputeLayer says why); transformers' would wrap it again
+            layer.forward = RecomputeLayer(layer)
+        recompute = layer.__dict__.get("forward")
+        if isinstance(recompute, RecomputeLayer):  # compile its parts; the checkpoint around them stays eager
             if compiled_parts is None:  # one compiled function each, shared by every layer (regional compilation)
                 compiled_parts = (torch.compile(_pre_down, dynamic=dynamic), torch.compile(_layer_forward, dynamic=dynamic))
-            split.pre_down, split.full = compiled_parts
+            recompute.pre_down, recompute.full = compiled_parts
             continue
         layer.compile(dynamic=dynamic, mode=None if mode == "default" else mode)
     if mode == "reduce-overhead":
