@@ -407,7 +407,8 @@ class TrainerConfig:
     )
     compile: bool = field(
         default=False,
-        metadata={"help": "torch.compile each decoder layer (regional, dynamic length)"},
+        metadata={"help": "torch.compile each decoder layer (regional, dynamic length); with gradient checkpointing "
+                          "the checkpoint stays eager, around the compiled forward (fastpath.RecomputeLayer)"},
     )
     compile_mode: str = field(
         default="default",
