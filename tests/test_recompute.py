@@ -264,7 +264,6 @@ def test_compiling_keeps_the_whole_layer_checkpoint_outside_the_compiled_graph(
     assert len(calls) == 2
 
 
-
 def test_no_checkpoint_lands_inside_a_compiled_graph(tiny_model_cfg, mistral_tokenizer, batch, monkeypatch) -> None:
     """The pinned transformers (5.24) checkpoints a layer's ``forward``, so ``layer.compile()`` traces the checkpoint
     into its graph: the graph torch 2.11's inductor failed on (GPU, 2026-12-07, SPEED.md seventh set). After

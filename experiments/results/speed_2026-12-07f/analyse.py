@@ -6,7 +6,6 @@ shipped Abl0.1 step's profile, and the pinned library stack.
 - call1/: `env model prof:abl0_1_default env+x abl0_1_default+x@0` (the profile; the pinned stack failed to compile)
 - call2/: `model base@0 abl0_1_default@0 base@1 abl0_1_default@1 base@2 abl0_1_default@2` (the 3 pairs, one call)
 - call3/: the pinned stack again, by hand, for its error (abl0_1_default+x) and for abl1_default+x
-- call4/ (if present): the pinned stack after the fix (nli_cot.training.fastpath.RecomputeLayer)
 
 Each ratio pairs an nli_cot run with the card run of the same repeat in the same call; the interval is a 95% t
 interval on the mean log ratio over the 3 repeats (07e's `log_ratio_ci`). The profile's kernels (2 profiled steps)
@@ -90,7 +89,7 @@ def main() -> None:
         "host_ops_per_step": prof["profile"]["host_ops"],
     }
     stack = {}
-    for call in ("call1", "call3", "call4"):
+    for call in ("call1", "call3"):
         for name in ("train.jsonl", "x.jsonl"):
             path = HERE / call / name
             if path.exists():
