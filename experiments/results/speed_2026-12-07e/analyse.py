@@ -33,6 +33,13 @@ def log_ratio_ci(ratios: list[float]) -> dict:
             "ci95": [math.exp(m - half), math.exp(m + half)], "n": n}
 
 
+def ratios_to_card(pairs: list[tuple[dict, dict]]) -> dict:
+    """(nli_cot run, card run of the same repeat) pairs -> t intervals on the whole-run and median-step ratios."""
+    return {"whole_run_tok_s": log_ratio_ci([a["real_tok_per_s"] / b["real_tok_per_s"] for a, b in pairs]),
+            "median_step_tok_s": log_ratio_ci([b["median_step_s"] / a["median_step_s"] * a["real_tok_per_step"]
+                                               / b["real_tok_per_step"] for a, b in pairs])}
+
+
 def main() -> None:
     lines = [json.loads(x) for x in (HERE / "train.jsonl").read_text().splitlines()]
     recs = [r for r in lines if r.get("stage") == "train" and r.get("status") == "ok"]
@@ -45,9 +52,7 @@ def main() -> None:
         pairs = [(by[(variant, i)], by[(card, i)]) for i in reps]
         out["vs_card"][variant] = {
             "card": card,
-            "whole_run_tok_s": log_ratio_ci([a["real_tok_per_s"] / b["real_tok_per_s"] for a, b in pairs]),
-            "median_step_tok_s": log_ratio_ci([b["median_step_s"] / a["median_step_s"] * a["real_tok_per_step"]
-                                               / b["real_tok_per_step"] for a, b in pairs]),
+            **ratios_to_card(pairs),
             "max_reserved_GiB": [pairs[0][0]["mem"]["max_reserved_GiB"], pairs[0][1]["mem"]["max_reserved_GiB"]],
             "reserved_over_card": pairs[0][0]["mem"]["max_reserved_GiB"] / pairs[0][1]["mem"]["max_reserved_GiB"] - 1,
             "probe_loss": [pairs[0][0]["probe_loss"], pairs[0][1]["probe_loss"]],

@@ -8,7 +8,7 @@ shipped Abl0.1 step's profile, and the pinned library stack.
 - call3/: the pinned stack again, by hand, for its error (abl0_1_default+x) and for abl1_default+x
 
 Each ratio pairs an nli_cot run with the card run of the same repeat in the same call; the interval is a 95% t
-interval on the mean log ratio over the 3 repeats (07e's `log_ratio_ci`). The profile's kernels (2 profiled steps)
+interval on the mean log ratio over the 3 repeats (07e's `ratios_to_card`). The profile's kernels (2 profiled steps)
 are grouped by what they do; the step's median wall time (unprofiled steps of the same run) less the kernels' time
 is time the GPU had no kernel of this step running.
 """
@@ -21,10 +21,17 @@ import re
 from pathlib import Path
 
 HERE = Path(__file__).parent
-_spec = importlib.util.spec_from_file_location("analyse_07e", HERE.parent / "speed_2026-12-07e" / "analyse.py")
-_07e = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_07e)
-log_ratio_ci = _07e.log_ratio_ci
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ratios_to_card = _load("analyse_07e", HERE.parent / "speed_2026-12-07e" / "analyse.py").ratios_to_card
+read = _load("bench_common", HERE.parents[1] / "bench_common.py").read  # a .jsonl file's records
 
 # Kernel name -> group, first match wins (the profile's kernel rows: no host time of their own)
 # (inductor's fused kernels first: their names quote the ops they fuse, e.g. "gemm_4bit" or "flash_attention")
@@ -32,10 +39,6 @@ GROUPS = (("compiled elementwise and norms (inductor)", r"^triton_"), ("GEMM (cu
           ("NF4 dequantisation (bitsandbytes)", r"kDequantize"), ("flash attention (varlen)", r"flash"),
           ("other aten kernels", r"."))
 SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
-
-
-def records(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
 def seconds(text: str) -> float:
@@ -63,7 +66,7 @@ def profile_breakdown(table: Path, steps: int, median_step_s: float) -> dict:
 
 
 def main() -> None:
-    call1, call2 = records(HERE / "call1" / "train.jsonl"), records(HERE / "call2" / "train.jsonl")
+    call1, call2 = read(HERE / "call1" / "train.jsonl"), read(HERE / "call2" / "train.jsonl")
     env = next(r for r in call1 if r.get("stage") == "env" and r["versions"]["transformers"] == "5.17.0")
     runs = {(r["variant"], r["repeat"]): r for r in call2 if r.get("stage") == "train" and r.get("status") == "ok"}
     pairs = [(runs[("abl0_1_default", i)], runs[("card", i)]) for i in range(3)]
@@ -71,9 +74,7 @@ def main() -> None:
                            f"{env['versions']['transformers']}; bf16 GEMM peak {env['bf16_gemm_TFLOPs']:.0f} TFLOP/s"}
     card_step = [b["median_step_s"] for _, b in pairs]
     out["abl0_1_default_vs_card (one call, 3 repeats)"] = {
-        "whole_run_tok_s": log_ratio_ci([a["real_tok_per_s"] / b["real_tok_per_s"] for a, b in pairs]),
-        "median_step_tok_s": log_ratio_ci([b["median_step_s"] / a["median_step_s"] * a["real_tok_per_step"]
-                                           / b["real_tok_per_step"] for a, b in pairs]),
+        **ratios_to_card(pairs),
         "whole_run_tok_s_each": {"abl0_1_default": [a["real_tok_per_s"] for a, _ in pairs],
                                  "card": [b["real_tok_per_s"] for _, b in pairs]},
         "median_step_s_each": {"abl0_1_default": [a["median_step_s"] for a, _ in pairs], "card": card_step},
@@ -93,7 +94,7 @@ def main() -> None:
         for name in ("train.jsonl", "x.jsonl"):
             path = HERE / call / name
             if path.exists():
-                for r in records(path):
+                for r in read(path):
                     if r.get("stage") == "train" and r["variant"].endswith("+x"):
                         stack[f"{call}: {r['variant']}"] = {
                             "transformers": r.get("transformers"), "status": r.get("status"),
